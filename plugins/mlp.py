@@ -1,0 +1,65 @@
+"""The built-in ``mlp`` model: a residual MLP with a sinusoidal time embedding, for vector data."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+import udm
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding (Vaswani et al.; DDPM) of time encodings ``(batch,)`` -> ``(batch, dim)``."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class _Block(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.fc1 = nn.Linear(width, width)
+        self.fc2 = nn.Linear(width, width)
+
+    def forward(self, h, temb):
+        return h + self.fc2(nn.functional.silu(self.fc1(nn.functional.silu(self.norm(h))) + temb))
+
+
+class MLP(nn.Module):
+    """x_t ``(batch, *data_shape)`` and time encoding ``(batch,)`` -> output ``(batch, *data_shape)``.
+
+    Args:
+        data_shape: per-sample shape of the data, e.g. ``[2]``.
+        width: hidden width; depth: number of residual blocks; time_dim: time-embedding size.
+    """
+
+    name = "mlp"
+
+    def __init__(self, data_shape: tuple[int, ...] | list[int] = (2,), width: int = 256, depth: int = 3,
+                 time_dim: int = 64) -> None:
+        super().__init__()
+        self.data_shape = tuple(int(d) for d in data_shape)
+        dim = math.prod(self.data_shape)
+        self.time_dim = time_dim
+        self.time_mlp = nn.Sequential(nn.Linear(time_dim, width), nn.SiLU(), nn.Linear(width, width))
+        self.inp = nn.Linear(dim, width)
+        self.blocks = nn.ModuleList(_Block(width) for _ in range(depth))
+        self.temb = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
+        self.out = nn.Sequential(nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, dim))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        temb = self.time_mlp(timestep_embedding(t, self.time_dim).to(x.dtype))
+        h = self.inp(x.reshape(x.shape[0], -1)) + temb
+        act = nn.functional.silu(temb)
+        for block, proj in zip(self.blocks, self.temb):
+            h = block(h, proj(act))
+        return self.out(h).reshape(x.shape)
+
+
+@udm.hookimpl
+def udm_register_models(register):
+    register(MLP)

@@ -1,0 +1,43 @@
+"""The built-in samplers: the six rules of DESIGN.md §1 plus familiar presets of them.
+
+Presets are the same rule functions with fixed options, never copies of update code.
+"""
+
+from __future__ import annotations
+
+import udm
+from udm import samplers as S
+
+_RULE_DOCS = {
+    "renoise": "F_s(x0_hat, fresh eps) (Cold Diffusion naive)",
+    "invert": "F_s(x0_hat, eps_hat) (DDIM eta=0; absorbing ancestral)",
+    "refresh": "F_s(x0_hat, refresh(eps_hat, a)); pass eta or amount",
+    "residual": "x_t + F_s(x0_hat, eps_hat) - F_t(x0_hat, eps_hat) (Cold Diffusion Alg. 2)",
+    "ode": "integrate d/dt F_t(x0_hat, eps_hat); solver euler|heun|rk4",
+    "posterior": "the corruption's closed-form p(x_s | x_t, x0_hat)",
+}
+
+_PRESETS = (
+    # name, rule, options, extra capabilities, description
+    ("ddim", "invert", {}, (), "DDIM (Song et al. 2021), eta = 0"),
+    ("ddpm", "refresh", {"eta": 1.0}, ("schedule",), "DDPM ancestral sampling (refresh with eta = 1)"),
+    ("euler", "ode", {"solver": "euler"}, (), "probability-flow ODE, Euler"),
+    ("heun", "ode", {"solver": "heun"}, (), "probability-flow ODE, Heun (2nd order)"),
+    ("rk4", "ode", {"solver": "rk4"}, (), "probability-flow ODE, classic Runge-Kutta (4th order)"),
+    ("cold", "residual", {}, (), "Cold Diffusion improved sampling (Algorithm 2)"),
+    ("naive", "renoise", {}, (), "Cold Diffusion naive sampling (Algorithm 1)"),
+)
+
+
+def specs() -> list[udm.SamplerSpec]:
+    out = [udm.SamplerSpec(name, fn, requires, {}, _RULE_DOCS[name]) for name, (fn, requires) in S.RULES.items()]
+    for name, rule, options, extra, doc in _PRESETS:
+        fn, requires = S.RULES[rule]
+        out.append(udm.SamplerSpec(name, fn, requires + extra, options, doc))
+    return out
+
+
+@udm.hookimpl
+def udm_register_samplers(register):
+    for spec in specs():
+        register(spec)

@@ -1,0 +1,62 @@
+"""udm: unified diffusion models.
+
+Describe a forward corruption x_t = F_t(x_0, eps) and a time type; udm derives the loss and a family
+of reverse samplers. Corruptions, time types, samplers, models, datasets and metrics are pluggy
+plugins found through entry points in the group ``udm``.
+"""
+
+from . import affine, samplers
+from ._registry import PluginInfo, Registry, list_plugins, load_registry, registry
+from ._tensor import TimeCache, append_dims
+from .api import resolve_sampler, sample, supported_samplers
+from .corruption import Corruption, GaussianNoise, capabilities
+from .denoiser import Denoiser
+from .errors import CapabilityError, ConfigError, PluginError, UdmError, UnknownPluginError
+from .families import Categorical, Family, Gaussian, Laplace, get_family
+from .hookspecs import hookimpl
+from .losses import LossOutput, diffusion_loss
+from .samplers import SamplerSpec, SamplerStep
+from .time import TimeType, check_grid
+from .training import Trainer, TrainResult, TrainStep, train
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "hookimpl",
+    "Registry",
+    "PluginInfo",
+    "load_registry",
+    "registry",
+    "list_plugins",
+    "Corruption",
+    "GaussianNoise",
+    "capabilities",
+    "TimeType",
+    "check_grid",
+    "Family",
+    "Gaussian",
+    "Laplace",
+    "Categorical",
+    "get_family",
+    "Denoiser",
+    "SamplerSpec",
+    "SamplerStep",
+    "samplers",
+    "affine",
+    "sample",
+    "supported_samplers",
+    "resolve_sampler",
+    "diffusion_loss",
+    "LossOutput",
+    "Trainer",
+    "TrainResult",
+    "TrainStep",
+    "train",
+    "append_dims",
+    "TimeCache",
+    "UdmError",
+    "ConfigError",
+    "PluginError",
+    "UnknownPluginError",
+    "CapabilityError",
+]

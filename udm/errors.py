@@ -1,0 +1,51 @@
+"""User-facing errors.
+
+Every message follows one template (DESIGN.md §7)::
+
+    <where>: <what> must be <rule>; got <value>. <alternatives / how to fix>.
+
+Each error class is a ``ValueError``/``LookupError`` subclass so that callers can catch broad kinds.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+__all__ = [
+    "UdmError",
+    "ConfigError",
+    "PluginError",
+    "UnknownPluginError",
+    "CapabilityError",
+    "did_you_mean",
+]
+
+
+class UdmError(Exception):
+    """Base class of every error udm raises on purpose."""
+
+
+class ConfigError(UdmError, ValueError):
+    """A value given by the user (argument or config key) is not acceptable."""
+
+
+class PluginError(UdmError, RuntimeError):
+    """A plugin failed to load or to register, or two plugins conflict."""
+
+
+class UnknownPluginError(UdmError, LookupError):
+    """A name was asked for that no loaded plugin registered."""
+
+    def __str__(self) -> str:  # LookupError would quote the message otherwise
+        return str(self.args[0]) if self.args else ""
+
+
+class CapabilityError(UdmError, ValueError):
+    """A sampler (or feature) was asked of a corruption that lacks the capability it needs."""
+
+
+def did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    """Return ``" Did you mean 'x'?"`` for the closest candidate, or ``""``."""
+    close = difflib.get_close_matches(str(name), list(candidates), n=1, cutoff=0.6)
+    return f" Did you mean {close[0]!r}?" if close else ""

@@ -1,0 +1,39 @@
+"""The training objective derived from the corruption: maximise log q_theta(x_0 | F_t(x_0, eps))
+over data, t and eps (DESIGN.md §1, MATH.md §1.4). The family fixes the per-sample loss."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .families import get_family
+
+__all__ = ["LossOutput", "diffusion_loss"]
+
+
+@dataclass
+class LossOutput:
+    loss: torch.Tensor  #: scalar, the batch mean (differentiable)
+    per_sample: torch.Tensor  #: ``(batch,)`` detached per-sample losses
+    t: torch.Tensor  #: ``(batch,)`` the training times drawn
+
+
+def diffusion_loss(network: torch.nn.Module, corruption: Any, time_type: Any, x0: Any,
+                   generator: torch.Generator | None) -> LossOutput:
+    """One Monte-Carlo estimate of the loss on the batch ``x0``.
+
+    t ~ time_type, eps ~ q(eps), x_t = F_t(x0, eps); the network maps ``(x_t, encode(t))`` to the
+    corruption's ``target`` and the family's loss is weighted by ``corruption.loss_weight(t)``
+    (restricted to ``corruption.loss_mask`` for categorical families).
+    """
+    t = time_type.sample_train(len(x0), generator, device=x0.device)
+    eps = corruption.sample_noise(x0, generator)
+    x_t = corruption.forward(x0, eps, t)
+    out = network(x_t, time_type.encode(t))
+    per = get_family(corruption.family).loss(out, corruption.target(x0, eps, t), corruption.loss_mask(x0, x_t))
+    weight = corruption.loss_weight(t)
+    if weight is not None:
+        per = per * weight.to(per.dtype)
+    return LossOutput(per.mean(), per.detach(), t)

@@ -1,0 +1,70 @@
+"""The time-type contract (DESIGN.md §2-3).
+
+A time type decides which t in [0, 1] are used: how training draws t, the decreasing grids that
+samplers walk (always ending at t = 0, where the last step returns x0_hat), and how t is encoded
+for the model. Implementations (``discrete``, ``continuous``) are plugins.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import torch
+
+from .errors import ConfigError
+
+__all__ = ["TimeType", "check_grid"]
+
+
+class TimeType(ABC):
+    """Base class of time types.
+
+    Encodings share one scale so that one network architecture serves both kinds: the model sees
+    ``t * scale`` (the discrete step index n = t * T for ``discrete``; 1000 t for ``continuous``).
+    """
+
+    name: ClassVar[str] = ""
+    #: spacing names accepted by :meth:`grid`
+    spacings: ClassVar[tuple[str, ...]] = ("uniform",)
+
+    @abstractmethod
+    def sample_train(self, batch: int, generator: torch.Generator | None,
+                     device: torch.device | str | None = None) -> torch.Tensor:
+        """Training times, float32 ``(batch,)`` in (0, 1]."""
+
+    @abstractmethod
+    def grid(self, steps: int, *, spacing: str = "uniform", corruption: Any = None,
+             device: torch.device | str | None = None) -> torch.Tensor:
+        """A strictly decreasing float64 grid ``(steps + 1,)`` from the start time to 0 (``steps`` model calls)."""
+
+    @abstractmethod
+    def encode(self, t: torch.Tensor) -> torch.Tensor:
+        """The model's time input for ``t`` ``(batch,)``: float ``(batch,)``."""
+
+    def _check_spacing(self, spacing: str) -> None:
+        from .errors import did_you_mean
+
+        if spacing not in self.spacings:
+            raise ConfigError(
+                f"time {self.name!r}: spacing must be one of {', '.join(self.spacings)}; got {spacing!r}."
+                f"{did_you_mean(spacing, self.spacings)}"
+            )
+
+    @staticmethod
+    def _check_steps(steps: int, where: str, most: int | None = None) -> None:
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1 or (most is not None and steps > most):
+            bound = f" and at most {most}" if most is not None else ""
+            raise ConfigError(f"{where}: steps must be an integer >= 1{bound}; got {steps!r}.")
+
+
+def check_grid(times: torch.Tensor) -> torch.Tensor:
+    """Validate a sampling grid: 1-D, at least two entries, strictly decreasing, inside [0, 1]."""
+    times = torch.as_tensor(times, dtype=torch.float64)
+    if times.ndim != 1 or times.numel() < 2:
+        raise ConfigError(f"sampler: times must be a 1-D grid with at least 2 entries; got shape {tuple(times.shape)}.")
+    if not bool((times[1:] < times[:-1]).all()):
+        raise ConfigError(f"sampler: times must be strictly decreasing; got {times.tolist()[:8]}...")
+    if float(times.min()) < 0 or float(times.max()) > 1:
+        raise ConfigError(f"sampler: times must lie in [0, 1]; got range [{float(times.min())}, {float(times.max())}].")
+    return times
