@@ -30,10 +30,11 @@ _PRESETS = (
 
 
 def specs() -> list[udm.SamplerSpec]:
-    out = [udm.SamplerSpec(name, fn, requires, {}, _RULE_DOCS[name]) for name, (fn, requires) in S.RULES.items()]
+    out = [udm.SamplerSpec(name, fn, requires, {}, _RULE_DOCS[name], exact_marginals=name != "ode")
+           for name, (fn, requires) in S.RULES.items()]
     for name, rule, options, extra, doc in _PRESETS:
         fn, requires = S.RULES[rule]
-        out.append(udm.SamplerSpec(name, fn, requires + extra, options, doc))
+        out.append(udm.SamplerSpec(name, fn, requires + extra, options, doc, exact_marginals=rule != "ode"))
     return out
 
 

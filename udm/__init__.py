@@ -16,6 +16,7 @@ from .families import Categorical, Family, Gaussian, Laplace, get_family
 from .hookspecs import hookimpl
 from .losses import LossOutput, diffusion_loss
 from .samplers import SamplerSpec, SamplerStep
+from .sequences import Sequences
 from .time import TimeType, check_grid
 from .training import Trainer, TrainResult, TrainStep, train
 
@@ -41,6 +42,7 @@ __all__ = [
     "Denoiser",
     "SamplerSpec",
     "SamplerStep",
+    "Sequences",
     "samplers",
     "affine",
     "sample",

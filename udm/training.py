@@ -70,16 +70,23 @@ class Trainer:
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.data_generator = torch.Generator().manual_seed(seed + 1)
         self.step = 0
+        #: what the loss calls: ``network`` itself, or a wrapper of it (DistributedDataParallel)
+        self.loss_network: torch.nn.Module = self.network
+        #: ``(rank, world)``: :meth:`next_batch` keeps this rank's slice of the global batch
+        self.shard: tuple[int, int] = (0, 1)
 
     def next_batch(self, data: torch.Tensor, batch_size: int) -> torch.Tensor:
         """Draw ``batch_size`` examples uniformly with replacement (explicit CPU generator)."""
         idx = torch.randint(len(data), (batch_size,), generator=self.data_generator)
+        rank, world = self.shard
+        if world > 1:  # every rank draws the same global indices and keeps its own contiguous slice
+            idx = idx.tensor_split(world)[rank]
         return data[idx].to(self.device, non_blocking=True)
 
     def train_step(self, x0: torch.Tensor) -> float:
         """One AdamW step on the batch ``x0``; returns the loss (raises on a non-finite loss)."""
         self.network.train()
-        out = diffusion_loss(self.network, self.corruption, self.time_type, x0, self.generator)
+        out = diffusion_loss(self.loss_network, self.corruption, self.time_type, x0, self.generator)
         loss = float(out.loss.detach())
         if not math.isfinite(loss):
             raise FloatingPointError(
@@ -96,6 +103,30 @@ class Trainer:
         if self.ema is not None:
             self._update_ema()
         return loss
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything :meth:`fit` changes, for a bit-for-bit resume: step, weights, EMA weights,
+        optimizer and scheduler state, and both generators' states (``ByteTensor``)."""
+        return {
+            "step": self.step,
+            "network": self.network.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "generator": self.generator.get_state(),
+            "data_generator": self.data_generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self.step = int(state["step"])
+        self.network.load_state_dict(state["network"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"])
+        self.data_generator.set_state(state["data_generator"])
 
     @torch.no_grad()
     def _update_ema(self) -> None:

@@ -23,6 +23,9 @@ class SamplerSpec:
         requires: capabilities the corruption must offer (see :func:`udm.capabilities`).
         options: fixed keyword options (e.g. ``{"eta": 1.0}``); call-time options override them.
         description: one line for ``udm plugins``.
+        exact_marginals: ``True`` when one step maps p(x_t | x_0) to p(x_s | x_0) exactly for any step
+            size given the oracle x0_hat = x_0; ``False`` for discretised ODEs/SDEs, which are exact only
+            as steps shrink (the conformance suite checks those on a fine grid).
     """
 
     name: str
@@ -30,6 +33,7 @@ class SamplerSpec:
     requires: tuple[str, ...] = ()
     options: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
+    exact_marginals: bool = True
 
     def missing(self, corruption: Any) -> list[str]:
         """Capabilities this sampler needs that ``corruption`` lacks."""

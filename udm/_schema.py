@@ -1,0 +1,138 @@
+"""Keyword-argument schemas read from a callable's signature: which keys it takes, with which types.
+
+Used by :mod:`udm.config` to check every YAML section against the plugin it names. Types come from
+annotations (``int``, ``float``, ``str``, ``bool``, ``list[...]``, ``tuple[...]``, ``X | None``,
+``Literal[...]``, ``dict``); parameters without an annotation are checked against their default's
+type; anything else (a class such as ``torch.device``) is accepted as written.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Param", "Schema", "schema_of", "conforms", "describe", "coerce"]
+
+_EMPTY = inspect.Parameter.empty
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    annotation: Any = Any  #: a type (resolved), or ``Any`` when unknown
+    default: Any = _EMPTY
+
+    @property
+    def required(self) -> bool:
+        return self.default is _EMPTY
+
+
+@dataclass(frozen=True)
+class Schema:
+    params: dict[str, Param]
+    open: bool = False  #: the callable takes ``**kwargs``: any extra key is accepted
+
+
+def _hints(fn: Callable[..., Any]) -> dict[str, Any]:
+    target = fn.__init__ if inspect.isclass(fn) else fn
+    try:
+        return typing.get_type_hints(target)
+    except Exception:  # unresolvable forward references: fall back to defaults' types
+        return {}
+
+
+def schema_of(fn: Callable[..., Any], *, skip: Sequence[str] = ()) -> Schema:
+    """The keyword parameters of ``fn`` (a class: its ``__init__``), less ``skip``."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return Schema({}, open=True)
+    hints, params, open_ = _hints(fn), {}, False
+    for p in sig.parameters.values():
+        if p.kind is p.VAR_KEYWORD:
+            open_ = True
+            continue
+        if p.kind in (p.VAR_POSITIONAL, p.POSITIONAL_ONLY) or p.name in skip or p.name == "self":
+            continue
+        ann = hints.get(p.name, _EMPTY)
+        if ann is _EMPTY:
+            d = p.default
+            ann = type(d) if d is not _EMPTY and type(d) in (int, float, str, bool, list, tuple, dict) else Any
+            ann = float if ann is int else ann  # an unannotated ``x=1`` may well mean any number
+        params[p.name] = Param(p.name, ann, p.default)
+    return Schema(params, open_)
+
+
+def _origin(tp: Any) -> Any:
+    return typing.get_origin(tp)
+
+
+def _is_union(tp: Any) -> bool:
+    return _origin(tp) is typing.Union or isinstance(tp, types.UnionType)
+
+
+def conforms(value: Any, tp: Any) -> bool:
+    """Whether a YAML value (None, bool, int, float, str, list, dict) fits the annotation ``tp``."""
+    if tp is Any or tp is _EMPTY or tp is object:
+        return True
+    if tp is None or tp is type(None):
+        return value is None
+    if _is_union(tp):
+        return any(conforms(value, a) for a in typing.get_args(tp))
+    origin, args = _origin(tp), typing.get_args(tp)
+    if origin is typing.Literal:
+        return any(value == a and type(value) is type(a) for a in args)
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    seq = {list, tuple, Sequence, typing.Sequence}
+    if tp in seq or origin in seq:
+        if not isinstance(value, (list, tuple)):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(conforms(v, a) for v, a in zip(value, args))
+        return not args or all(conforms(v, args[0]) for v in value)
+    if tp in (dict, Mapping) or origin in (dict, Mapping, typing.Mapping):
+        return isinstance(value, dict)
+    if inspect.isclass(tp) and tp.__module__ == "builtins":
+        return isinstance(value, tp)
+    return True  # a class YAML cannot express (torch.device, a callable): leave it to the plugin
+
+
+def describe(tp: Any) -> str:
+    """A short human form of an annotation: ``int``, ``list of int``, ``one of 'a', 'b'``, ``float or None``."""
+    if tp is Any or tp is _EMPTY:
+        return "any value"
+    if tp is None or tp is type(None):
+        return "None"
+    if _is_union(tp):
+        return " or ".join(dict.fromkeys(describe(a) for a in typing.get_args(tp)))
+    origin, args = _origin(tp), typing.get_args(tp)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        return "a list [" + ", ".join(describe(a) for a in args) + "]"
+    if origin in (list, tuple, Sequence) and args:
+        return f"a list of {describe(args[0])}"
+    if origin in (dict, Mapping):
+        return "a mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def coerce(value: Any, tp: Any) -> Any:
+    """Turn a YAML list into a tuple where the annotation asks for a tuple only (e.g. AdamW ``betas``)."""
+    if isinstance(value, list):
+        branches = typing.get_args(tp) if _is_union(tp) else (tp,)
+        kinds = {(_origin(b) or b) for b in branches if b is not type(None)}
+        if kinds == {tuple}:
+            return tuple(value)
+    return value
