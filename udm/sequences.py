@@ -62,8 +62,9 @@ class Sequences:
         width = int(lengths.max()) if len(lengths) else 0
         return Sequences(self.tokens[idx][:, :width].contiguous(), lengths, self.pad)
 
-    def to(self, device) -> "Sequences":
-        return Sequences(self.tokens.to(device), self.lengths.to(device), self.pad)
+    def to(self, device, non_blocking: bool = False) -> "Sequences":
+        return Sequences(self.tokens.to(device, non_blocking=non_blocking),
+                         self.lengths.to(device, non_blocking=non_blocking), self.pad)
 
     def unpad(self) -> list[torch.Tensor]:
         """The sequences as a list of 1-D LongTensors."""
