@@ -36,7 +36,7 @@ KIND_OF_SECTION = {"corruption": "corruption", "time": "time", "model": "model",
 SECTIONS = ("corruption", "time", "model", "data", "train", "sample", "eval", "run", "versions")
 REQUIRED = ("corruption", "time", "model", "data", "train")
 #: keys the runner fills in from the data when the plugin's signature takes them
-INJECTED = {"model": ("data_shape", "vocab_size"), "corruption": ("vocab_size",), "data": ()}
+INJECTED = {"model": ("data_shape", "vocab_size"), "corruption": ("vocab_size",), "time": (), "data": ()}
 
 _TRAIN_EXTRA = {"steps": Param("steps", int), "batch_size": Param("batch_size", int, 256)}
 _SAMPLE = {

@@ -1,0 +1,124 @@
+"""The ``udm`` command.
+
+::
+
+    udm run EXP.yaml [--resume] [--out DIR] [--set key.path=value ...]   train, then sample and evaluate
+    udm train EXP.yaml [...]                                             train only
+    udm sample RUN_DIR [--sampler NAME --steps N --n N --seed S]          sample a trained run
+    udm check EXP.yaml [--set ...]                                       validate without running
+    udm plugins                                                          what is installed
+
+Exit codes: 0 success, 2 usage or configuration error, 1 runtime failure. Multi-process:
+``torchrun --nproc_per_node=N -m udm run EXP.yaml``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from .errors import ConfigError, PluginError, UnknownPluginError
+
+__all__ = ["main"]
+
+USAGE_ERRORS = (ConfigError, UnknownPluginError)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="udm", description="Unified diffusion models: run YAML experiments.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{run,train,sample,check,plugins}")
+    for name, help_ in (("run", "train, then sample and evaluate"), ("train", "train only"),
+                        ("check", "validate an experiment without running it")):
+        sp = sub.add_parser(name, help=help_)
+        sp.add_argument("config", help="experiment YAML file")
+        sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="override a config value (repeatable), e.g. --set train.steps=100")
+        if name != "check":
+            sp.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+            sp.add_argument("--out", help="run directory (default: run.out, else runs/<config name>)")
+            sp.add_argument("--quiet", action="store_true", help="no progress bars")
+    sp = sub.add_parser("sample", help="sample from a trained run directory")
+    sp.add_argument("run_dir")
+    sp.add_argument("--sampler")
+    sp.add_argument("--steps", type=int)
+    sp.add_argument("--n", type=int)
+    sp.add_argument("--seed", type=int)
+    sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                    help="sampler options, e.g. --set sample.eta=0.5")
+    sp.add_argument("--quiet", action="store_true")
+    sub.add_parser("plugins", help="list installed plugins and what they register")
+    return p
+
+
+def _plugins() -> None:
+    from ._registry import registry
+
+    reg = registry()
+    for info in reg.plugins:
+        print(f"{info.label}: {info.status}" + (f" ({info.error})" if info.error else ""))
+        for kind, names in info.registered.items():
+            print(f"    {kind}: {', '.join(names)}")
+    from .api import supported_samplers
+
+    for name in reg.names("corruption"):
+        try:
+            corruption = reg.create("corruption", name)
+        except Exception:  # needs arguments: capabilities are only known for a configured corruption
+            continue
+        print(f"corruption {name!r} supports samplers: {', '.join(supported_samplers(corruption, reg))}")
+
+
+def _dispatch(args: argparse.Namespace) -> None:
+    if args.command == "plugins":
+        _plugins()
+        return
+    progress = False if getattr(args, "quiet", False) else None
+    if args.command == "check":
+        from .experiment import Experiment
+
+        exp = Experiment.from_file(args.config, args.overrides)
+        named = ", ".join(f"{s}={exp.config[s].get('name', 'file')}" for s in ("corruption", "time", "model", "data"))
+        print(f"{args.config}: OK ({named}, sampler={exp.config['sample']['sampler']})")
+        return
+    if args.command == "sample":
+        from .sampling import sample_run
+
+        _, metrics = sample_run(args.run_dir, sampler=args.sampler, steps=args.steps, n=args.n, seed=args.seed,
+                                overrides=args.overrides, progress=progress)
+        print("samples written to", f"{args.run_dir}/samples", *(f"{k}={v:.6g}" for k, v in metrics.items()))
+        return
+    from .experiment import run_experiment
+
+    result = run_experiment(args.config, out=args.out, resume=args.resume, overrides=args.overrides,
+                            sample=args.command == "run", progress=progress)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"run directory: {result.run_dir} (step {result.step})",
+              *(f"{k}={v:.6g}" for k, v in result.metrics.items()))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``udm`` console script; returns the exit code."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: 2 on usage errors, 0 on --help
+        return int(exc.code or 0)
+    try:
+        _dispatch(args)
+    except USAGE_ERRORS as exc:
+        print(f"udm {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except PluginError as exc:
+        print(f"udm {args.command}: plugin error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"udm {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # runtime failure: message first, no traceback unless UDM_DEBUG
+        if os.environ.get("UDM_DEBUG"):
+            raise
+        print(f"udm {args.command}: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return 0
