@@ -1,0 +1,36 @@
+"""Shared fixtures: a registry of the installed plugins built with a clean environment, seeded
+generators, and small helpers used by several test modules."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import udm
+
+_ENV = ("UDM_PLUGINS", "UDM_BLOCK_PLUGINS", "UDM_DISABLE_PLUGIN_AUTOLOAD", "UDM_STRICT_PLUGINS")
+
+
+@pytest.fixture(autouse=True)
+def _clean_plugin_env(monkeypatch):
+    """No test sees plugin switches from the developer's shell."""
+    for var in _ENV:
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture(scope="session")
+def reg() -> udm.Registry:
+    """The installed plugins (entry points in the group ``udm``), loaded once, strict."""
+    with pytest.MonkeyPatch.context() as mp:
+        for var in _ENV:
+            mp.delenv(var, raising=False)
+        return udm.load_registry(strict=True, only=None, block=(), autoload=True)
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture
+def make_gen():
+    return gen
