@@ -6,7 +6,7 @@
     udm train EXP.yaml [...]                                             train only
     udm sample RUN_DIR [--sampler NAME --steps N --n N --seed S]          sample a trained run
     udm check EXP.yaml [--set ...]                                       validate without running
-    udm plugins                                                          what is installed
+    udm plugins [--json]                                                 what is installed
 
 Exit codes: 0 success, 2 usage or configuration error, 1 runtime failure. Multi-process:
 ``torchrun --nproc_per_node=N -m udm run EXP.yaml``.
@@ -48,31 +48,22 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                     help="sampler options, e.g. --set sample.eta=0.5")
     sp.add_argument("--quiet", action="store_true")
-    sub.add_parser("plugins", help="list installed plugins and what they register")
+    sp = sub.add_parser("plugins", help="list installed plugins and what they register")
+    sp.add_argument("--json", action="store_true", help="machine-readable output (udm.plugin_report)")
     return p
 
 
-def _plugins() -> None:
+def _plugins(as_json: bool = False) -> None:
     from ._registry import registry
+    from .plugin_report import build_report
 
-    reg = registry()
-    for info in reg.plugins:
-        print(f"{info.label}: {info.status}" + (f" ({info.error})" if info.error else ""))
-        for kind, names in info.registered.items():
-            print(f"    {kind}: {', '.join(names)}")
-    from .api import supported_samplers
-
-    for name in reg.names("corruption"):
-        try:
-            corruption = reg.create("corruption", name)
-        except Exception:  # needs arguments: capabilities are only known for a configured corruption
-            continue
-        print(f"corruption {name!r} supports samplers: {', '.join(supported_samplers(corruption, reg))}")
+    report = build_report(registry())
+    print(report.to_json() if as_json else report.to_text())
 
 
 def _dispatch(args: argparse.Namespace) -> None:
     if args.command == "plugins":
-        _plugins()
+        _plugins(args.json)
         return
     progress = False if getattr(args, "quiet", False) else None
     if args.command == "check":
