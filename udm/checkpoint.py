@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from .errors import ConfigError
 
 __all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "list_checkpoints", "rng_state",
-           "set_rng_state", "Checkpoint"]
+           "set_rng_state", "clean", "Checkpoint"]
 
 _PREFIX = "step-"
 
@@ -133,8 +133,25 @@ def save_checkpoint(ckpt_dir: str | Path, trainer: Any, *, corruption: Any = Non
     _fsync(tmp / "state.json")
     os.rename(tmp, final)  # atomic on POSIX: the checkpoint appears complete or not at all
     for old in list_checkpoints(ckpt_dir)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+        _remove(old)
     return final
+
+
+def _remove(path: Path) -> None:
+    """Delete a checkpoint: first renamed out of sight (atomic), then removed."""
+    doomed = path.parent / f".tmp-delete-{path.name}-{os.getpid()}"
+    os.rename(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def clean(ckpt_dir: str | Path) -> None:
+    """Remove what an interrupted save or delete left behind (``.tmp-*`` and step folders without state.json)."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return
+    for p in ckpt_dir.iterdir():
+        if p.name.startswith(".tmp-") or (p.name.startswith(_PREFIX) and not (p / "state.json").is_file()):
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def list_checkpoints(ckpt_dir: str | Path) -> list[Path]:

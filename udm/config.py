@@ -155,6 +155,9 @@ def _plugin_section(src: str, section: str, body: dict[str, Any], registry: Regi
     kind = KIND_OF_SECTION[section]
     if section == "data" and "file" in body:
         _check_keys(src, section, body, Schema(_DATA_FILE))
+        if not Path(body["file"]).is_file():
+            _fail(src, "data.file", "the file", "an existing file", body["file"],
+                  "Check the path (relative paths are read from the experiment file's folder).")
         return
     if "name" not in body:
         _fail(src, f"{section}.name", "the key", f"given (a registered {kind})", None,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import platform
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,8 +146,7 @@ def _prepare_dir(exp: Experiment, run_dir: Path, resume: bool, main: bool) -> Pa
                               f"{str(saved)!r}. Only train.steps, sample, eval and run may change on resume.")
     if main:
         ckpts.mkdir(parents=True, exist_ok=True)
-        for tmp in ckpts.glob(".tmp-*"):  # a checkpoint interrupted while being written
-            shutil.rmtree(tmp, ignore_errors=True)
+        checkpoint.clean(ckpts)  # what a save or delete interrupted by a crash left behind
     return latest if resume else None
 
 
@@ -171,7 +169,8 @@ def _run(exp: Experiment, d: distributed.Dist, device: torch.device, run: dict[s
     latest = _prepare_dir(exp, run_dir, resume, d.is_main)
     data = exp.build_data()
     data_shape = list(data.shape[1:])
-    vocab = int(data.max()) + 1 if not data.is_floating_point() and data.numel() else None
+    tokens = getattr(data, "tokens", data)  # udm.Sequences keeps its tokens padded
+    vocab = int(tokens.max()) + 1 if not tokens.is_floating_point() and tokens.numel() else None
     corruption, time_type, network = exp.build(data_shape, vocab, run["seed"])
     steps, batch_size = train_cfg.pop("steps"), train_cfg.pop("batch_size")
     distributed.check_batch(batch_size, d)
@@ -234,8 +233,8 @@ def _train(exp: Experiment, trainer: Trainer, corruption: Any, data: torch.Tenso
                 loss = trainer.train_step(trainer.next_batch(data, local_batch))
             except FloatingPointError as exc:
                 last = checkpoint.latest_checkpoint(run_dir / "checkpoints")
-                kept = f"The last good checkpoint is {str(last)!r}" if last else "No checkpoint was written yet"
-                raise TrainingError(f"{exc} {kept}; it is intact. Fix the cause, then run again with --resume.") from None
+                kept = f"The last good checkpoint is {str(last)!r}; it is intact" if last else "No checkpoint was written"
+                raise TrainingError(f"{exc} {kept}. Fix the cause, then run again with --resume.") from None
             loss = distributed.all_mean(loss, d, device)
             losses.append(loss)
             window.append(loss)
