@@ -167,6 +167,7 @@ def _run(exp: Experiment, d: distributed.Dist, device: torch.device, run: dict[s
          out: str | Path | None, resume: bool, do_sample: bool, progress: bool | None) -> RunResult:
     run_dir = exp.run_dir(out)
     latest = _prepare_dir(exp, run_dir, resume, d.is_main)
+    _seed_globals(run["seed"] + distributed.RANK_SEED_STRIDE * d.rank)
     data = exp.build_data()
     data_shape = list(data.shape[1:])
     tokens = getattr(data, "tokens", data)  # udm.Sequences keeps its tokens padded
@@ -200,6 +201,20 @@ def _run(exp: Experiment, d: distributed.Dist, device: torch.device, run: dict[s
                                                                  log=log, progress=progress, step=trainer.step)
     distributed.barrier(d)
     return result
+
+
+def _seed_globals(seed: int) -> None:
+    """Seed torch's, numpy's and python's global RNGs (user models may draw from them: dropout).
+
+    udm's own code draws only from explicit generators; this makes user code reproducible too, and
+    checkpoints save and restore these states so that a resumed run continues them exactly."""
+    import random
+
+    import numpy as np
+
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
 
 
 def _restore(trainer: Trainer, corruption: Any, path: Path, d: distributed.Dist) -> None:
