@@ -146,7 +146,9 @@ class Registry:
         except pluggy.PluginValidationError as exc:
             self._pm.unregister(plugin)
             known = ", ".join(hookspecs.HOOK_OF_KIND.values())
-            self._fail(info, f"{exc}. Hooks must be one of: {known}")
+            hint = "".join(did_you_mean(a, hookspecs.HOOK_OF_KIND.values()) for a in dir(plugin)
+                           if a.startswith("udm_") and a not in hookspecs.HOOK_OF_KIND.values())
+            self._fail(info, f"{exc}. Hooks must be one of: {known}.{hint}")
             return info
         for kind, hook_name in hookspecs.HOOK_OF_KIND.items():
             for impl in getattr(self._pm.hook, hook_name).get_hookimpls():
@@ -209,7 +211,8 @@ class Registry:
         info.error = error
         if self.strict:
             raise PluginError(
-                f"plugin {info.label}: failed to load: {error}. Fix or uninstall the distribution "
+                f"plugin {info.label}: failed to load: {error}{'' if error.endswith(('.', '?')) else '.'} "
+                f"Fix or uninstall the distribution "
                 f"{info.distribution!r}, or block it with UDM_BLOCK_PLUGINS={info.name}."
             )
 
@@ -228,6 +231,40 @@ def _validate(kind: str, key: str, obj: Any, info: PluginInfo, hook_name: str) -
         )
     if not required and not callable(obj):
         raise PluginError(f"{info.label}, {hook_name}: {kind} {key!r} must be callable; got {obj!r}.")
+    _check_signatures(kind, key, obj, info, hook_name)
+
+
+#: positional parameters each contract method must accept (DESIGN.md §3); optional ones only when present
+_SIGNATURES = {
+    "corruption": {"sample_noise": ("x0", "generator"), "forward": ("x0", "eps", "t"),
+                   "sample_prior": ("shape", "generator"), "noise_posterior": ("x_t", "x0", "t", "generator"),
+                   "refresh_noise": ("eps", "amount", "generator"), "posterior": ("x_t", "x0", "t", "s", "generator")},
+    "time": {"sample_train": ("batch", "generator"), "grid": ("steps",), "encode": ("t",)},
+}
+
+
+def _check_signatures(kind: str, key: str, obj: Any, info: PluginInfo, hook_name: str) -> None:
+    """Reject a contract method that cannot be called with the contract's positional arguments."""
+    import inspect
+
+    for method, params in _SIGNATURES.get(kind, {}).items():
+        fn = getattr(obj, method, None)
+        if not callable(fn):
+            continue
+        unbound = inspect.isclass(obj) and not isinstance(inspect.getattr_static(obj, method),
+                                                          (staticmethod, classmethod))
+        try:
+            sig = inspect.signature(fn)
+        except (TypeError, ValueError):  # builtins without a signature: nothing to check
+            continue
+        try:
+            sig.bind(*([None] if unbound else []), *params)
+        except TypeError:
+            raise PluginError(
+                f"{info.label}, {hook_name}: {kind} {key!r}: method {method} must accept ({', '.join(params)}); "
+                f"got {method}{sig}. Define it as def {method}(self, {', '.join(params)}) (extra parameters need "
+                f"defaults); see the {kind} contract in udm's reference docs."
+            ) from None
 
 
 def _entry_points() -> list[Any]:
