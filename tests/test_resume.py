@@ -19,8 +19,8 @@ corruption: {name: gaussian, schedule: cosine}
 time: {name: discrete, steps: 100}
 model: {name: mlp, width: 32, depth: 1, time_dim: 16}
 data: {name: two_moons, n: 512}
-train: {steps: 600, batch_size: 64, lr: 1e-3, ema: 0.9, warmup: 50}
-run: {checkpoint_every: 50, keep: 2, log_every: 10}
+train: {steps: 300, batch_size: 64, lr: 1e-3, ema: 0.9, warmup: 50}
+run: {checkpoint_every: 25, keep: 2, log_every: 10}
 """
 
 
@@ -29,7 +29,7 @@ def _cmd(exp: Path, out: Path, *extra: str) -> list[str]:
 
 
 def _tensors(run: Path, name: str) -> dict[str, torch.Tensor]:
-    return load_file(str(run / "checkpoints" / "step-00000600" / name))
+    return load_file(str(run / "checkpoints" / "step-00000300" / name))
 
 
 def _losses(run: Path) -> list[tuple[int, float]]:
@@ -45,20 +45,20 @@ def test_sigkill_then_resume_is_bit_for_bit(tmp_path: Path):
     victim = subprocess.Popen(_cmd(exp, tmp_path / "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpts = tmp_path / "killed" / "checkpoints"
     deadline = time.monotonic() + 120
-    while not (ckpts / "step-00000150").exists() and victim.poll() is None and time.monotonic() < deadline:
+    while not (ckpts / "step-00000100").exists() and victim.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     assert victim.returncode == -signal.SIGKILL
     latest = checkpoint.latest_checkpoint(ckpts)
-    assert latest is not None and 150 <= int(latest.name.split("-")[1]) < 600, "killed after finishing: no test"
+    assert latest is not None and 100 <= int(latest.name.split("-")[1]) < 300, "killed after finishing: no test"
 
     resumed = subprocess.run(_cmd(exp, tmp_path / "killed", "--resume"), capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     for name in ("model.safetensors", "ema.safetensors", "optimizer.safetensors", "rng.safetensors"):
         a, b = _tensors(tmp_path / "full", name), _tensors(tmp_path / "killed", name)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
-    state = [json.loads((run / "checkpoints" / "step-00000600" / "state.json").read_text())
+    state = [json.loads((run / "checkpoints" / "step-00000300" / "state.json").read_text())
              for run in (tmp_path / "full", tmp_path / "killed")]
     assert state[0]["scheduler"] == state[1]["scheduler"] and state[0]["optimizer"] == state[1]["optimizer"]
     assert _losses(tmp_path / "full") == _losses(tmp_path / "killed")  # metrics.jsonl rewritten identically
@@ -66,7 +66,7 @@ def test_sigkill_then_resume_is_bit_for_bit(tmp_path: Path):
 
 def test_resume_of_a_finished_run_changes_nothing_and_can_extend_it(tmp_path: Path):
     exp = tmp_path / "exp.yaml"
-    exp.write_text(EXP.replace("steps: 600", "steps: 40"))
+    exp.write_text(EXP.replace("steps: 300", "steps: 40"))
     run = tmp_path / "run"
     subprocess.run(_cmd(exp, run), check=True, capture_output=True, timeout=300)
     before = (run / "checkpoints" / "step-00000040" / "model.safetensors").read_bytes()
