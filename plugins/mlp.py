@@ -10,12 +10,7 @@ from torch import nn
 import udm
 
 
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding (Vaswani et al.; DDPM) of time encodings ``(batch,)`` -> ``(batch, dim)``."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    args = t.float()[:, None] * freqs[None]
-    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+timestep_embedding = udm.nn.timestep_embedding  # kept importable from here
 
 
 class _Block(nn.Module):

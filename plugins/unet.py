@@ -9,22 +9,12 @@ and goes through a sinusoidal embedding (Vaswani et al. 2017) and a two-layer ML
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 import udm
 from udm.errors import ConfigError
-
-
-def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Time encodings ``(batch,)`` -> ``(batch, dim)``: [cos(t f_k), sin(t f_k)], f_k = max_period^(-k/half)."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    args = t.float()[:, None] * freqs[None]
-    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
 def _norm(ch: int) -> nn.GroupNorm:
@@ -116,7 +106,7 @@ class UNet(nn.Module):
         if x.shape[1:] != self.data_shape:
             raise ConfigError(f"model unet: input must have shape (batch, {', '.join(map(str, self.data_shape))}); "
                               f"got {tuple(x.shape)}. Set data_shape to the data's per-example shape.")
-        emb = self.time_mlp(sinusoidal_embedding(t, self.time_dim).to(x.dtype))
+        emb = self.time_mlp(udm.nn.timestep_embedding(t, self.time_dim).to(x.dtype))
         h = self.inp(x)
         skips = [h]
         for layer in self.down:

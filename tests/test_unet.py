@@ -70,3 +70,13 @@ def test_errors():
     net = _unet(data_shape=[1, 8, 8], channels=8)
     with pytest.raises(ConfigError, match=r"model unet: input must have shape \(batch, 1, 8, 8\); got \(2, 3, 8, 8\)"):
         net(torch.zeros(2, 3, 8, 8), torch.zeros(2))
+
+
+def test_timestep_embedding_closed_form():
+    t = torch.tensor([0.0, 250.0])
+    emb = udm.nn.timestep_embedding(t, 8)
+    k = torch.arange(4, dtype=torch.float64)
+    freqs = 10000.0 ** (-k / 4)
+    want = torch.cat([torch.cos(250.0 * freqs), torch.sin(250.0 * freqs)]).float()
+    torch.testing.assert_close(emb[0], torch.tensor([1.0] * 4 + [0.0] * 4))
+    torch.testing.assert_close(emb[1], want, atol=1e-4, rtol=0)

@@ -5,7 +5,7 @@ of reverse samplers. Corruptions, time types, samplers, models, datasets and met
 plugins found through entry points in the group ``udm``.
 """
 
-from . import affine, samplers
+from . import affine, nn, samplers
 from ._registry import PluginInfo, Registry, list_plugins, load_registry, registry
 from ._tensor import TimeCache, append_dims
 from .api import resolve_sampler, sample, supported_samplers
@@ -45,6 +45,7 @@ __all__ = [
     "Sequences",
     "samplers",
     "affine",
+    "nn",
     "sample",
     "supported_samplers",
     "resolve_sampler",
