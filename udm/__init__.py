@@ -10,7 +10,7 @@ from ._registry import PluginInfo, Registry, list_plugins, load_registry, regist
 from ._tensor import TimeCache, append_dims
 from .api import resolve_sampler, sample, supported_samplers
 from .corruption import Corruption, GaussianNoise, capabilities
-from .denoiser import Denoiser
+from .denoiser import Denoiser, Prediction
 from .errors import CapabilityError, ConfigError, PluginError, UdmError, UnknownPluginError
 from .families import Categorical, Family, Gaussian, Laplace, get_family
 from .hookspecs import hookimpl
@@ -40,6 +40,7 @@ __all__ = [
     "Categorical",
     "get_family",
     "Denoiser",
+    "Prediction",
     "SamplerSpec",
     "SamplerStep",
     "Sequences",

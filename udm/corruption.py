@@ -12,6 +12,8 @@ refresh_noise       ``(eps, amount, generator) -> eps'``, q(eps)-invariant      
 posterior           ``(x_t, x_0, t, s, generator) -> x_s`` ~ p(x_s | x_t, x_0)   posterior
 schedule            ``(t) -> AffineSchedule`` for F = alpha_t x_0 + sigma_t eps   eta-refresh, conversions
 fit                 ``(data) -> None``; statistics the prior needs                (saved with state_dict)
+masked_count        ``(x_t, t, s, generator) -> (batch,)`` how many of x_t's      confidence, maskgit
+                    ``mask_id`` positions stay masked at s ~ p(|S_s| | S_t)
 vector_space        ``data_kind == "continuous"`` (x_t + a - b makes sense)        residual, ode
 ==================  ===========================================================  ==================
 
@@ -30,7 +32,7 @@ from ._tensor import append_dims
 
 __all__ = ["Corruption", "GaussianNoise", "capabilities", "OPTIONAL_CAPABILITIES"]
 
-OPTIONAL_CAPABILITIES = ("noise_posterior", "refresh_noise", "posterior", "schedule", "fit")
+OPTIONAL_CAPABILITIES = ("noise_posterior", "refresh_noise", "posterior", "schedule", "fit", "masked_count")
 
 
 class Corruption(ABC):

@@ -7,13 +7,23 @@ Samplers never call a network directly; they call a *denoiser* ``D(x_t, t, gener
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from .families import Family, get_family
 
-__all__ = ["Denoiser"]
+__all__ = ["Denoiser", "Prediction"]
+
+
+@dataclass
+class Prediction:
+    """What :meth:`Denoiser.predict` returns: the point x0_hat and the q_theta parameters it came from
+    (logits ``(batch, length, vocab)`` for categorical families; x_0 itself for Gaussian/Laplace)."""
+
+    x0_hat: Any
+    params: Any
 
 
 class Denoiser:
@@ -36,6 +46,11 @@ class Denoiser:
         self.family = get_family(family if family is not None else corruption.family, **family_options)
 
     @torch.no_grad()
+    def predict(self, x_t: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None) -> Prediction:
+        """x0_hat together with q_theta's parameters (samplers such as ``confidence`` need the logits)."""
+        params = self.corruption.to_x0(self.network(x_t, self.time_type.encode(t)), x_t, t)
+        return Prediction(self.family.point(params, generator), params)
+
+    @torch.no_grad()
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None):
-        out = self.network(x_t, self.time_type.encode(t))
-        return self.family.point(self.corruption.to_x0(out, x_t, t), generator)
+        return self.predict(x_t, t, generator).x0_hat
