@@ -139,16 +139,23 @@ def test_fit_prior_and_state_round_trip():
     assert abs(float(resid.var() * 16 / 15) - 0.05**2) < 0.05**2 * 5 * math.sqrt(2 / resid.numel())
 
 
-def test_fit_stats_survive_a_checkpoint_file(tmp_path):
-    from safetensors.torch import load_file, save_file
+def test_fit_stats_survive_a_checkpoint(tmp_path):
+    # udm.train fits the statistics; the checkpoint carries them next to the weights
+    from udm.checkpoint import load_checkpoint, save_checkpoint
+    from udm.plugins.time import Continuous
 
+    data = _images(12, 3, 4, 4, dtype=torch.float32)
+    net = udm.registry().create("model", "unet", data_shape=[3, 4, 4], channels=8, channel_mult=[1])
     c = BlurCorruption()
-    c.fit(_images(10, 3, 4, 4, dtype=torch.float32))
-    save_file(c.state_dict(), tmp_path / "blur.safetensors")
+    result = udm.train(net, c, Continuous(), data, steps=1, batch_size=4, ema=0)
+    trainer = udm.Trainer(result.model, c, Continuous(), ema=0)
+    ckpt = load_checkpoint(save_checkpoint(tmp_path / "ckpt", trainer, corruption=c))
     other = BlurCorruption()
-    other.load_state_dict(load_file(tmp_path / "blur.safetensors"))
+    other.load_state_dict(ckpt.corruption)
+    torch.testing.assert_close(ckpt.corruption["channel_mean"], data.double().mean(dim=(0, 2, 3)))
     g = lambda: torch.Generator().manual_seed(2)  # noqa: E731
-    torch.testing.assert_close(other.sample_prior((3, 3, 4, 4), g()), c.sample_prior((3, 3, 4, 4), g()))
+    torch.testing.assert_close(other.sample_prior((3, 3, 4, 4), g()), c.sample_prior((3, 3, 4, 4), g()),
+                               atol=0, rtol=0)
 
 
 def test_errors():
@@ -174,8 +181,7 @@ def test_errors():
 
 def test_registered_with_its_capabilities():
     reg = udm.registry()
-    c = reg.create("corruption", "blur", sigma=0.1, family="laplace") if hasattr(reg, "create") \
-        else reg.get("corruption", "blur")(sigma=0.1, family="laplace")
+    c = reg.create("corruption", "blur", sigma=0.1, family="laplace")
     assert c.family == "laplace"
     names = udm.supported_samplers(c)
     assert {"renoise", "invert", "refresh", "residual", "cold", "naive"} <= set(names)
