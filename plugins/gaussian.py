@@ -121,6 +121,7 @@ class GaussianCorruption(udm.GaussianNoise, udm.Corruption):
         self._fn = SCHEDULES[schedule]
         self._amplitudes = udm.TimeCache(self._compute_amplitudes)
         self._schedule = udm.TimeCache(self._compute_schedule)
+        self._casts: dict[torch.dtype, udm.TimeCache] = {}  # dtype -> cached (alpha, sigma) cast to dtype
 
     def __repr__(self) -> str:
         return f"GaussianCorruption(schedule={self.schedule_name!r}, prediction={self.prediction!r})"
@@ -138,14 +139,19 @@ class GaussianCorruption(udm.GaussianNoise, udm.Corruption):
         (a, s), (da, ds) = torch.func.jvp(lambda tt: self._fn(tt, **self._kw), (t,), (torch.ones_like(t),))
         return affine.AffineSchedule(a, s, da, ds)
 
-    def _coef(self, t: torch.Tensor) -> affine.AffineSchedule:
-        a, s = self._amplitudes(t)
-        return affine.AffineSchedule(a, s)
+    def _coef(self, t: torch.Tensor, dtype: torch.dtype | None = None) -> affine.AffineSchedule:
+        """alpha_t, sigma_t in float64, or cast to ``dtype`` once per time tensor (the same values that
+        :mod:`udm.affine` would cast on every call; use it only where they enter a formula directly)."""
+        if dtype is None or dtype == torch.float64:
+            return affine.AffineSchedule(*self._amplitudes(t))
+        if dtype not in self._casts:
+            self._casts[dtype] = udm.TimeCache(lambda tt: tuple(v.to(dtype) for v in self._amplitudes(tt)))
+        return affine.AffineSchedule(*self._casts[dtype](t))
 
     # --------------------------------------------------------------- contract
     def forward(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        a, s = self._amplitudes(t)
-        return udm.append_dims(a.to(x0.dtype), x0.ndim) * x0 + udm.append_dims(s.to(x0.dtype), x0.ndim) * eps
+        c = self._coef(t, x0.dtype)
+        return udm.append_dims(c.alpha, x0.ndim) * x0 + udm.append_dims(c.sigma, x0.ndim) * eps
 
     def sample_prior(self, shape, generator, *, device=None, dtype=None) -> torch.Tensor:
         """x_1 ~ N(0, sigma_1^2 I) (alpha_1 x_0 is neglected; alpha_1 = 0.006 for DDPM linear)."""
@@ -155,7 +161,7 @@ class GaussianCorruption(udm.GaussianNoise, udm.Corruption):
 
     def noise_posterior(self, x_t, x0, t, generator=None) -> torch.Tensor:
         """The exact inverse eps = (x_t - alpha_t x0) / sigma_t (a point mass)."""
-        return affine.eps_from_x0(x_t, x0, self._coef(t))
+        return affine.eps_from_x0(x_t, x0, self._coef(t, x_t.dtype))
 
     def posterior(self, x_t, x0, t, s, generator) -> torch.Tensor:
         """Closed-form p(x_s | x_t, x_0) for any s < t (Ho et al. eq. 7; Kingma et al. 2021, VDM eq. 24):
@@ -179,7 +185,8 @@ class GaussianCorruption(udm.GaussianNoise, udm.Corruption):
         return affine.target(self.prediction, x0, eps, self._coef(t))
 
     def to_x0(self, output, x_t, t):
-        return affine.to_x0(self.prediction, output, x_t, self._coef(t))
+        # x0_from_eps uses alpha, sigma directly (cast once per t); v's formula needs them in float64
+        return affine.to_x0(self.prediction, output, x_t, self._coef(t, x_t.dtype if self.prediction == "eps" else None))
 
     def loss_weight(self, t):
         return affine.x0_loss_weight(self.weighting, self.prediction, self._coef(t), self.gamma)

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from ..errors import CapabilityError
+from .._tensor import grid_times
 from ..time import check_grid
 
 __all__ = ["SamplerStep", "StepContext", "sample_loop", "require"]
@@ -39,6 +40,7 @@ class StepContext:
     corruption: Any
     generator: torch.Generator | None
     clamp: bool
+    index: int = 0  #: the step being taken (0-based), kept current by :func:`sample_loop`
 
 
 def require(corruption: Any, rule: str, *caps: str) -> None:
@@ -78,16 +80,18 @@ def sample_loop(step: Callable[..., Any], denoiser: Callable[..., Any], corrupti
 
     ``times`` is a float grid ``(N + 1,)``; the times handed to rules and the denoiser are float64
     tensors of shape ``(batch,)``, created once per grid point (so corruptions may cache their
-    coefficients per time tensor).
+    coefficients per time tensor) by :func:`udm._tensor.grid_times` (so that :class:`udm.TimeCache`
+    evaluates them once on the whole grid). Rules may look per-step tables up by ``ctx.index``.
     """
     grid = check_grid(times)
     batch, device = _batch(x_init)
     values = grid.tolist()
-    ts = [torch.full((batch,), v, dtype=torch.float64, device=device) for v in values]
+    ts = grid_times(grid, batch, device)
     ctx = StepContext(denoiser, corruption, generator, clamp)
     x = x_init
     n = len(values) - 1
     for i in range(n):
+        ctx.index = i
         x0_hat = predict(ctx, x, ts[i])
         x = x0_hat if values[i + 1] == 0.0 else step(ctx, x, x0_hat, ts[i], ts[i + 1])
         if callback is not None:

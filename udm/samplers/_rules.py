@@ -22,8 +22,9 @@ from typing import Any
 import torch
 
 from .._tensor import append_dims
-from ..affine import ddpm_refresh_amount
+from ..affine import AffineSchedule, ddpm_refresh_amount
 from ..errors import ConfigError
+from ..time import check_grid
 from ._loop import StepContext, predict, require, sample_loop
 
 __all__ = ["renoise", "invert", "refresh", "residual", "ode", "posterior", "RULES", "SOLVERS"]
@@ -61,6 +62,19 @@ def invert(denoiser, corruption, times, x_init, *, generator=None, callback=None
                        generator=generator, callback=callback, clamp=clamp)
 
 
+def _grid_refresh_amounts(corruption, times, eta: float) -> list[float]:
+    """ddpm_refresh_amount(schedule(t_i), schedule(t_{i+1}), eta) for every step i of the grid ``times``.
+
+    Evaluated once per sampler call on the whole grid ``(N + 1,)`` rather than once per step on
+    ``(batch,)`` tensors: ``schedule`` also returns t-derivatives, which cost milliseconds per call
+    (``torch.func.jvp``). The loop's times are the grid's own float64 values, so the amounts are the same.
+    """
+    sched = corruption.schedule(check_grid(times))
+    st = AffineSchedule(sched.alpha[:-1], sched.sigma[:-1])
+    ss = AffineSchedule(sched.alpha[1:], sched.sigma[1:])
+    return ddpm_refresh_amount(st, ss, eta).tolist()
+
+
 def refresh(denoiser, corruption, times, x_init, *, generator=None, callback=None, clamp=False,
             eta: float | None = None, amount: float | Callable[[Any, Any], Any] | None = None):
     """Partial refresh (eq. 1.10): x_s = F_s(x0_hat, refresh_noise(eps_hat, a)).
@@ -77,21 +91,23 @@ def refresh(denoiser, corruption, times, x_init, *, generator=None, callback=Non
         if not 0 <= float(eta) <= 1:
             raise ConfigError(f"sampler 'refresh': eta must be in [0, 1]; got {eta!r}.")
         require(corruption, "refresh(eta)", "schedule")
+        amounts = _grid_refresh_amounts(corruption, times, float(eta))
 
-        def a_of(t, s):
-            return ddpm_refresh_amount(corruption.schedule(t), corruption.schedule(s), float(eta))
+        def a_of(ctx, t, s):
+            return amounts[ctx.index]
     elif callable(amount):
-        a_of = amount
+        def a_of(ctx, t, s):
+            return amount(t, s)
     else:
         if not 0 <= float(amount) <= 1:
             raise ConfigError(f"sampler 'refresh': amount must be in [0, 1]; got {amount!r}.")
 
-        def a_of(t, s):
+        def a_of(ctx, t, s):
             return float(amount)
 
     def step(ctx: StepContext, x, x0, t, s):
         c = ctx.corruption
-        eps = c.refresh_noise(c.noise_posterior(x, x0, t, ctx.generator), a_of(t, s), ctx.generator)
+        eps = c.refresh_noise(c.noise_posterior(x, x0, t, ctx.generator), a_of(ctx, t, s), ctx.generator)
         return c.forward(x0, eps, s)
 
     return sample_loop(step, denoiser, corruption, times, x_init, generator=generator, callback=callback, clamp=clamp)
