@@ -19,6 +19,7 @@ from .samplers import SamplerSpec, SamplerStep
 from .sequences import Sequences
 from .time import TimeType, check_grid
 from .training import Trainer, TrainResult, TrainStep, train
+from .experiment import Experiment, RunResult, TrainingError, run_experiment
 
 __version__ = "0.1.0"
 
@@ -56,6 +57,10 @@ __all__ = [
     "TrainResult",
     "TrainStep",
     "train",
+    "Experiment",
+    "RunResult",
+    "TrainingError",
+    "run_experiment",
     "append_dims",
     "TimeCache",
     "UdmError",
