@@ -60,7 +60,7 @@ def confidence(denoiser, corruption, times, x_init, *, generator=None, callback=
             conf = torch.where(masked, logp, torch.full_like(logp, float("inf")))
             # random tie-break: shuffle, then a stable sort by confidence
             perm = torch.rand(conf.shape, generator=generator, device=x.device).argsort(1)
-            order = perm.gather(1, conf.gather(1, perm).sort(1, stable=True).indices)
+            order = perm.gather(1, conf.gather(1, perm).sort(dim=1, stable=True).indices)
             rank = order.argsort(1)
             keep = corruption.masked_count(x, t, s, generator)
             stay = rank < keep[:, None]

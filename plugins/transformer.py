@@ -14,8 +14,7 @@ from torch.nn import functional as F
 
 import udm
 from udm.errors import ConfigError
-
-from .mlp import timestep_embedding
+from udm.nn import timestep_embedding
 
 
 def _modulate(h, shift, scale):

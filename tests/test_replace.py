@@ -1,0 +1,122 @@
+"""The ``replace`` corruption (Su's edit model): forward law, exact prior, exact noise posterior, conformance,
+and the Markov-chain oracle test (TV falls with steps and reaches the noise floor)."""
+
+import math
+
+import pytest
+import torch
+
+import udm
+from udm.plugins.replace import ReplaceCorruption, ReplaceNoise
+from udm.samplers import invert
+from udm.testing import MarkovChain, MarkovOracle, assert_conforms, ks_two_sample
+
+
+@pytest.fixture
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def g(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_errors():
+    with pytest.raises(udm.ConfigError, match=r"corruption replace: vocab_size must be an integer >= 2; got True\."):
+        ReplaceCorruption(True)
+    with pytest.raises(udm.ConfigError, match=r"corruption replace: schedule must be one of linear, cosine; got 'lin'\."):
+        ReplaceCorruption(4, schedule="lin")
+
+
+def test_registered(reg):
+    c = reg.create("corruption", "replace", vocab_size=4)
+    names = set(udm.supported_samplers(c, reg))
+    assert {"invert", "refresh"} <= names and not {"confidence", "maskgit"} & names
+
+
+def test_forward_changes_to_a_uniform_different_token():
+    V, N = 5, 40000
+    c = ReplaceCorruption(V, schedule="cosine")
+    x0 = torch.randint(0, V, (N, 3), generator=g(0))
+    t = torch.full((N,), 0.6, dtype=torch.float64)
+    x_t = c.forward(x0, c.sample_noise(x0, g(1)), t)
+    changed = x_t != x0
+    tau = float(c.tau(t[:1]))
+    assert abs(tau - (V - 1) / V * (1 - math.cos(0.3 * math.pi))) < 1e-12
+    assert ((changed.double().mean(0) - tau).abs() < 5 * math.sqrt(tau * (1 - tau) / N)).all()
+    offsets = ((x_t - x0) % V)[changed]
+    freq = torch.bincount(offsets, minlength=V).double() / len(offsets)
+    assert freq[0] == 0 and ((freq[1:] - 1 / (V - 1)).abs() < 5 * math.sqrt(0.25 / len(offsets))).all()
+
+
+def test_prior_is_exact_at_t1():
+    """tau(1) = (V-1)/V: x_1 is uniform over all V tokens whatever x_0 is, as ``sample_prior``."""
+    V, N = 4, 40000
+    c = ReplaceCorruption(V)
+    x0 = torch.zeros(N, 2, dtype=torch.long)  # the most biased data possible
+    x1 = c.forward(x0, c.sample_noise(x0, g(0)), torch.ones(N, dtype=torch.float64))
+    freq = torch.bincount(x1.flatten(), minlength=V).double() / x1.numel()
+    assert ((freq - 1 / V).abs() < 5 * math.sqrt(0.25 / x1.numel())).all()
+    prior = c.sample_prior((N, 2), g(1))
+    assert prior.dtype == torch.long and int(prior.min()) == 0 and int(prior.max()) == V - 1
+
+
+def test_exact_count():
+    c = ReplaceCorruption(6, exact_count=True)
+    x0 = torch.randint(0, 6, (300, 12), generator=g(0))
+    t = torch.rand(300, generator=g(1), dtype=torch.float64)
+    x_t = c.forward(x0, c.sample_noise(x0, g(2)), t)
+    assert torch.equal((x_t != x0).sum(1), torch.round(c.tau(t) * 12).long())
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_noise_posterior_is_exact(exact):
+    V = 4
+    c = ReplaceCorruption(V, exact_count=exact)
+    x0 = torch.randint(0, V, (4000, 8), generator=g(0))
+    t = torch.full((4000,), 0.7, dtype=torch.float64)
+    eps = c.sample_noise(x0, g(1))
+    x_t = c.forward(x0, eps, t)
+    post = c.noise_posterior(x_t, x0, t, g(2))
+    assert torch.equal(c.forward(x0, post, t), x_t)
+    changed = x_t != x0
+    assert torch.equal(post.r[changed], eps.r[changed])  # r is determined where a token changed
+    assert ks_two_sample(post.u.flatten()[:20000], torch.rand(20000, generator=g(3), dtype=torch.float64)).passed
+    assert ks_two_sample(post.r.flatten()[:20000].double(), eps.r.flatten()[:20000].double()).passed
+
+
+def test_noise_is_a_comparable_dataclass():
+    c = ReplaceCorruption(4)
+    x0 = torch.zeros(2, 3, dtype=torch.long)
+    assert c.sample_noise(x0, g(0)) == c.sample_noise(x0, g(0))
+    assert c.sample_noise(x0, g(0)) != c.sample_noise(x0, g(1))
+    r = c.refresh_noise(c.sample_noise(x0, g(0)), 0.0, g(1))
+    assert isinstance(r, ReplaceNoise) and r == c.sample_noise(x0, g(0))
+
+
+@pytest.mark.parametrize("exact,schedule", [(False, "linear"), (True, "linear"), (False, "cosine")])
+def test_conformance(reg, exact, schedule):
+    c = ReplaceCorruption(4, schedule=schedule, exact_count=exact)
+    report = assert_conforms(c, torch.tensor([[0, 1, 2, 3, 3, 2, 1, 0]]), registry=reg, n=3000)
+    assert {"marginal[invert]", "marginal[refresh]"} <= {r.name for r in report.results}
+
+
+def test_tv_falls_with_steps_and_reaches_the_floor(one_thread):
+    """Independent replacement, per-position posterior marginals (as a NAR network): the step is exact once
+    at most one token changes per step, so TV falls with steps and at 64 steps for L = 8 (about one change
+    per ten steps) is within the floor (mean + 3 std over 5 true samples of the same size)."""
+    chain = MarkovChain.random(6, 8, sharpness=2.0, seed=0)
+    n = 10000
+    mean, std = chain.tv_floor(n, seeds=5)
+    c = ReplaceCorruption(6)
+    tvs = []
+    for steps in (1, 4, 16, 64):
+        x = invert(MarkovOracle(chain, c), c, torch.linspace(1, 0, steps + 1, dtype=torch.float64),
+                   c.sample_prior((n, 8), g(0)), generator=g(0))
+        tvs.append(chain.tv(x))
+    assert all(a > b for a, b in zip(tvs, tvs[1:])), tvs
+    assert tvs[0] > mean + 0.3, (tvs, mean)
+    assert tvs[-1] <= mean + 3 * std, (tvs, mean, std)
