@@ -1,0 +1,154 @@
+"""``udm.sample`` / ``resolve_sampler`` / the rule functions: capability errors, option errors,
+determinism under a generator, the callback protocol, and the last step returning x0_hat."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import udm
+from udm import samplers as S
+from udm.errors import CapabilityError, ConfigError, UnknownPluginError
+from udm.testing import FixedDenoiser, GaussianMixture
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+class Bare(udm.Corruption):
+    """The required set only: no noise_posterior, no refresh_noise, no posterior, no schedule."""
+
+    name = "bare"
+
+    def sample_noise(self, x0, generator):
+        return torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
+
+    def forward(self, x0, eps, t):
+        return x0 + udm.append_dims(t, x0.ndim).to(x0.dtype) * eps
+
+    def sample_prior(self, shape, generator, *, device=None, dtype=None):
+        return torch.randn(shape, generator=generator, dtype=dtype or torch.float32)
+
+
+MIX = GaussianMixture.ring()
+
+
+@pytest.fixture(scope="module")
+def gauss(reg):
+    corr = reg.create("corruption", "gaussian", schedule="cosine")
+    time = reg.create("time", "discrete", steps=100)
+    return corr, time, MIX.denoiser(corr)
+
+
+def test_capabilities_are_discovered_from_the_object(gauss):
+    assert udm.capabilities(Bare()) == {"vector_space"}
+    assert udm.capabilities(gauss[0]) >= {"noise_posterior", "refresh_noise", "posterior", "schedule", "vector_space"}
+
+
+def test_unsupported_sampler_lists_the_supported_ones(reg):
+    bare = Bare()
+    assert udm.supported_samplers(bare, reg) == ["naive", "renoise"]
+    with pytest.raises(CapabilityError, match=r"sampler 'ddim': corruption 'bare' must offer noise_posterior; it lacks "
+                                              r"noise_posterior\. Samplers 'bare' supports: naive, renoise\."):
+        udm.resolve_sampler("ddim", bare, reg)
+    with pytest.raises(CapabilityError, match=r"sampler 'ddpm': corruption 'bare' must offer noise_posterior, "
+                                              r"refresh_noise, schedule; it lacks noise_posterior, refresh_noise, "
+                                              r"schedule\. Samplers 'bare' supports: naive, renoise\."):
+        udm.sample(FixedDenoiser(torch.zeros(4, 2)), bare, reg.create("time", "discrete", steps=10),
+                   shape=(4, 2), sampler="ddpm", steps=5, registry=reg)
+    # the rule functions and the spec check too, when called directly
+    with pytest.raises(CapabilityError, match=r"sampler rule 'invert': corruption 'bare' must offer noise_posterior; "
+                                              r"it lacks noise_posterior\. Choose a sampler the corruption supports"):
+        S.invert(FixedDenoiser(torch.zeros(4, 2)), bare, [1.0, 0.0], torch.zeros(4, 2))
+    with pytest.raises(CapabilityError, match=r"sampler 'posterior': corruption 'bare' must offer posterior; "
+                                              r"it lacks posterior\."):
+        reg.get("sampler", "posterior")(FixedDenoiser(torch.zeros(4, 2)), bare, [1.0, 0.0], torch.zeros(4, 2))
+    # what it does support runs
+    x = udm.sample(FixedDenoiser(torch.ones(4, 2)), bare, reg.create("time", "discrete", steps=10),
+                   shape=(4, 2), sampler="naive", steps=5, generator=gen(0), registry=reg)
+    assert torch.equal(x, torch.ones(4, 2))
+
+
+def test_resolve_sampler_unknown_name(reg, gauss):
+    with pytest.raises(UnknownPluginError, match=r"sampler 'huen': name must be a registered sampler; got 'huen'\. "
+                                                 r"Available: .*Did you mean 'heun'\?"):
+        udm.resolve_sampler("huen", gauss[0], reg)
+    spec = reg.get("sampler", "ddim")
+    assert udm.resolve_sampler(spec, gauss[0]) is spec
+
+
+def test_refresh_option_errors(gauss):
+    corr, time, den = gauss
+    x = torch.zeros(4, 2)
+    grid = time.grid(5)
+    with pytest.raises(ConfigError, match=r"sampler 'refresh': give exactly one of eta or amount; "
+                                          r"got eta=None, amount=None\."):
+        S.refresh(den, corr, grid, x)
+    with pytest.raises(ConfigError, match=r"give exactly one of eta or amount; got eta=0\.5, amount=0\.5\."):
+        S.refresh(den, corr, grid, x, eta=0.5, amount=0.5)
+    with pytest.raises(ConfigError, match=r"sampler 'refresh': eta must be in \[0, 1\]; got 1\.5\."):
+        S.refresh(den, corr, grid, x, eta=1.5)
+    with pytest.raises(ConfigError, match=r"sampler 'refresh': amount must be in \[0, 1\]; got -0\.1\."):
+        S.refresh(den, corr, grid, x, amount=-0.1)
+
+
+def test_unknown_solver(gauss, reg):
+    corr, time, den = gauss
+    with pytest.raises(ConfigError, match=r"sampler 'ode': solver must be one of euler, heun, rk4; got 'heunn'\. "
+                                          r"Did you mean 'heun'\?"):
+        udm.sample(den, corr, reg.create("time", "continuous"), shape=(4, 2), sampler="ode", steps=5,
+                   solver="heunn", registry=reg)
+
+
+def test_bad_grid_is_rejected(gauss):
+    corr, _, den = gauss
+    with pytest.raises(ConfigError, match=r"sampler: times must be strictly decreasing"):
+        S.invert(den, corr, [0.5, 0.7, 0.0], torch.zeros(4, 2))
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "refresh", "renoise", "posterior", "ddim"])
+def test_determinism_under_a_seeded_generator(gauss, reg, sampler):
+    corr, time, den = gauss
+    opts = {"amount": 0.3} if sampler == "refresh" else {}
+    run = lambda seed: udm.sample(den, corr, time, shape=(64, 2), sampler=sampler, steps=10,  # noqa: E731
+                                  generator=gen(seed), registry=reg, **opts)
+    a, b, c = run(0), run(0), run(1)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)  # the prior (and, for stochastic rules, the noise) depends on the seed
+
+
+def test_callback_protocol_and_last_step_is_x0_hat(gauss, reg):
+    corr, time, den = gauss
+    steps: list[udm.SamplerStep] = []
+    x = udm.sample(den, corr, time, shape=(32, 2), sampler="ddpm", steps=10, generator=gen(0),
+                   registry=reg, callback=steps.append)
+    grid = time.grid(10).tolist()
+    assert [s.index for s in steps] == list(range(10)) and all(s.steps == 10 for s in steps)
+    assert [s.t for s in steps] == grid[:-1] and [s.s for s in steps] == grid[1:]
+    assert torch.equal(steps[-1].x, x)
+    assert torch.equal(steps[-1].x, steps[-1].x0_hat)  # the last step returns x0_hat, no noise added
+    assert x.shape == (32, 2) and x.dtype == torch.float32
+
+
+def test_sample_with_a_network_and_clamping(gauss, reg):
+    corr, time, _ = gauss
+    torch.manual_seed(0)
+    net = reg.create("model", "mlp", data_shape=[2], width=16, depth=1)
+    x = udm.sample(net, corr, time, shape=(8, 2), sampler="ddim", steps=4, generator=gen(0), registry=reg)
+    assert x.shape == (8, 2) and torch.isfinite(x).all()
+    clamped = reg.create("corruption", "gaussian", schedule="cosine", data_range=[-0.1, 0.1])
+    y = udm.sample(FixedDenoiser(torch.full((8, 2), 5.0)), clamped, time, shape=(8, 2), sampler="ddim",
+                   steps=4, generator=gen(0), registry=reg, clamp=True)
+    assert torch.equal(y, torch.full((8, 2), 0.1))
+
+
+def test_refresh_amount_interpolates_between_invert_and_renoise(gauss):
+    """amount = 0 is invert exactly; amount = 1 is renoise exactly (same noise draws)."""
+    corr, time, den = gauss
+    grid = time.grid(8)
+    x_T = torch.randn(64, 2, generator=gen(5))
+    assert torch.equal(S.refresh(den, corr, grid, x_T, amount=0.0, generator=gen(1)),
+                       S.invert(den, corr, grid, x_T, generator=gen(1)))
+    got = S.refresh(den, corr, grid, x_T, amount=1.0, generator=gen(1))
+    assert torch.allclose(got, S.renoise(den, corr, grid, x_T, generator=gen(1)), atol=1e-6)
