@@ -1,0 +1,253 @@
+"""Derived samplers against the papers' closed forms, with the exact Gaussian-mixture denoiser
+E[x_0 | x_t] (udm.testing.GaussianMixture) as the model:
+
+* ``invert`` == DDIM (Song et al. 2021, eq. 12) at every step, on 10-, 50- and 1000-step grids;
+* ``refresh`` (eta = 1) == ``posterior`` == the ``ddpm`` preset == a hand-written DDPM loop (Ho et al.);
+* ``ode`` (Heun) converges at second order to a fine reference and to the ``invert`` end points;
+* ``residual`` == ``invert``;
+* 1000-step oracle samples are within the sliced-Wasserstein noise floor of true mixture samples.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import udm
+from udm import samplers as S
+from udm.testing import GaussianMixture
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+MIX = GaussianMixture.ring(k=8, radius=2.0, std=0.2)
+
+
+def ddpm_alpha_bar() -> torch.Tensor:
+    betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
+    return torch.cat([torch.ones(1, dtype=torch.float64), torch.cumprod(1 - betas, 0)])
+
+
+def oracle_x0(x: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
+    """E[x_0 | x_t] from the mixture, with amplitudes taken from *our* table (not the plugin's)."""
+    n = x.shape[0]
+    return MIX.posterior_mean(x, abar.sqrt().expand(n), (1 - abar).sqrt().expand(n))
+
+
+def record(store: list):
+    return lambda step: store.append(step)
+
+
+def table_denoiser(x: torch.Tensor, t: torch.Tensor, generator=None) -> torch.Tensor:
+    """The oracle on the discrete DDPM grid, amplitudes from our own table (t = n / 1000)."""
+    abar = ddpm_alpha_bar()[torch.round(t * 1000).long()]
+    return MIX.posterior_mean(x, abar.sqrt(), (1 - abar).sqrt())
+
+
+def vp_denoiser(x: torch.Tensor, t: torch.Tensor, generator=None) -> torch.Tensor:
+    """The oracle for the VP schedule (beta 0.1 .. 20), amplitudes in closed form."""
+    alpha = torch.exp(-0.1 * t / 2 - 19.9 * t * t / 4)
+    return MIX.posterior_mean(x, alpha, (1 - alpha * alpha).sqrt())
+
+
+@pytest.fixture(scope="module")
+def setup(reg):
+    corr = reg.create("corruption", "gaussian", schedule="linear")
+    time = reg.create("time", "discrete", steps=1000)
+    return corr, time, table_denoiser
+
+
+def test_mixture_denoiser_is_the_posterior_mean(setup, reg):
+    """udm.testing's denoiser (amplitudes from the plugin) equals ours (amplitudes from the table), and
+    E[x_0 | x_t] is right: regressing x_0 on x_t over joint draws, the residual is uncorrelated with it."""
+    corr, time, _ = setup
+    x = torch.randn(300, 2, generator=gen(0), dtype=torch.float64) * 2
+    t = torch.full((300,), 0.437, dtype=torch.float64)
+    assert torch.allclose(MIX.denoiser(corr)(x, t), table_denoiser(x, t), atol=1e-10)
+    n = 50_000
+    x0 = MIX.sample(n, gen(1), dtype=torch.float64)
+    a, s = 0.6, 0.8
+    xt = a * x0 + s * torch.randn(n, 2, generator=gen(2), dtype=torch.float64)
+    resid = x0 - MIX.posterior_mean(xt, torch.full((n,), a, dtype=torch.float64), torch.full((n,), s, dtype=torch.float64))
+    # E[(x0 - E[x0|xt]) h(xt)] = 0 for any h; with h = x_t and x_t^2 (5 standard errors)
+    for h in (xt, xt**2):
+        prod = resid * h
+        assert bool((prod.mean(0).abs() < 5 * prod.std(0) / math.sqrt(n)).all())
+
+
+# ------------------------------------------------------------------- DDIM
+def ddim_loop(x: torch.Tensor, grid: torch.Tensor) -> list[torch.Tensor]:
+    """DDIM eq. 12 with eta = 0: eps = (x_t - sqrt(abar_t) x0)/sqrt(1 - abar_t),
+    x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev) eps; the step to n = 0 gives x0 itself."""
+    abar = ddpm_alpha_bar()
+    idx = torch.round(grid * 1000).long().tolist()
+    out = []
+    for n_t, n_s in zip(idx[:-1], idx[1:]):
+        a_t, a_s = abar[n_t], abar[n_s]
+        x0 = oracle_x0(x, a_t)
+        eps = (x - a_t.sqrt().to(x.dtype) * x0) / (1 - a_t).sqrt().to(x.dtype)
+        x = a_s.sqrt().to(x.dtype) * x0 + (1 - a_s).sqrt().to(x.dtype) * eps
+        out.append(x)
+    return out
+
+
+@pytest.mark.parametrize("steps", [10, 50, 1000])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_invert_is_ddim_eq12_at_every_step(setup, steps, dtype):
+    corr, time, den = setup
+    grid = time.grid(steps)
+    x_T = torch.randn(300, 2, generator=gen(steps), dtype=torch.float64).to(dtype)
+    got: list = []
+    final = S.invert(den, corr, grid, x_T, callback=record(got))
+    want = ddim_loop(x_T, grid)
+    assert len(got) == steps and torch.equal(got[-1].x, final)
+    dev = max(float((g.x - w).abs().max()) for g, w in zip(got, want))
+    # float64: both sides compute the same eq. 12 to ~1e-13. float32: each step rounds x to ~6e-8
+    # relative (|x| <~ 4 on this ring), and a 1000-step DDIM chain is not contractive near t = 1,
+    # so ~1e-3 absolute over 1000 steps is 10x above what we measure and far below any formula error
+    # (a coefficient off by one grid index moves x by ~1e-2 at 1000 steps).
+    tol = 1e-5 if dtype == torch.float64 else (2e-4 if steps < 1000 else 1e-3)
+    assert dev < tol, f"max deviation {dev:.3g} over {steps} steps ({dtype})"
+    print(f"DDIM {steps} steps {dtype}: max deviation {dev:.3g}")
+
+
+# ------------------------------------------------------------------- DDPM
+def ddpm_loop(x: torch.Tensor, grid: torch.Tensor, g: torch.Generator) -> list[torch.Tensor]:
+    """Ho et al. eq. 6-7 on a strided grid, one z ~ N(0, I) per step (none on the last step to 0)."""
+    abar = ddpm_alpha_bar()
+    idx = torch.round(grid * 1000).long().tolist()
+    out = []
+    for n_t, n_s in zip(idx[:-1], idx[1:]):
+        a_t, a_s = abar[n_t], abar[n_s]
+        x0 = oracle_x0(x, a_t)
+        if n_s == 0:
+            x = x0
+        else:
+            a_ts = a_t / a_s
+            b_ts = 1 - a_ts
+            mean = a_s.sqrt() * b_ts / (1 - a_t) * x0 + a_ts.sqrt() * (1 - a_s) / (1 - a_t) * x
+            var = b_ts * (1 - a_s) / (1 - a_t)
+            x = mean + var.sqrt() * torch.randn(x.shape, generator=g, dtype=x.dtype)
+        out.append(x)
+    return out
+
+
+@pytest.mark.parametrize("steps", [10, 50])
+def test_refresh_eta1_posterior_and_ddpm_are_the_ddpm_sampler(setup, reg, steps):
+    corr, time, den = setup
+    grid = time.grid(steps)
+    x_T = torch.randn(500, 2, generator=gen(1), dtype=torch.float64)
+    runs = {}
+    for name, fn, opts in [("refresh", S.refresh, {"eta": 1.0}), ("posterior", S.posterior, {}),
+                           ("ddpm", reg.get("sampler", "ddpm"), {})]:
+        got: list = []
+        fn(den, corr, grid, x_T, generator=gen(42), callback=record(got), **opts)
+        runs[name] = torch.stack([s.x for s in got])
+    want = torch.stack(ddpm_loop(x_T, grid, gen(42)))
+    for name, traj in runs.items():
+        dev = float((traj - want).abs().max())
+        assert dev < 1e-8, f"{name}: max deviation from the DDPM loop {dev:.3g}"
+    # and a different seed gives a different trajectory (the noise really is drawn)
+    other = S.posterior(den, corr, grid, x_T, generator=gen(43))
+    assert float((other - runs["posterior"][-1]).abs().max()) > 1e-2
+
+
+# ------------------------------------------------------------------- residual
+def test_residual_equals_invert_for_the_gaussian(setup):
+    corr, time, den = setup
+    grid = time.grid(50)
+    x_T = torch.randn(500, 2, generator=gen(2), dtype=torch.float64)
+    a, b = [], []
+    S.invert(den, corr, grid, x_T, callback=record(a))
+    S.residual(den, corr, grid, x_T, callback=record(b))
+    assert max(float((u.x - v.x).abs().max()) for u, v in zip(a, b)) < 1e-10
+
+
+# ------------------------------------------------------------------- ODE
+@pytest.fixture(scope="module")
+def ode_setup(reg):
+    corr = reg.create("corruption", "gaussian", schedule="vp")
+    time = reg.create("time", "continuous", t_min=1e-3)
+    x_T = torch.randn(100, 2, generator=gen(3), dtype=torch.float64)
+    return corr, time, vp_denoiser, x_T
+
+
+def state_at_t_min(fn, ode_setup, intervals: int, **opts) -> torch.Tensor:
+    """x(t_min) after ``intervals`` steps from t = 1 on the ``quadratic`` grid (the grid's last step to 0
+    returns x0_hat for every solver alike, so we compare the ODE state just before it).
+
+    Why quadratic: near t = 0 the VP amplitude sigma_t ~ sqrt(beta_min t) has an unbounded derivative,
+    so on a grid uniform in t every solver's order degrades near t_min = 1e-3; in u with t ~ u^2 the
+    path is smooth and the solvers show their textbook orders."""
+    corr, time, den, x_T = ode_setup
+    steps: list = []
+    fn(den, corr, time.grid(intervals + 1, spacing="quadratic"), x_T, callback=record(steps), **opts)
+    assert math.isclose(steps[-2].s, 1e-3) and steps[-1].s == 0.0
+    return steps[-2].x
+
+
+@pytest.fixture(scope="module")
+def ode_reference(ode_setup):
+    """RK4 on 120 steps: its error (~2e-6, extrapolated from its measured order ~3.4 at 40 steps, 8.5e-5)
+    is far below the errors measured against it (>= 4e-4)."""
+    return state_at_t_min(S.ode, ode_setup, 120, solver="rk4")
+
+
+def _orders(errors: list[float]) -> list[float]:
+    return [math.log2(a / b) for a, b in zip(errors[:-1], errors[1:])]
+
+
+def _err(x: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((x - ref).abs().max())
+
+
+def test_heun_converges_at_second_order(ode_setup, ode_reference):
+    errs = [_err(state_at_t_min(S.ode, ode_setup, n, solver="heun"), ode_reference) for n in (40, 80, 160)]
+    orders = _orders(errs)
+    print(f"heun errors {errs} orders {orders}")
+    assert all(o > 1.7 for o in orders), orders
+
+
+def test_euler_first_and_rk4_fourth_order(ode_setup, ode_reference):
+    e_euler = [_err(state_at_t_min(S.ode, ode_setup, n, solver="euler"), ode_reference) for n in (40, 80, 160)]
+    e_rk4 = [_err(state_at_t_min(S.ode, ode_setup, n, solver="rk4"), ode_reference) for n in (20, 40)]
+    o_euler, o_rk4 = _orders(e_euler), _orders(e_rk4)
+    print(f"euler errors {e_euler} orders {o_euler}; rk4 errors {e_rk4} orders {o_rk4}")
+    assert all(0.85 < o < 1.2 for o in o_euler), o_euler
+    assert o_rk4[-1] > 3.0, o_rk4
+
+
+def test_heun_and_invert_reach_the_same_end_points(ode_setup, ode_reference):
+    """invert (DDIM) is an exact-in-the-affine-part first-order discretisation of the same ODE: its end
+    points converge at first order to the same limit as Heun's, and the two meet as steps grow."""
+    inv = {n: state_at_t_min(S.invert, ode_setup, n) for n in (100, 200, 400)}
+    e_inv = [_err(inv[n], ode_reference) for n in (100, 200, 400)]
+    o_inv = _orders(e_inv)
+    heun = state_at_t_min(S.ode, ode_setup, 160, solver="heun")
+    gap = [_err(heun, inv[n]) for n in (100, 200, 400)]
+    print(f"invert errors {e_inv} orders {o_inv}; |heun(160) - invert(N)| {gap}")
+    assert all(0.85 < o < 1.2 for o in o_inv), o_inv
+    assert gap[0] > gap[1] > gap[2] and gap[2] < 0.02, gap
+
+
+# --------------------------------------------------------------- oracle quality
+def test_oracle_samples_are_within_the_noise_floor_of_true_samples(setup, reg):
+    """Sliced Wasserstein of 1000-step oracle samples vs fresh mixture samples, against the same
+    statistic between two independent true samples of the same size (the metric's noise floor)."""
+    corr, time, den = setup
+    sw = reg.get("metric", "sliced_wasserstein")
+    n = 2000
+    floor = [sw(MIX.sample(n, gen(100 + k)), MIX.sample(n, gen(200 + k)), seed=k) for k in range(8)]
+    bound = 1.5 * max(floor)
+    for name in ("invert", "ddpm"):
+        x = udm.sample(den, corr, time, shape=(n, 2), sampler=name, steps=1000, generator=gen(7), registry=reg)
+        d = sw(x, MIX.sample(n, gen(300)), seed=0)
+        print(f"{name}: SW {d:.4f}, floor {[round(f, 4) for f in floor]}")
+        assert d < bound, (name, d, floor)
+    # the check has power: a ring with a 20% smaller radius is outside the bound
+    wrong = GaussianMixture.ring(k=8, radius=1.6, std=0.2).sample(n, gen(8))
+    assert sw(wrong, MIX.sample(n, gen(300)), seed=0) > bound
