@@ -14,6 +14,10 @@ schedule            ``(t) -> AffineSchedule`` for F = alpha_t x_0 + sigma_t eps 
 fit                 ``(data) -> None``; statistics the prior needs                (saved with state_dict)
 masked_count        ``(x_t, t, s, generator) -> (batch,)`` how many of x_t's      confidence, maskgit
                     ``mask_id`` positions stay masked at s ~ p(|S_s| | S_t)
+nll                 ``(output, x0, eps, x_t, t) -> (batch,)`` exact              the loss (replaces
+                    -log q_theta(x_0 | x_t) for structured q_theta (deletion)     the family's)
+sample_x0           ``(output, x_t, t, generator) -> x0_hat`` drawn from a        the Denoiser (replaces
+                    structured q_theta (deletion: counts, then tokens)            to_x0 + family.point)
 vector_space        ``data_kind == "continuous"`` (x_t + a - b makes sense)        residual, ode
 ==================  ===========================================================  ==================
 
@@ -32,7 +36,7 @@ from ._tensor import append_dims
 
 __all__ = ["Corruption", "GaussianNoise", "capabilities", "OPTIONAL_CAPABILITIES"]
 
-OPTIONAL_CAPABILITIES = ("noise_posterior", "refresh_noise", "posterior", "schedule", "fit", "masked_count")
+OPTIONAL_CAPABILITIES = ("noise_posterior", "refresh_noise", "posterior", "schedule", "fit", "masked_count", "nll", "sample_x0")
 
 
 class Corruption(ABC):

@@ -48,7 +48,11 @@ class Denoiser:
     @torch.no_grad()
     def predict(self, x_t: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None) -> Prediction:
         """x0_hat together with q_theta's parameters (samplers such as ``confidence`` need the logits)."""
-        params = self.corruption.to_x0(self.network(x_t, self.time_type.encode(t)), x_t, t)
+        out = self.network(x_t, self.time_type.encode(t))
+        sample_x0 = getattr(self.corruption, "sample_x0", None)
+        if callable(sample_x0):  # structured q_theta (e.g. insertions): the corruption draws x0_hat itself
+            return Prediction(sample_x0(out, x_t, t, generator), out)
+        params = self.corruption.to_x0(out, x_t, t)
         return Prediction(self.family.point(params, generator), params)
 
     @torch.no_grad()
