@@ -72,6 +72,7 @@ class TokenTransformer(nn.Module):
             raise ConfigError(f"model transformer: width must be divisible by heads; got width={width}, heads={heads}.")
         self.vocab_size, self.max_length, self.time_dim = vocab_size, max_length, time_dim
         self.embed = nn.Embedding(vocab_size + 1, width)
+        nn.init.normal_(self.embed.weight, std=0.02)  # same scale as the positions (GPT-2 style)
         self.pos = nn.Parameter(torch.randn(max_length, width) * 0.02)
         self.time_mlp = nn.Sequential(nn.Linear(time_dim, width), nn.SiLU(), nn.Linear(width, width))
         self.blocks = nn.ModuleList(_Block(width, heads, mlp_ratio, dropout) for _ in range(depth))
