@@ -104,7 +104,7 @@ def _run(sampler, c, x0_row, times, N, seed, **opt):
 def test_oracle_samplers_give_binomial_lengths_and_uniform_subsets(rule, opts):
     """Distinct tokens: each of the 2^6 kept subsets must appear with (1 - tau(s))^k tau(s)^(n - k);
     tau(s) = 0.5 makes all 64 equally likely, which also makes |x_s| ~ Binomial(6, 0.5)."""
-    N, x0 = 6000, [0, 1, 2, 3, 4, 5]
+    N, x0 = 4000, [0, 1, 2, 3, 4, 5]
     fn = getattr(udm.samplers, rule)
     out = _run(fn, Delete(), x0, [0.8, 0.65, 0.5], N, seed=2, **opts)
     ok, stat, crit = chi2_passes(Counter(map(tuple, out.tolist())), subsequence_law(x0, 0.5, False), N)
@@ -118,7 +118,7 @@ def test_oracle_samplers_give_binomial_lengths_and_uniform_subsets(rule, opts):
 def test_invert_with_repeated_tokens_matches_the_exact_law(exact):
     """Repeated tokens make the alignment ambiguous: the noise posterior must draw it uniformly over all
     embeddings, otherwise the law of x_s (enumerated over the 2^8 kept sets) is off."""
-    N, x0 = 6000, [0, 0, 1, 0, 1, 1, 0, 0]
+    N, x0 = 4000, [0, 0, 1, 0, 1, 1, 0, 0]
     c = Delete(exact_count=exact)
     times = [0.875, 0.625, 0.375] if exact else [0.85, 0.55, 0.3]
     out = _run(udm.samplers.invert, c, x0, times, N, seed=3)

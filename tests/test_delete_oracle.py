@@ -92,7 +92,7 @@ def total_variation(samples: list[tuple]) -> float:
 def test_oracle_tv_falls_with_steps(reg):
     c, time_type = Delete(), reg.create("time", "discrete", steps=T)
     denoiser = udm.Denoiser(ExactInsertion(), c, time_type)
-    n = 6000
+    n = 4000
     # Monte-Carlo bias of the TV estimate: E|p_hat - p| <= sqrt(p (1 - p) / n) per outcome
     noise = sum(math.sqrt(p * (1 - p) / n) for p in DATA.values()) + 0.01
     tv = {}
