@@ -19,13 +19,17 @@ X0 = torch.tensor([[0.8, -1.5, 0.3, 2.0]])
 def test_every_gaussian_sampler_keeps_the_marginals(reg, schedule, time_name):
     corr = reg.create("corruption", "gaussian", schedule=schedule)
     time = reg.create("time", time_name)
-    # fine_steps: the ODE samplers are only exact as steps shrink; 100 steps between t = 0.7 and 0.3 put
+    supported = udm.supported_samplers(corr, reg)
+    # Runtime: every sampler on the discrete grids; on the continuous grids the ODE presets euler/rk4/ode
+    # repeat the heun check with another solver of the same rule, so only heun runs there.
+    names = supported if time_name == "discrete" else [s for s in supported if s not in ("euler", "rk4", "ode")]
+    # fine_steps: the ODE samplers are only exact as steps shrink; 50 steps between t = 0.7 and 0.3 put
     # their discretisation error far below what n = 2000 KS tests resolve
-    report = assert_conforms(corr, X0, time_type=time, registry=reg, n=2000, fine_steps=100)
+    report = assert_conforms(corr, X0, time_type=time, registry=reg, n=2000, fine_steps=50, samplers=names)
     checked = {r.name for r in report.results}
-    assert {f"marginal[{s}]" for s in udm.supported_samplers(corr, reg)} <= checked
+    assert {f"marginal[{s}]" for s in names} <= checked
     assert {"shapes", "determinism", "t0_identity", "noise_posterior_explains_x_t"} <= checked
-    assert len(udm.supported_samplers(corr, reg)) == 13
+    assert {"invert", "refresh", "residual", "ode", "posterior", "renoise", "ddim", "ddpm", "heun"} <= set(supported)
 
 
 # ------------------------------------------------------------- negative controls
@@ -73,6 +77,6 @@ def test_a_broken_corruption_is_reported(reg):
     assert not report.passed
     # F_0 is not the identity, and the inherited noise posterior no longer explains x_t
     assert [r.name for r in report.failures] == ["t0_identity", "noise_posterior_explains_x_t"]
-    with pytest.raises(AssertionError, match=r"conformance of 'leaky': FAILED\n.*\[FAIL\] t0_identity: forward at "
+    with pytest.raises(AssertionError, match=r"(?s)conformance of 'leaky': FAILED\n.*\[FAIL\] t0_identity: forward at "
                                              r"t = 0 is not the identity"):
         assert_conforms(Leaky(), X0, registry=reg, samplers=["ddim"], n=500)
