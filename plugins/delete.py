@@ -234,8 +234,8 @@ class Delete(udm.Corruption):
         dev, b = probs.device, len(x_t)
         width, top = probs.shape[1] - 1, probs.shape[2] - 1
         cap = getattr(output, "max_length", None)
-        left = (torch.full((b,), cap, device=dev) if cap is not None else torch.full((b,), top * (width + 1), device=dev)
-                ) - x_t.lengths.to(dev)
+        total = cap if cap is not None else top * (width + 1)
+        left = torch.full((b,), total, device=dev) - x_t.lengths.to(dev)
         vals = torch.arange(top + 1, device=dev)
         counts = torch.zeros(b, width + 1, dtype=torch.long, device=dev)
         for g in range(width + 1):

@@ -36,7 +36,8 @@ from ._tensor import append_dims
 
 __all__ = ["Corruption", "GaussianNoise", "capabilities", "OPTIONAL_CAPABILITIES"]
 
-OPTIONAL_CAPABILITIES = ("noise_posterior", "refresh_noise", "posterior", "schedule", "fit", "masked_count", "nll", "sample_x0")
+OPTIONAL_CAPABILITIES = ("noise_posterior", "refresh_noise", "posterior", "schedule", "fit", "masked_count",
+                         "nll", "sample_x0")
 
 
 class Corruption(ABC):

@@ -137,7 +137,8 @@ class Sequences:
         whose row i is ``tokens[i][keep[i]]`` (vectorised; the width is the largest kept count)."""
         if keep.shape != tokens.shape or keep.dtype != torch.bool:
             raise ConfigError(f"Sequences.from_mask: keep must be a bool tensor shaped like tokens "
-                              f"{tuple(tokens.shape)}; got {keep.dtype} {tuple(keep.shape)}. Build it with a comparison.")
+                              f"{tuple(tokens.shape)}; got {keep.dtype} {tuple(keep.shape)}. "
+                              f"Build it with a comparison.")
         width = tokens.shape[1]
         pos = torch.arange(width, device=tokens.device).expand_as(tokens)
         order = torch.argsort(torch.where(keep, pos, pos + width), dim=1)  # kept first, in order
