@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from udm import checkpoint
 from udm._plots import read_png_size
 from udm.cli import main
 
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread per process: no spinning threads on a busy machine
 TINY = """\
 corruption: {name: gaussian, schedule: cosine}
 time: {name: discrete, steps: 100}
@@ -31,7 +33,8 @@ run: {checkpoint_every: 20, keep: 2, log_every: 10}
 
 
 def _udm(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "udm", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "udm", *args], cwd=cwd, capture_output=True, text=True, timeout=300,
+                          env=ENV)
 
 
 def _snapshot(folder: Path) -> dict[str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -32,10 +33,10 @@ def test_two_process_torchrun_matches_one_process(tmp_path: Path):
     env_cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                "-m", "udm", "train", str(exp), "--out", str(tmp_path / "two")]
     two = subprocess.run(env_cmd, capture_output=True, text=True, timeout=240,
-                         env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert two.returncode == 0, two.stderr[-3000:]
     one = subprocess.run([sys.executable, "-m", "udm", "train", str(exp), "--out", str(tmp_path / "one")],
-                         capture_output=True, text=True, timeout=240)
+                         capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert one.returncode == 0, one.stderr
     # rank 0 alone wrote the run directory; the checkpoint holds both ranks' (different) generator states
     rng = load_file(str(tmp_path / "two" / "checkpoints" / "step-00000300" / "rng.safetensors"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -24,6 +25,9 @@ run: {checkpoint_every: 25, keep: 2, log_every: 10}
 """
 
 
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread per process: no spinning threads on a busy machine
+
+
 def _cmd(exp: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "udm", "train", str(exp), "--out", str(out), *extra]
 
@@ -40,9 +44,10 @@ def _losses(run: Path) -> list[tuple[int, float]]:
 def test_sigkill_then_resume_is_bit_for_bit(tmp_path: Path):
     exp = tmp_path / "exp.yaml"
     exp.write_text(EXP)
-    subprocess.run(_cmd(exp, tmp_path / "full"), check=True, capture_output=True, timeout=300)
+    subprocess.run(_cmd(exp, tmp_path / "full"), check=True, capture_output=True, timeout=300, env=ENV)
 
-    victim = subprocess.Popen(_cmd(exp, tmp_path / "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    victim = subprocess.Popen(_cmd(exp, tmp_path / "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              env=ENV)
     ckpts = tmp_path / "killed" / "checkpoints"
     deadline = time.monotonic() + 120
     while not (ckpts / "step-00000100").exists() and victim.poll() is None and time.monotonic() < deadline:
@@ -53,7 +58,8 @@ def test_sigkill_then_resume_is_bit_for_bit(tmp_path: Path):
     latest = checkpoint.latest_checkpoint(ckpts)
     assert latest is not None and 100 <= int(latest.name.split("-")[1]) < 300, "killed after finishing: no test"
 
-    resumed = subprocess.run(_cmd(exp, tmp_path / "killed", "--resume"), capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(_cmd(exp, tmp_path / "killed", "--resume"), capture_output=True, text=True, timeout=300,
+                             env=ENV)
     assert resumed.returncode == 0, resumed.stderr
     for name in ("model.safetensors", "ema.safetensors", "optimizer.safetensors", "rng.safetensors"):
         a, b = _tensors(tmp_path / "full", name), _tensors(tmp_path / "killed", name)
@@ -68,10 +74,11 @@ def test_resume_of_a_finished_run_changes_nothing_and_can_extend_it(tmp_path: Pa
     exp = tmp_path / "exp.yaml"
     exp.write_text(EXP.replace("steps: 300", "steps: 40"))
     run = tmp_path / "run"
-    subprocess.run(_cmd(exp, run), check=True, capture_output=True, timeout=300)
+    subprocess.run(_cmd(exp, run), check=True, capture_output=True, timeout=300, env=ENV)
     before = (run / "checkpoints" / "step-00000040" / "model.safetensors").read_bytes()
-    subprocess.run(_cmd(exp, run, "--resume"), check=True, capture_output=True, timeout=300)
+    subprocess.run(_cmd(exp, run, "--resume"), check=True, capture_output=True, timeout=300, env=ENV)
     assert (run / "checkpoints" / "step-00000040" / "model.safetensors").read_bytes() == before
-    subprocess.run(_cmd(exp, run, "--resume", "--set", "train.steps=60"), check=True, capture_output=True, timeout=300)
+    subprocess.run(_cmd(exp, run, "--resume", "--set", "train.steps=60"), check=True, capture_output=True,
+                   timeout=300, env=ENV)
     assert checkpoint.latest_checkpoint(run / "checkpoints").name == "step-00000060"
     assert [s for s, _ in _losses(run)] == [10, 20, 30, 40, 50, 60]
