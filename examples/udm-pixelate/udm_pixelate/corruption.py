@@ -2,11 +2,13 @@
 
     x_t = F_t(x_0, eps) = A_t x_0 + sigma_t eps,      eps ~ N(0, I),      sigma_t = sigma_max t
 
-    A_t = sum_{j=0..L} h_j(L t) P_j,     h_j(u) = max(0, 1 - |u - j|)
+    A_t = (1 - f) P_{j-1} + f P_j,     u = L t,  j = ceil(u) in 1..L,  f = u - (j - 1) in [0, 1]
 
 P_j x is x average-pooled over 2^j x 2^j blocks and blown back up (nearest), so P_0 = I and P_L is the
-coarsest mosaic; the hat weights h_j interpolate linearly between neighbouring levels, which makes F_t
-continuous and piecewise linear in t (the ODE samplers differentiate it with ``torch.func.jvp``).
+coarsest mosaic; A_t interpolates linearly between neighbouring levels, which makes F_t continuous and
+piecewise linear in t, with kinks at t = j / L. There d/dt F_t (``torch.func.jvp``, for the ODE samplers)
+is the derivative from below, the one a sampler stepping down from t needs; Euler is exact on any grid
+that contains the kinks, the other solvers are exact between kinks and first order across one.
 F is invertible in eps for t > 0, so ``noise_posterior`` is exact: eps = (x_t - A_t x_0) / sigma_t.
 The prior x_1 = P_L x_0 + sigma_max eps needs the law of the coarse mosaic, which :meth:`fit` estimates
 as a Gaussian (mean and full covariance of the 2^L-pooled pixels) and ``state_dict`` saves.
@@ -65,10 +67,12 @@ class Pixelate(udm.GaussianNoise, udm.Corruption):
         """A_t x_0 ``(batch, C, H, W)`` for t ``(batch,)`` or ``(1,)`` in [0, 1]."""
         self._check(x0)
         u = self.levels * t.to(torch.float64)
+        j = torch.ceil(u - 1e-9).clamp(1, self.levels)  # 1e-9: u = 2.0000000000000004 is the kink at 2
+        f = u - (j - 1)
         out = torch.zeros_like(x0)
-        for j in range(self.levels + 1):
-            h = (1 - (u - j).abs()).clamp_min(0).to(x0.dtype)
-            out = out + udm.append_dims(h, x0.ndim) * self._level(x0, j)
+        for level in range(self.levels + 1):
+            w = torch.where(j - 1 == level, 1 - f, 0.0) + torch.where(j == level, f, 0.0)
+            out = out + udm.append_dims(w.to(x0.dtype), x0.ndim) * self._level(x0, level)
         return out
 
     def _sigma(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
