@@ -13,6 +13,15 @@ load on the machine does not change it) with the same batch size, learning rate 
 distance between the generated and the true length distributions (uniform over 2, 4, .., 16).
 
     python examples/delete_brackets.py --budget 90 --samples 1000
+
+Measured (90 CPU s each, one thread, batch 128, width 64, depth 3; 1000 samples): ``delete`` made 630
+optimiser steps (two Transformer passes per step), ``mask`` 1445.
+
+| steps | delete validity | mask validity | delete length TV | mask length TV |
+|---:|---:|---:|---:|---:|
+| 8 | 0.362 | 0.483 | 0.377 | 0.143 |
+| 32 | 0.387 | 0.711 | 0.386 | 0.058 |
+| 128 | 0.385 | 0.788 | 0.372 | 0.040 |
 """
 
 from __future__ import annotations
