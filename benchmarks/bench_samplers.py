@@ -37,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import udm
 from udm import samplers
@@ -52,18 +53,33 @@ class TimedModel(torch.nn.Module):
     def __init__(self, net: torch.nn.Module, device: torch.device) -> None:
         super().__init__()
         self.net, self.cuda = net, device.type == "cuda"
-        self.seconds, self.calls = 0.0, 0
+        self.seconds, self.calls, self.inside = 0.0, 0, False
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if self.cuda:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
+        self.inside = True
         out = self.net(x, t)
+        self.inside = False
         if self.cuda:
             torch.cuda.synchronize()
         self.seconds += time.perf_counter() - t0
         self.calls += 1
         return out
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the aten ops dispatched outside the model (views included): a load-independent measure
+    of a sampler's per-step work, next to the timings, which a busy shared machine can distort."""
+
+    def __init__(self, model: TimedModel) -> None:
+        super().__init__()
+        self.model, self.ops = model, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += not self.model.inside
+        return func(*args, **(kwargs or {}))
 
 
 # ------------------------------------------------------------------------------------- contenders
@@ -135,6 +151,7 @@ def diffusers_loop(scheduler_cls, **step_kw):
 class Result:
     total: list[float] = field(default_factory=list)  # seconds per sampler run
     outside: list[float] = field(default_factory=list)  # seconds per run outside the model
+    ops: int = 0  # aten ops dispatched outside the model in one run
 
 
 def bench_batch(batch: int, steps: int, repeats: int, device: torch.device, width: int, depth: int,
@@ -194,6 +211,12 @@ def bench_batch(batch: int, steps: int, repeats: int, device: torch.device, widt
             results[name].total.append(total)
             results[name].outside.append(total - inside)
 
+    small = x1[:256]
+    for name, fn in contenders.items():  # op counts do not depend on the batch size: count on 256 rows
+        with torch.no_grad(), OpCounter(model) as counter:
+            fn(model, small, grid, abar, gen())
+        results[name].ops = counter.ops
+
     def rel(a: str, b: str) -> float:  # max |a - b| / max |b|: the samples are O(100) with random weights
         return ((finals[a] - finals[b]).abs().max() / finals[b].abs().max()).item()
 
@@ -210,11 +233,12 @@ def bench_batch(batch: int, steps: int, repeats: int, device: torch.device, widt
 def table(batch: int, steps: int, repeats: int, results: dict) -> str:
     med = {k: (statistics.median(v.total), statistics.median(v.outside)) for k, v in results.items()}
     lines = [f"### batch {batch} ({steps} steps, median of {repeats} interleaved repeats)", "",
-             "| sampler | total ms | outside-model us/step | total / hand | outside / hand |",
-             "|---|---:|---:|---:|---:|"]
+             "| sampler | total ms | outside-model us/step | total / hand | outside / hand | aten ops/step outside |",
+             "|---|---:|---:|---:|---:|---:|"]
     for name, (tot, out) in med.items():
         hand = med["DDIM hand"] if name.startswith("DDIM") else med["DDPM hand"]
-        lines.append(f"| {name} | {tot * 1e3:.2f} | {out / steps * 1e6:.1f} | {tot / hand[0]:.3f} | {out / hand[1]:.2f} |")
+        lines.append(f"| {name} | {tot * 1e3:.2f} | {out / steps * 1e6:.1f} | {tot / hand[0]:.3f} | {out / hand[1]:.2f} "
+                     f"| {results[name].ops / steps:.1f} |")
     return "\n".join(lines)
 
 
