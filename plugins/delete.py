@@ -35,19 +35,15 @@ sorted uniforms and gives the lowest n - |x_t| to the deleted tokens (in random 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 import udm
 from udm.errors import ConfigError, did_you_mean
 
-SCHEDULES = {
-    "linear": lambda t: t,
-    "cosine": lambda t: 1 - torch.cos(t * (math.pi / 2)),
-}
+from ._tokens import SCHEDULES, redraw
+
 
 
 @dataclass(frozen=True, eq=False)
@@ -96,7 +92,7 @@ class Delete(udm.Corruption):
             raise ConfigError(f"corruption delete: schedule must be one of {', '.join(SCHEDULES)}; got {schedule!r}."
                               f"{did_you_mean(str(schedule), SCHEDULES)}")
         self.schedule_name, self.exact_count = schedule, bool(exact_count)
-        self._tau = SCHEDULES[schedule]
+        self._tau = lambda t: SCHEDULES[schedule](t)[0]
 
     def __repr__(self) -> str:
         return f"Delete(schedule={self.schedule_name!r}, exact_count={self.exact_count})"
@@ -192,11 +188,7 @@ class Delete(udm.Corruption):
 
     def refresh_noise(self, eps, amount, generator):
         """q-invariant kernel on iid uniforms: each u is redrawn with probability ``amount``."""
-        a = torch.as_tensor(amount, dtype=torch.float64, device=eps.device)
-        if a.ndim:
-            a = a.reshape(-1, 1)
-        redraw = torch.rand(eps.shape, generator=generator, dtype=torch.float64, device=eps.device) < a
-        return torch.where(redraw, torch.rand(eps.shape, generator=generator, dtype=eps.dtype, device=eps.device), eps)
+        return redraw(eps, amount, generator)
 
     # -------------------------------------------------- structured q_theta
     @staticmethod

@@ -27,7 +27,7 @@ import torch
 
 import udm
 
-from .mask import SCHEDULES, check_choice, check_vocab, posterior_noise, select
+from ._tokens import SCHEDULES, check_choice, check_vocab, posterior_noise, select
 
 
 @dataclass(eq=False)

@@ -3,12 +3,24 @@ generators, and small helpers used by several test modules."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 import udm
 
 _ENV = ("UDM_PLUGINS", "UDM_BLOCK_PLUGINS", "UDM_DISABLE_PLUGIN_AUTOLOAD", "UDM_STRICT_PLUGINS")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_intra_op_thread():
+    """Tests use tiny tensors: thread hand-offs cost more than the work (10-50x on a loaded CPU).
+    One intra-op thread for the whole suite; set UDM_TEST_THREADS to change it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ.get("UDM_TEST_THREADS", "1")))
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)

@@ -15,15 +15,6 @@ from udm.testing._conformance import default_features
 from udm.plugins.time import Continuous, Discrete
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small matmuls on (n, 1, 8, 8) batches: thread hand-offs cost more than the work on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _images(n=4, c=2, h=6, w=5, seed=0, dtype=torch.float64):
     return torch.rand(n, c, h, w, generator=torch.Generator().manual_seed(seed), dtype=dtype) * 2 - 1
 

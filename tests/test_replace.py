@@ -12,14 +12,6 @@ from udm.samplers import invert
 from udm.testing import MarkovChain, MarkovOracle, assert_conforms, ks_two_sample
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def g(seed):
     return torch.Generator().manual_seed(seed)
 
@@ -104,7 +96,7 @@ def test_conformance(reg, exact, schedule):
     assert {"marginal[invert]", "marginal[refresh]"} <= {r.name for r in report.results}
 
 
-def test_tv_falls_with_steps_and_reaches_the_floor(one_thread):
+def test_tv_falls_with_steps_and_reaches_the_floor():
     """Independent replacement, per-position posterior marginals (as a NAR network): the step is exact once
     at most one token changes per step, so TV falls with steps and at 64 steps for L = 8 (about one change
     per ten steps) is within the floor (mean + 3 std over 5 true samples of the same size)."""

@@ -73,15 +73,7 @@ def test_errors():
         small()(torch.zeros(1, 9, dtype=torch.long), torch.zeros(1))
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def test_learns_a_masked_task(one_thread):
+def test_learns_a_masked_task():
     """Copy task: the sequence is (a, a, b, b, ...); masked tokens are recoverable from their twin. After 100
     steps the masked-position accuracy must be far above chance (1/5)."""
     g = torch.Generator().manual_seed(0)

@@ -9,15 +9,6 @@ import udm
 from udm.errors import ConfigError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny convolutions: thread hand-offs cost more than the work (and stall on a loaded machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _unet(**kw):
     return udm.registry().create("model", "unet", **kw)
 
