@@ -19,7 +19,7 @@ def _dataset(name, **kw):
 
 
 def test_digits_shape_range_and_seeded_subset():
-    sklearn = pytest.importorskip("sklearn.datasets")  # the optional extra udm[digits]
+    import sklearn.datasets as sklearn  # the optional extra udm[digits]; part of udm[test]
     x = _dataset("digits")
     assert x.shape == (1797, 1, 8, 8) and x.dtype == torch.float32
     assert float(x.min()) == -1.0 and float(x.max()) == 1.0
@@ -68,7 +68,7 @@ def test_npy_errors(tmp_path):
 
 
 def test_image_folder(tmp_path):
-    Image = pytest.importorskip("PIL.Image")  # the optional extra udm[images]
+    from PIL import Image  # the optional extra udm[images]; part of udm[test]
     for i, colour in enumerate([(255, 0, 0), (0, 0, 255)]):
         Image.new("RGB", (10, 6), colour).save(tmp_path / f"{i}.png")
     (tmp_path / "notes.txt").write_text("not an image")
