@@ -29,6 +29,7 @@ import torch
 
 import udm
 
+from ._pixel_mask import PixelMaskCorruption
 from ._tokens import SCHEDULES, check_choice, check_vocab, posterior_noise, redraw, select
 
 
@@ -116,3 +117,4 @@ class MaskCorruption(udm.Corruption):
 @udm.hookimpl
 def udm_register_corruptions(register):
     register(MaskCorruption)
+    register(PixelMaskCorruption)  # the continuous variant (pixel/patch masks), plugins/_pixel_mask.py

@@ -58,13 +58,15 @@ class UNet(nn.Module):
         channels: base width; channel_mult: width multiplier per resolution level.
         blocks: residual blocks per level; attention: self-attention at the lowest resolution.
         time_dim: sinusoidal embedding size; dropout: inside residual blocks.
+        mask_fill: if set, the input gets one extra channel, 1 where every channel of x_t equals
+            ``mask_fill`` (the masked pixels of the ``mask_pixels`` corruption with ``fill=mask_fill``).
     """
 
     name = "unet"
 
     def __init__(self, data_shape: tuple[int, ...] | list[int] = (1, 8, 8), channels: int = 32,
                  channel_mult: tuple[int, ...] | list[int] = (1, 2, 2), blocks: int = 1, attention: bool = True,
-                 time_dim: int = 64, dropout: float = 0.0) -> None:
+                 time_dim: int = 64, dropout: float = 0.0, mask_fill: float | None = None) -> None:
         super().__init__()
         shape = tuple(int(d) for d in data_shape)
         levels = len(channel_mult)
@@ -75,9 +77,10 @@ class UNet(nn.Module):
                               f"{2 ** max(levels - 1, 0)}; got data_shape {list(shape)} with channel_mult "
                               f"{list(channel_mult)}. Shorten channel_mult or pad the images.")
         self.data_shape, self.time_dim = shape, time_dim
+        self.mask_fill = None if mask_fill is None else float(mask_fill)
         temb = 4 * channels
         self.time_mlp = nn.Sequential(nn.Linear(time_dim, temb), nn.SiLU(), nn.Linear(temb, temb))
-        self.inp = nn.Conv2d(shape[0], channels, 3, padding=1)
+        self.inp = nn.Conv2d(shape[0] + (mask_fill is not None), channels, 3, padding=1)
         widths, ch = [channels], channels
         self.down = nn.ModuleList()
         for i, mult in enumerate(channel_mult):
@@ -107,6 +110,8 @@ class UNet(nn.Module):
             raise ConfigError(f"model unet: input must have shape (batch, {', '.join(map(str, self.data_shape))}); "
                               f"got {tuple(x.shape)}. Set data_shape to the data's per-example shape.")
         emb = self.time_mlp(udm.nn.timestep_embedding(t, self.time_dim).to(x.dtype))
+        if self.mask_fill is not None:  # the model also receives the mask (mask_pixels corruption)
+            x = torch.cat([x, (x == self.mask_fill).all(dim=1, keepdim=True).to(x.dtype)], dim=1)
         h = self.inp(x)
         skips = [h]
         for layer in self.down:

@@ -19,6 +19,8 @@ nll                 ``(output, x0, eps, x_t, t) -> (batch,)`` exact             
 sample_x0           ``(output, x_t, t, generator) -> x0_hat`` drawn from a        the Denoiser (replaces
                     structured q_theta (deletion: counts, then tokens)            to_x0 + family.point)
 vector_space        ``data_kind == "continuous"`` (x_t + a - b makes sense)        residual, ode
+                    unless the class sets ``vector_space = False`` (opt-out when
+                    F is not differentiable in t, e.g. masking: velocity = 0)
 ==================  ===========================================================  ==================
 
 Conventions: ``t`` is a float tensor of shape ``(batch,)`` in [0, 1] (samplers may pass ``(1,)``,
@@ -124,6 +126,6 @@ class GaussianNoise:
 def capabilities(corruption: Any) -> frozenset[str]:
     """The optional capabilities ``corruption`` offers, discovered from the object itself."""
     caps = {c for c in OPTIONAL_CAPABILITIES if callable(getattr(corruption, c, None))}
-    if getattr(corruption, "data_kind", "continuous") == "continuous":
+    if getattr(corruption, "data_kind", "continuous") == "continuous" and getattr(corruption, "vector_space", True):
         caps.add("vector_space")
     return frozenset(caps)
