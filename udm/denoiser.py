@@ -55,6 +55,5 @@ class Denoiser:
         params = self.corruption.to_x0(out, x_t, t)
         return Prediction(self.family.point(params, generator), params)
 
-    @torch.no_grad()
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None):
         return self.predict(x_t, t, generator).x0_hat
