@@ -77,7 +77,7 @@ def main() -> None:
                 print(f"  {sampler:9s} {steps:3d} steps: FD = {fd(x, held_out):.3f}  "
                       f"({time.perf_counter() - start:.0f} s)", flush=True)
             rows.append(x[:12])
-    write_png(args.out, image_grid(torch.cat(rows), value_range=(-1, 1), nrow=12, pad=1))
+    write_png(args.out, image_grid(torch.cat(rows), value_range=(-1, 1), nrow=12, pad=2, scale=6))
     print(f"wrote {args.out}")
 
 

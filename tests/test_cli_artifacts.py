@@ -51,6 +51,9 @@ def test_image_grid_layout_and_range():
     img = image_grid(x, value_range=(-1, 1), nrow=2, pad=1)
     assert img.shape == (6, 11, 3)
     assert (img[1:5, 1:5] == 0).all() and (img[1:5, 6:10] == 255).all()
+    big = image_grid(x, value_range=(-1, 1), nrow=2, pad=1, scale=3)  # nearest-neighbour enlargement
+    assert big.shape == (14, 27, 3)
+    assert (big[1:13, 1:13] == 0).all() and (big[1:13, 14:26] == 255).all()
 
 
 def test_curve_draws_a_decreasing_loss_from_top_left_to_bottom_right():

@@ -87,7 +87,8 @@ def write_samples(folder: Path, stem: str, x: Any, *, data_kind: str, reference:
         _plots.write_png(out[-1], _plots.scatter(tensor, reference[: len(tensor)] if reference is not None else None))
     elif tensor.ndim in (3, 4):
         out.append(folder / f"{stem}.png")
-        _plots.write_png(out[-1], _plots.image_grid(tensor[:64], value_range))
+        scale = max(1, 64 // max(tensor.shape[-2:]))  # 8x8 digits -> 64x64 pixels each
+        _plots.write_png(out[-1], _plots.image_grid(tensor[:64], value_range, scale=scale))
     return out
 
 

@@ -67,11 +67,14 @@ def scatter(points: torch.Tensor, reference: torch.Tensor | None = None, size: i
 
 
 def image_grid(images: torch.Tensor, value_range: tuple[float, float] | None = None, nrow: int = 8,
-               pad: int = 2) -> np.ndarray:
-    """A grid of images ``(n, C, H, W)`` (C = 1 or 3) or ``(n, H, W)``; values mapped from ``value_range``."""
+               pad: int = 2, scale: int = 1) -> np.ndarray:
+    """A grid of images ``(n, C, H, W)`` (C = 1 or 3) or ``(n, H, W)``; values mapped from ``value_range``;
+    each image enlarged ``scale`` times (nearest neighbour) so that tiny images stay legible."""
     x = images.detach().float().cpu()
     if x.ndim == 3:
         x = x[:, None]
+    if scale > 1:
+        x = x.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
     lo, hi = value_range if value_range is not None else (float(x.min()), float(x.max()))
     x = ((x - lo) / max(hi - lo, 1e-12)).clamp(0, 1).mul(255).round().to(torch.uint8)
     if x.shape[1] == 1:
