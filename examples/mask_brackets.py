@@ -43,12 +43,16 @@ def train_and_report(corruption_cfg: dict, time_cfg: dict, samplers: tuple[str, 
     return results
 
 
-if __name__ == "__main__":
+def main(corruption: dict, time: dict, samplers: tuple[str, ...]) -> None:
+    """Command line shared by the bracket examples: --minutes, --length, --threads."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--minutes", type=float, default=3.0)
     parser.add_argument("--length", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a busy machine)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    train_and_report({"name": "mask", "schedule": "linear"}, {"name": "continuous"}, ("invert", "confidence"),
-                     length=args.length, minutes=args.minutes)
+    train_and_report(corruption, time, samplers, length=args.length, minutes=args.minutes)
+
+
+if __name__ == "__main__":
+    main({"name": "mask", "schedule": "linear"}, {"name": "continuous"}, ("invert", "confidence"))

@@ -7,17 +7,7 @@ Measured (length 16, 1000 samples; --minutes 11 = 5100 steps on a busy 2-core CP
 validity at 8 / 16 / 32 steps 0.151 / 0.359 / 0.530. After 700 steps: 0.060 / 0.133 / 0.219.
 """
 
-import argparse
-
-import torch
-from mask_brackets import train_and_report
+from mask_brackets import main
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--minutes", type=float, default=3.0)
-    parser.add_argument("--length", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a busy machine)")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    train_and_report({"name": "replace", "schedule": "linear"}, {"name": "discrete", "steps": 1000}, ("invert",),
-                     length=args.length, minutes=args.minutes)
+    main({"name": "replace", "schedule": "linear"}, {"name": "discrete", "steps": 1000}, ("invert",))
