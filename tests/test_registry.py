@@ -248,7 +248,7 @@ def test_non_callable_factory_and_double_registration():
         udm.load_registry(entry_points=eps, strict=True)
 
     twice = FakeEntryPoint("twice", corruption_plugin("t", Toy, Toy))
-    with pytest.raises(PluginError, match="corruption 'toy' is registered twice by the same plugin"):
+    with pytest.raises(PluginError, match=r"corruption 'toy': names must be registered once per plugin; got a second register\(\) call"):
         udm.load_registry(entry_points=[twice], strict=True)
 
 
@@ -269,10 +269,21 @@ def test_unknown_kind(reg):
 
 
 def test_create_errors(reg):
-    with pytest.raises(PluginError, match=r"sampler: create\(\) does not apply; use registry.get"):
+    with pytest.raises(PluginError, match=r"sampler 'ddim': create\(\) must be used for factories; .*registry.get"):
         reg.create("sampler", "ddim")
-    with pytest.raises(TypeError, match=r"corruption 'gaussian': .*unexpected keyword argument 'shedule'"):
+    with pytest.raises(udm.ConfigError, match=r"corruption 'gaussian': keyword arguments must match its signature .*"
+                       r"unexpected keyword argument 'shedule'.*Valid keys: schedule, .*Did you mean 'schedule'\?"):
         reg.create("corruption", "gaussian", shedule="cosine")
+
+    def broken_inside(**kw):  # a TypeError raised *inside* a factory is not mistaken for a bad key
+        raise TypeError("bug in the plugin")
+
+    reg._table["dataset"]["__broken"] = reg._table["dataset"]["two_moons"].__class__(broken_inside, None)
+    try:
+        with pytest.raises(TypeError, match="bug in the plugin"):
+            reg.create("dataset", "__broken")
+    finally:
+        del reg._table["dataset"]["__broken"]
 
 
 # --------------------------------------------------------------- switches

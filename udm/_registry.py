@@ -17,6 +17,7 @@ Environment switches (read by :func:`load_registry` when the argument is not giv
 from __future__ import annotations
 
 import importlib.metadata as metadata
+import inspect
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from .errors import PluginError, UnknownPluginError, did_you_mean
+from .errors import ConfigError, PluginError, UnknownPluginError, did_you_mean
 
 __all__ = ["PluginInfo", "Registry", "load_registry", "registry", "list_plugins"]
 
@@ -113,13 +114,22 @@ class Registry:
         """Call the registered factory (class or function) ``name`` with ``kwargs``."""
         factory = self.get(kind, name)
         if kind == "sampler":
-            raise PluginError("sampler: create() does not apply; use registry.get('sampler', name).")
+            raise PluginError(f"sampler {name!r}: create() must be used for factories; got a sampler, which is a "
+                              f"function, not a factory. Use registry.get('sampler', {name!r}) and call it.")
         try:
+            sig = inspect.signature(factory)
+        except (TypeError, ValueError):  # builtins without a signature: let the call report
             return factory(**kwargs)
+        try:
+            sig.bind(**kwargs)
         except TypeError as exc:
-            if "argument" in str(exc):
-                raise TypeError(f"{kind} {name!r}: {exc}") from exc
-            raise
+            valid = [p.name for p in sig.parameters.values()
+                     if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+            unknown = [k for k in kwargs if k not in valid]
+            hint = did_you_mean(unknown[0], valid) if unknown else ""
+            raise ConfigError(f"{kind} {name!r}: keyword arguments must match its signature {sig}; got {exc}. "
+                              f"Valid keys: {', '.join(valid) or '(none)'}.{hint}") from None
+        return factory(**kwargs)
 
     def _kind(self, kind: str) -> dict[str, _Entry]:
         if kind not in self._table:
@@ -181,7 +191,8 @@ class Registry:
             _validate(kind, key, obj, info, hook_name)
             table = self._table[kind]
             if key in info.registered.get(kind, []):
-                raise PluginError(f"{kind} {key!r} is registered twice by the same plugin")
+                raise PluginError(f"{kind} {key!r}: names must be registered once per plugin; got a second "
+                                  f"register() call for it in {info.label}. Remove the duplicate call.")
             if key in table or (kind, key) in self._conflicts:
                 other = table[key].plugin if key in table else None
                 msg = (
@@ -245,7 +256,6 @@ _SIGNATURES = {
 
 def _check_signatures(kind: str, key: str, obj: Any, info: PluginInfo, hook_name: str) -> None:
     """Reject a contract method that cannot be called with the contract's positional arguments."""
-    import inspect
 
     for method, params in _SIGNATURES.get(kind, {}).items():
         fn = getattr(obj, method, None)
