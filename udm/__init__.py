@@ -16,6 +16,7 @@ from .families import Categorical, Family, Gaussian, Laplace, get_family
 from .hookspecs import hookimpl
 from .losses import LossOutput, diffusion_loss
 from .samplers import SamplerSpec, SamplerStep
+from .schedule import AffineSchedule, Schedule
 from .sequences import Sequences
 from .time import TimeType, check_grid
 from .training import Trainer, TrainResult, TrainStep, train
@@ -45,6 +46,8 @@ __all__ = [
     "SamplerSpec",
     "SamplerStep",
     "Sequences",
+    "Schedule",
+    "AffineSchedule",
     "samplers",
     "affine",
     "nn",

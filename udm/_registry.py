@@ -233,6 +233,7 @@ def _validate(kind: str, key: str, obj: Any, info: PluginInfo, hook_name: str) -
         "corruption": ("sample_noise", "forward", "sample_prior"),
         "time": ("sample_train", "grid", "encode"),
         "sampler": ("rule", "supports"),
+        "schedule": ("amplitudes",),
     }.get(kind, ())
     missing = [m for m in required if not hasattr(obj, m)]
     if missing:

@@ -40,6 +40,11 @@ def udm_register_samplers(register):
 
 
 @hookspec
+def udm_register_schedules(register):
+    """Register noise schedules: subclasses of :class:`udm.Schedule` (alpha_t, sigma_t of a Gaussian corruption)."""
+
+
+@hookspec
 def udm_register_models(register):
     """Register model factories: callables ``(**kwargs) -> torch.nn.Module``."""
 
@@ -55,9 +60,10 @@ def udm_register_metrics(register):
 
 
 #: the plugin kinds, in the order they are shown
-KINDS = ("corruption", "time", "sampler", "model", "dataset", "metric")
+KINDS = ("corruption", "schedule", "time", "sampler", "model", "dataset", "metric")
 HOOK_OF_KIND = {
     "corruption": "udm_register_corruptions",
+    "schedule": "udm_register_schedules",
     "time": "udm_register_time_types",
     "sampler": "udm_register_samplers",
     "model": "udm_register_models",
