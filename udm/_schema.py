@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .plugin_spec import plugin_ref
+
 __all__ = ["Param", "Schema", "schema_of", "conforms", "describe", "coerce"]
 
 _EMPTY = inspect.Parameter.empty
@@ -40,7 +42,7 @@ class Schema:
 def _hints(fn: Callable[..., Any]) -> dict[str, Any]:
     target = fn.__init__ if inspect.isclass(fn) else fn
     try:
-        return typing.get_type_hints(target)
+        return typing.get_type_hints(target, include_extras=True)
     except Exception:  # unresolvable forward references: fall back to defaults' types
         return {}
 
@@ -79,6 +81,11 @@ def conforms(value: Any, tp: Any) -> bool:
     """Whether a YAML value (None, bool, int, float, str, list, dict) fits the annotation ``tp``."""
     if tp is Any or tp is _EMPTY or tp is object:
         return True
+    if _origin(tp) is typing.Annotated:
+        ref = plugin_ref(tp)
+        if ref is not None:
+            return isinstance(value, str) or (isinstance(value, dict) and isinstance(value.get("name"), str))
+        return conforms(value, typing.get_args(tp)[0])
     if tp is None or tp is type(None):
         return value is None
     if _is_union(tp):
@@ -112,6 +119,11 @@ def describe(tp: Any) -> str:
     """A short human form of an annotation: ``int``, ``list of int``, ``one of 'a', 'b'``, ``float or None``."""
     if tp is Any or tp is _EMPTY:
         return "any value"
+    if _origin(tp) is typing.Annotated:
+        ref = plugin_ref(tp)
+        if ref is not None:
+            return f"a registered {ref.kind} name or a mapping {{name: <{ref.kind}>, <options>}}"
+        return describe(typing.get_args(tp)[0])
     if tp is None or tp is type(None):
         return "None"
     if _is_union(tp):
