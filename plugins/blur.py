@@ -26,11 +26,12 @@ Noise schedules (``sigma`` >= 0 sets the scale; ``sigma = 0`` is Cold Diffusion'
 ``vp``      sigma_t = sigma sin(pi t / 2), alpha_t = sqrt(1 - sigma_t^2) (``sigma`` <= 1; sigma = 1 is
             the cosine schedule of blurring diffusion, where x_1 is pure noise).
 
-Capabilities: ``noise_posterior`` is exact (a point mass (x_t - alpha_t D_t x_0) / sigma_t when sigma_t > 0;
-when sigma_t = 0 eps does not enter x_t, so its posterior is the prior and a fresh draw is exact). So
-``invert``, ``refresh``, ``residual`` (Cold Diffusion Algorithm 2) and ``ode`` all work, also at sigma = 0,
-where ``invert``/``refresh``/``renoise`` coincide with Cold's naive D_s(x0_hat). There is no ``eps``
-target: recovering x_0 from eps needs D_t^{-1}, which multiplies frequencies by exp(+lambda tau).
+It is the linear-Gaussian layer (:class:`udm.LinearGaussian`) in the DCT basis, per frequency (i, j)
+a_ij(t) = alpha_t exp(-lambda_ij tau(t)) and s_ij(t) = sigma_t, so udm derives everything ``gaussian``
+has: the exact noise posterior (a fresh draw where sigma_t = 0, where eps does not enter x_t), the DDPM
+posterior per frequency (``posterior``, ``ddpm``), DDIM-eta per frequency, the score, the SDE coefficients
+and the ``eps``/``v``/``score``/``flow`` targets where they are non-singular (with ``sigma = 0`` only
+``x0`` is; the default). ``residual`` is Cold Diffusion's Algorithm 2 at ``sigma = 0``.
 
 The prior: x_1 = alpha_1 D_1(x_0) + sigma_1 eps with D_1(x_0) replaced by the per-channel mean m of
 x_0 broadcast over pixels, m ~ N(mu, Sigma) fitted by :meth:`BlurCorruption.fit` (the neglected part,
@@ -40,52 +41,39 @@ D_1(x_0) - m, has at most 1e-3 of each non-constant mode's amplitude with the de
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 
 import udm
+from udm.bases import DCT2, dct_matrix
 from udm.errors import ConfigError, did_you_mean
+from udm.parameterization import PredictionName, WeightingName
 
-__all__ = ["BlurCorruption", "dct_matrix", "heat_decay", "BLUR_SCHEDULES", "NOISE_SCHEDULES"]
+__all__ = ["BlurCorruption", "dct_matrix", "heat_decay", "heat_frequencies", "BLUR_SCHEDULES", "NOISE_SCHEDULES"]
 
 BLUR_SCHEDULES = ("sin2", "log")
 NOISE_SCHEDULES = ("linear", "vp")
 FAMILIES = ("gaussian", "laplace")
 LAPLACIANS = ("continuous", "grid")
-
-
-def dct_matrix(n: int, dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
-    """The orthonormal DCT-II matrix ``(n, n)``: V[k, i] = c_k cos(pi (i + 1/2) k / n), c_0 = sqrt(1/n),
-    c_k = sqrt(2/n); V V^T = I, so the inverse (DCT-III) is V^T. Built in float64, then cast."""
-    i = torch.arange(n, dtype=torch.float64)
-    v = torch.cos(math.pi * (i[None, :] + 0.5) * i[:, None] / n) * math.sqrt(2.0 / n)
-    v[0] /= math.sqrt(2.0)
-    return v.to(dtype=dtype, device=device)
+_DCT = DCT2()
 
 
 def heat_frequencies(h: int, w: int, laplacian: str = "continuous") -> torch.Tensor:
-    """Eigenvalues ``(h, w)`` float64 of -Laplacian with Neumann boundaries on the DCT-II basis:
-    ``continuous`` lambda_ij = pi^2 (i^2/h^2 + j^2/w^2) (the heat equation on [0, h] x [0, w], sampled at
-    pixel centres; Gaussian blur of std sigma_B = sqrt(2 tau)), or ``grid`` lambda_ij = 4 sin^2(pi i / 2h)
-    + 4 sin^2(pi j / 2w) (the 5-point finite-difference Laplacian on the pixel grid)."""
-    ki, kj = torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64)
-    if laplacian == "grid":
-        fi, fj = 4 * torch.sin(0.5 * math.pi * ki / h) ** 2, 4 * torch.sin(0.5 * math.pi * kj / w) ** 2
-    else:
-        fi, fj = (math.pi * ki / h) ** 2, (math.pi * kj / w) ** 2
-    return fi[:, None] + fj[None, :]
+    """Eigenvalues ``(h, w)`` float64 of -Laplacian with Neumann boundaries on the DCT-II basis
+    (:meth:`udm.bases.DCT2.frequencies`)."""
+    return DCT2.frequencies(h, w, laplacian)
 
 
 def heat_decay(x: torch.Tensor, tau: torch.Tensor, laplacian: str = "continuous") -> torch.Tensor:
     """Exact heat dissipation of images ``x`` ``(B, C, H, W)`` for times ``tau`` ``(B,)`` (or ``(1,)``)."""
     h, w = x.shape[-2:]
-    vh, vw = dct_matrix(h, x.dtype, x.device), dct_matrix(w, x.dtype, x.device)
     lam = heat_frequencies(h, w, laplacian).to(x.device)
     decay = torch.exp(-lam[None] * tau.to(torch.float64)[:, None, None])[:, None].to(x.dtype)
-    return vh.T @ ((vh @ x @ vw.T) * decay) @ vw
+    return _DCT.inverse(_DCT.forward(x) * decay)
 
 
-class BlurCorruption(udm.GaussianNoise, udm.Corruption):
+class BlurCorruption(udm.LinearGaussian):
     """Blurring diffusion / inverse heat dissipation / Cold Diffusion blur (see the module docstring).
 
     Args:
@@ -94,17 +82,25 @@ class BlurCorruption(udm.GaussianNoise, udm.Corruption):
         blur_min: the ``log`` schedule's first blur std in pixels (Rissanen et al.: 0.5).
         noise: noise schedule ``linear`` | ``vp``.
         sigma: noise scale >= 0 (0: deterministic Cold Diffusion blur).
-        family: q_theta family ``gaussian`` (squared error) | ``laplace`` (L1, Cold Diffusion).
+        family: q_theta family ``gaussian`` (squared error) | ``laplace`` (L1, Cold Diffusion; only with
+            ``prediction: x0`` and ``weighting: none``).
         laplacian: ``continuous`` (the papers' lambda) | ``grid`` (finite-difference Laplacian).
         data_range: ``[low, high]`` for optional clamping of x0_hat.
+        prediction, weighting, gamma: what the network outputs and the loss weight, per DCT frequency
+            (:class:`udm.Parameterization`); default ``x0``.
     """
 
     name = "blur"
     data_kind = "continuous"
+    basis = _DCT
 
-    def __init__(self, blur: str = "sin2", blur_max: float | None = None, blur_min: float = 0.5,
-                 noise: str = "linear", sigma: float = 0.1, family: str = "gaussian", laplacian: str = "continuous",
-                 data_range: tuple[float, float] | list[float] | None = (-1.0, 1.0)) -> None:
+    def __init__(self, blur: Literal["sin2", "log"] = "sin2", blur_max: float | None = None, blur_min: float = 0.5,
+                 noise: Literal["linear", "vp"] = "linear", sigma: float = 0.1,
+                 family: Literal["gaussian", "laplace"] = "gaussian",
+                 laplacian: Literal["continuous", "grid"] = "continuous",
+                 data_range: tuple[float, float] | list[float] | None = (-1.0, 1.0),
+                 prediction: PredictionName = "x0", weighting: WeightingName = "none", gamma: float = 5.0) -> None:
+        super().__init__(prediction, weighting, gamma)
         for key, value, allowed in (("blur", blur, BLUR_SCHEDULES), ("noise", noise, NOISE_SCHEDULES),
                                     ("family", family, FAMILIES), ("laplacian", laplacian, LAPLACIANS)):
             if value not in allowed:
@@ -121,9 +117,14 @@ class BlurCorruption(udm.GaussianNoise, udm.Corruption):
             raise ConfigError(f"corruption blur: sigma must be {bound}; got {sigma!r}. Use 0 for deterministic blur.")
         self.blur, self.blur_max, self.blur_min = blur, blur_max, float(blur_min)
         self.noise, self.sigma, self.family, self.laplacian = noise, float(sigma), family, laplacian
+        if family == "laplace" and (prediction, weighting) != ("x0", "none"):
+            raise ConfigError(f"corruption blur: family 'laplace' (L1) needs prediction 'x0' and weighting 'none'; "
+                              f"got prediction={prediction!r}, weighting={weighting!r}. Use family 'gaussian' for "
+                              f"other targets.")
         self.data_range = tuple(data_range) if data_range is not None else None
         self._mean: torch.Tensor | None = None  # (C,) float64
         self._cov: torch.Tensor | None = None  # (C, C) float64
+        self._check_parameterization()
 
     def __repr__(self) -> str:
         return (f"BlurCorruption(blur={self.blur!r}, blur_max={self.blur_max!r}, noise={self.noise!r}, "
@@ -138,16 +139,16 @@ class BlurCorruption(udm.GaussianNoise, udm.Corruption):
 
     def tau(self, t: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """Dissipation time tau(t) = sigma_B(t)^2 / 2, float64 ``(batch,)``; tau(0) = 0."""
-        t = torch.as_tensor(t).to(torch.float64)
+        t = torch.as_tensor(t, dtype=torch.float64)
         smax = self.sigma_blur_max(h, w)
         if self.blur == "sin2":
             return 0.5 * (smax * torch.sin(0.5 * math.pi * t) ** 2) ** 2
         b0 = min(self.blur_min, smax / 2)
         return 0.5 * b0**2 * torch.expm1(2 * t * math.log(smax / b0))
 
-    def amplitudes(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(alpha_t, sigma_t), float64 ``(batch,)``."""
-        t = torch.as_tensor(t).to(torch.float64)
+    def noise_amplitudes(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(alpha_t, sigma_t), float64 ``(batch,)``: the scalar part of the amplitudes."""
+        t = torch.as_tensor(t, dtype=torch.float64)
         if self.noise == "linear":
             return torch.ones_like(t), self.sigma * t
         s = self.sigma * torch.sin(0.5 * math.pi * t)
@@ -156,26 +157,22 @@ class BlurCorruption(udm.GaussianNoise, udm.Corruption):
     def degrade(self, x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """alpha_t D_t(x_0), the noise-free part of x_t."""
         self._check_images(x0)
-        alpha, _ = self.amplitudes(t)
+        alpha, _ = self.noise_amplitudes(t)
         out = heat_decay(x0, self.tau(t, *x0.shape[-2:]), self.laplacian)
         return udm.append_dims(alpha.to(x0.dtype), x0.ndim) * out
 
-    # -------------------------------------------------------------- contract
-    def forward(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        _, s = self.amplitudes(t)
-        return self.degrade(x0, t) + udm.append_dims(s.to(x0.dtype), x0.ndim) * eps
-
-    def noise_posterior(self, x_t, x0, t, generator=None) -> torch.Tensor:
-        """eps = (x_t - alpha_t D_t x_0) / sigma_t where sigma_t > 0; a fresh eps ~ N(0, I) where
-        sigma_t = 0 (eps does not enter x_t there, so its posterior is the prior)."""
-        _, s = self.amplitudes(t)
-        s = s.to(x_t.device).expand(x_t.shape[0])
-        if bool((s > 0).all()):
-            return (x_t - self.degrade(x0, t)) / udm.append_dims(s.to(x_t.dtype), x_t.ndim)
-        fresh = self.sample_noise(x_t, generator)
-        safe = torch.where(s > 0, s, torch.ones_like(s))
-        inverted = (x_t - self.degrade(x0, t)) / udm.append_dims(safe.to(x_t.dtype), x_t.ndim)
-        return torch.where(udm.append_dims(s > 0, x_t.ndim), inverted, fresh)
+    # ------------------------------------------------------ linear-Gaussian
+    def amplitudes(self, t: torch.Tensor, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """a_ij(t) = alpha_t exp(-lambda_ij tau(t)) ``(n, 1, H, W)`` and s(t) = sigma_t ``(n,)``, float64."""
+        if len(shape) != 3:
+            raise ConfigError(f"corruption blur: data must be images (channels, height, width) per sample; got "
+                              f"per-sample shape {tuple(shape)}. Reshape vectors to (n, 1, H, W) or use the gaussian "
+                              f"corruption.")
+        h, w = shape[-2:]
+        alpha, sigma = self.noise_amplitudes(t)
+        lam = heat_frequencies(h, w, self.laplacian).to(t.device)
+        decay = torch.exp(-lam[None] * self.tau(t, h, w)[:, None, None])
+        return (alpha[:, None, None] * decay)[:, None], sigma
 
     def sample_prior(self, shape, generator, *, device=None, dtype=None) -> torch.Tensor:
         """x_1 = alpha_1 m + sigma_1 eps, m ~ N(mu, Sigma) per image and channel, broadcast over pixels."""
@@ -191,7 +188,7 @@ class BlurCorruption(udm.GaussianNoise, udm.Corruption):
         z = torch.randn(shape[0], shape[1], generator=generator, device=device, dtype=torch.float64)
         m = self._mean.to(z.device) + z @ chol.T.to(z.device)
         eps = torch.randn(shape, generator=generator, device=device, dtype=dtype)
-        alpha, s = (float(v) for v in self.amplitudes(torch.ones(1)))
+        alpha, s = (float(v) for v in self.noise_amplitudes(torch.ones(1)))
         return alpha * m.to(dtype)[:, :, None, None].expand(shape) + s * eps
 
     def fit(self, data: torch.Tensor) -> None:

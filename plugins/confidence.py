@@ -18,20 +18,17 @@ from __future__ import annotations
 import torch
 
 import udm
-from udm.samplers import SamplerStep
+from udm.samplers import Sampling, requires
 
 
-def _confidence(denoiser, x, t, generator):
-    """x0_hat ``(B, L)`` and log q_theta(x0_hat | x_t) ``(B, L)`` float64 (0 for point predictions)."""
-    predict = getattr(denoiser, "predict", None)
-    if predict is None:
-        x0 = denoiser(x, t, generator)
-        return x0, torch.zeros(x0.shape, dtype=torch.float64, device=x0.device)
-    pred = predict(x, t, generator)
-    logp = pred.params.double().log_softmax(-1).gather(-1, pred.x0_hat[..., None])[..., 0]
-    return pred.x0_hat, logp
+def _log_confidence(pred: udm.Prediction) -> torch.Tensor:
+    """log q_theta(x0_hat | x_t) ``(B, L)`` float64 (0 for point predictions without logits)."""
+    if pred.params is None:
+        return torch.zeros(pred.x0_hat.shape, dtype=torch.float64, device=pred.x0_hat.device)
+    return pred.params.double().log_softmax(-1).gather(-1, pred.x0_hat[..., None])[..., 0]
 
 
+@requires("masked_count")
 def confidence(denoiser, corruption, times, x_init, *, generator=None, callback=None, clamp=False,
                choice_temperature: float = 0.0):
     """Confidence-ordered unmasking (MaskGIT) with the shared sampler signature; returns x_0 ``(B, L)``.
@@ -42,21 +39,19 @@ def confidence(denoiser, corruption, times, x_init, *, generator=None, callback=
     if not float(choice_temperature) >= 0:
         raise udm.ConfigError(f"sampler 'confidence': choice_temperature must be >= 0; got {choice_temperature!r}. "
                               f"Use 0 for pure confidence order.")
-    grid = udm.check_grid(times)
-    values = grid.tolist()
-    x, n = x_init, len(values) - 1
-    mask_id = corruption.mask_id
-    for i in range(n):
-        t = torch.full((x.shape[0],), values[i], dtype=torch.float64, device=x.device)
-        s = torch.full((x.shape[0],), values[i + 1], dtype=torch.float64, device=x.device)
-        x0, logp = _confidence(denoiser, x, t, generator)
-        if values[i + 1] == 0.0:
-            x = x0
+    run = Sampling(denoiser, corruption, times, x_init, generator=generator, callback=callback, clamp=clamp)
+    x, mask_id = x_init, corruption.mask_id
+    for i in run:
+        pred = run.predict(x, i)
+        if run.last(i):
+            x = run.final(pred)
         else:
+            t, s = run.points[i].t, run.points[i + 1].t
+            logp = _log_confidence(pred)
             masked = x == mask_id
             if choice_temperature > 0:
                 u = torch.rand(logp.shape, generator=generator, device=x.device, dtype=torch.float64)
-                logp = logp + float(choice_temperature) * values[i] * -torch.log(-torch.log(u.clamp_min(1e-300)))
+                logp = logp + float(choice_temperature) * run.values[i] * -torch.log(-torch.log(u.clamp_min(1e-300)))
             conf = torch.where(masked, logp, torch.full_like(logp, float("inf")))
             # random tie-break: shuffle, then a stable sort by confidence
             perm = torch.rand(conf.shape, generator=generator, device=x.device).argsort(1)
@@ -64,15 +59,14 @@ def confidence(denoiser, corruption, times, x_init, *, generator=None, callback=
             rank = order.argsort(1)
             keep = corruption.masked_count(x, t, s, generator)
             stay = rank < keep[:, None]
-            x = torch.where(stay, torch.full_like(x, mask_id), torch.where(masked, x0, x))
-        if callback is not None:
-            callback(SamplerStep(i, n, values[i], values[i + 1], x, x0))
+            x = torch.where(stay, torch.full_like(x, mask_id), torch.where(masked, pred.x0_hat, x))
+        run.report(i, x, pred)
     return x
 
 
 @udm.hookimpl
 def udm_register_samplers(register):
-    register(udm.SamplerSpec("confidence", confidence, ("masked_count",), {},
+    register(udm.SamplerSpec("confidence", confidence, (), {},
                              "unmask the most confident positions first (MaskGIT order)"))
-    register(udm.SamplerSpec("maskgit", confidence, ("masked_count",), {"choice_temperature": 4.5},
+    register(udm.SamplerSpec("maskgit", confidence, (), {"choice_temperature": 4.5},
                              "MaskGIT (Chang et al. 2022): confidence order with annealed Gumbel noise 4.5"))

@@ -1,6 +1,7 @@
-"""The built-in samplers: the six rules of DESIGN.md §1 plus familiar presets of them.
+"""The built-in samplers: the six rules (docs/explanation.md) plus familiar presets of them.
 
-Presets are the same rule functions with fixed options, never copies of update code.
+Presets are the same rule functions with fixed options, never copies of update code; what each needs
+from a corruption follows from the rule's declaration and the preset's options.
 """
 
 from __future__ import annotations
@@ -18,23 +19,22 @@ _RULE_DOCS = {
 }
 
 _PRESETS = (
-    # name, rule, options, extra capabilities, description
-    ("ddim", "invert", {}, (), "DDIM (Song et al. 2021), eta = 0"),
-    ("ddpm", "refresh", {"eta": 1.0}, ("schedule",), "DDPM ancestral sampling (refresh with eta = 1)"),
-    ("euler", "ode", {"solver": "euler"}, (), "probability-flow ODE, Euler"),
-    ("heun", "ode", {"solver": "heun"}, (), "probability-flow ODE, Heun (2nd order)"),
-    ("rk4", "ode", {"solver": "rk4"}, (), "probability-flow ODE, classic Runge-Kutta (4th order)"),
-    ("cold", "residual", {}, (), "Cold Diffusion improved sampling (Algorithm 2)"),
-    ("naive", "renoise", {}, (), "Cold Diffusion naive sampling (Algorithm 1)"),
+    # name, rule, options, description
+    ("ddim", "invert", {}, "DDIM (Song et al. 2021), eta = 0"),
+    ("ddpm", "refresh", {"eta": 1.0}, "DDPM ancestral sampling (refresh with eta = 1)"),
+    ("euler", "ode", {"solver": "euler"}, "probability-flow ODE, Euler"),
+    ("heun", "ode", {"solver": "heun"}, "probability-flow ODE, Heun (2nd order)"),
+    ("rk4", "ode", {"solver": "rk4"}, "probability-flow ODE, classic Runge-Kutta (4th order)"),
+    ("cold", "residual", {}, "Cold Diffusion improved sampling (Algorithm 2)"),
+    ("naive", "renoise", {}, "Cold Diffusion naive sampling (Algorithm 1)"),
 )
 
 
 def specs() -> list[udm.SamplerSpec]:
-    out = [udm.SamplerSpec(name, fn, requires, {}, _RULE_DOCS[name], exact_marginals=name != "ode")
-           for name, (fn, requires) in S.RULES.items()]
-    for name, rule, options, extra, doc in _PRESETS:
-        fn, requires = S.RULES[rule]
-        out.append(udm.SamplerSpec(name, fn, requires + extra, options, doc, exact_marginals=rule != "ode"))
+    out = [udm.SamplerSpec(name, fn, (), {}, _RULE_DOCS[name], exact_marginals=name != "ode")
+           for name, fn in S.RULES.items()]
+    for name, rule, options, doc in _PRESETS:
+        out.append(udm.SamplerSpec(name, S.RULES[rule], (), options, doc, exact_marginals=rule != "ode"))
     return out
 
 

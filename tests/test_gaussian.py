@@ -9,6 +9,8 @@ import math
 import pytest
 import torch
 
+import udm
+
 from udm.errors import ConfigError
 
 SCHEDULES = ["linear", "cosine", "vp", "ve", "flow"]
@@ -56,7 +58,7 @@ def test_linear_schedule_equals_the_ddpm_table_at_every_step(make):
     assert float((sch.alpha - abar.sqrt()).abs().max()) < 1e-12
     assert float((sch.sigma - (1 - abar).sqrt()).abs().max()) < 1e-12
     # a short, steep table takes the exact lgamma branch
-    short = make(schedule="linear", steps=10, beta_start=0.1, beta_end=0.5)
+    short = make(schedule={"name": "linear", "steps": 10, "beta_start": 0.1, "beta_end": 0.5})
     tab = ddpm_alpha_bar(10, 0.1, 0.5)
     s = short.schedule(torch.arange(11, dtype=torch.float64) / 10)
     assert float((s.alpha - tab.sqrt()).abs().max()) < 1e-12
@@ -176,15 +178,38 @@ def test_target_and_to_x0_round_trip(make, prediction):
 
 
 def test_constructor_errors(make):
-    with pytest.raises(ConfigError, match=r"corruption gaussian: schedule must be one of linear, cosine, vp, ve, "
-                                          r"flow; got 'cosin'\. Did you mean 'cosine'\?"):
+    with pytest.raises(udm.UnknownPluginError, match=r"corruption gaussian: schedule: schedule 'cosin': name must be a registered "
+                                          r"schedule; got 'cosin'\. Available: cosine, flow, linear, table, ve, vp\. "
+                                          r"Did you mean 'cosine'\?"):
         make(schedule="cosin")
-    with pytest.raises(ConfigError, match=r"corruption gaussian: prediction must be one of x0, eps, v; got 'epsilon'"):
+    with pytest.raises(ConfigError, match=r"parameterisation: prediction must be one of x0, eps, v, score, flow; "
+                                          r"got 'epsilon'"):
         make(prediction="epsilon")
-    with pytest.raises(ConfigError, match=r"corruption gaussian: weighting must be one of .*min_snr.*; "
+    with pytest.raises(ConfigError, match=r"parameterisation: weighting must be one of .*min_snr.*; "
                                           r"got 'min-snr'\. Did you mean 'min_snr'\?"):
         make(weighting="min-snr")
-    with pytest.raises(ConfigError, match=r"need steps >= 2 and 0 < beta_start <= beta_end < 1; got steps=1"):
-        make(steps=1)
-    with pytest.raises(ConfigError, match=r"need 0 < sigma_min < sigma_max; got 5, 1\."):
-        make(sigma_min=5, sigma_max=1)
+    with pytest.raises(ConfigError, match=r"corruption gaussian: schedule: a schedule given as a mapping must have a "
+                                          r"`name` key"):
+        make(schedule={"steps": 10})
+    with pytest.raises(ConfigError, match=r"corruption gaussian: schedule: schedule 'linear': keyword arguments must "
+                                          r"match its signature"):
+        make(schedule={"name": "linear", "beta_max": 0.02})
+
+
+def test_schedule_instances_and_mappings_are_accepted(make, reg):
+    sched = reg.create("schedule", "vp", beta_min=0.2, beta_max=10.0)
+    a = make(schedule=sched)
+    b = make(schedule={"name": "vp", "beta_min": 0.2, "beta_max": 10.0})
+    t = torch.linspace(0, 1, 11, dtype=torch.float64)
+    assert a.noise_schedule is sched and torch.equal(a.schedule(t).alpha, b.schedule(t).alpha)
+
+
+def test_schedule_accepts_expanded_time_tensors(make):
+    """Samplers hand user denoisers broadcast time tensors: corruption.schedule must take them."""
+    for schedule in SCHEDULES:
+        corr = make(schedule=schedule)
+        t = torch.tensor([0.5], dtype=torch.float64).expand(4)
+        s = corr.schedule(t)
+        assert s.alpha.shape == (4,) and s.dalpha.shape == (4,)
+        x = torch.zeros(4, 2)
+        assert corr.forward(x, x, t).shape == (4, 2)

@@ -111,7 +111,7 @@ def test_importing_udm_builds_no_plugin_manager_and_imports_no_plugin():
         "    built.append(a)\n"
         "    orig(self, *a, **k)\n"
         "pluggy.PluginManager.__init__ = spy\n"
-        "import udm, udm.testing, udm.samplers, udm.affine\n"
+        "import udm, udm.testing, udm.samplers, udm.linear_gaussian, udm.bases\n"
         "assert not built, built\n"
         "assert not [m for m in sys.modules if m.startswith('udm.plugins')], sorted(sys.modules)\n"
         "assert udm._registry._DEFAULT is None\n"
@@ -165,7 +165,7 @@ def test_misspelled_hook_is_caught_by_check_pending():
     info = status(reg, "typo")
     assert info.status == "failed"
     assert "udm_register_corruption" in info.error
-    assert "Hooks must be one of: udm_register_corruptions, udm_register_time_types" in info.error
+    assert "Hooks must be one of: udm_register_corruptions, udm_register_schedules, udm_register_time_types" in info.error
     assert reg.names("corruption") == []
     assert reg.names("metric") == ["score"]  # loading continued
     with pytest.raises(PluginError, match=r"plugin fake-dist 1\.0 \(entry point 'typo'\): failed to load: "
@@ -263,7 +263,7 @@ def test_unknown_name_lists_available_and_suggests(reg):
 
 
 def test_unknown_kind(reg):
-    with pytest.raises(UnknownPluginError, match=r"registry: kind must be one of corruption, time, sampler, model, "
+    with pytest.raises(UnknownPluginError, match=r"registry: kind must be one of corruption, schedule, time, sampler, model, "
                                                  r"dataset, metric; got 'corruptions'\. Did you mean 'corruption'\?"):
         reg.names("corruptions")
 

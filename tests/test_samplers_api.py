@@ -53,8 +53,8 @@ def test_unsupported_sampler_lists_the_supported_ones(reg):
                                               r"noise_posterior\. Samplers 'bare' supports: naive, renoise\."):
         udm.resolve_sampler("ddim", bare, reg)
     with pytest.raises(CapabilityError, match=r"sampler 'ddpm': corruption 'bare' must offer noise_posterior, "
-                                              r"refresh_noise, schedule; it lacks noise_posterior, refresh_noise, "
-                                              r"schedule\. Samplers 'bare' supports: naive, renoise\."):
+                                              r"refresh_noise, linear_gaussian; it lacks noise_posterior, "
+                                              r"refresh_noise, linear_gaussian\. Samplers 'bare' supports: naive, renoise\."):
         udm.sample(FixedDenoiser(torch.zeros(4, 2)), bare, reg.create("time", "discrete", steps=10),
                    shape=(4, 2), sampler="ddpm", steps=5, registry=reg)
     # the rule functions and the spec check too, when called directly

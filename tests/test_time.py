@@ -138,7 +138,7 @@ def test_continuous_grids(reg, spacing):
 
 def test_continuous_logsnr_grid_is_equally_spaced_in_log_snr(reg):
     bmin, bmax = 0.1, 20.0
-    corr = reg.create("corruption", "gaussian", schedule="vp", beta_min=bmin, beta_max=bmax)
+    corr = reg.create("corruption", "gaussian", schedule={"name": "vp", "beta_min": bmin, "beta_max": bmax})
     time = reg.create("time", "continuous", t_min=1e-3)
     g = time.grid(16, spacing="logsnr", corruption=corr)
     assert g.shape == (17,) and g[0] == 1.0 and g[-1] == 0.0 and math.isclose(float(g[-2]), 1e-3)

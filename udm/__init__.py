@@ -5,12 +5,16 @@ of reverse samplers. Corruptions, time types, samplers, models, datasets and met
 plugins found through entry points in the group ``udm``.
 """
 
-from . import affine, nn, samplers
+from . import bases, nn, samplers
 from ._registry import PluginInfo, Registry, list_plugins, load_registry, registry
-from ._tensor import TimeCache, append_dims
+from ._tensor import append_dims
 from .api import resolve_sampler, sample, supported_samplers
 from .corruption import Corruption, GaussianNoise, capabilities
 from .denoiser import Denoiser, Prediction
+from .linear_gaussian import LinearGaussian, Marginal
+from .parameterization import Parameterization
+from .plugin_spec import PluginSpec, build_plugin
+from .variance import VarianceTable
 from .errors import CapabilityError, ConfigError, PluginError, UdmError, UnknownPluginError
 from .families import Categorical, Family, Gaussian, Laplace, get_family
 from .hookspecs import hookimpl
@@ -49,7 +53,13 @@ __all__ = [
     "Schedule",
     "AffineSchedule",
     "samplers",
-    "affine",
+    "bases",
+    "LinearGaussian",
+    "Marginal",
+    "Parameterization",
+    "PluginSpec",
+    "build_plugin",
+    "VarianceTable",
     "nn",
     "sample",
     "supported_samplers",
@@ -65,7 +75,6 @@ __all__ = [
     "TrainingError",
     "run_experiment",
     "append_dims",
-    "TimeCache",
     "UdmError",
     "ConfigError",
     "PluginError",

@@ -21,30 +21,40 @@ def supported_samplers(corruption: Any, registry: Registry | None = None) -> lis
     return [n for n in reg.names("sampler") if reg.get("sampler", n).supports(corruption)]
 
 
-def resolve_sampler(name: str | SamplerSpec, corruption: Any, registry: Registry | None = None) -> SamplerSpec:
-    """The :class:`SamplerSpec` called ``name``; a clear error if the corruption cannot support it."""
+def resolve_sampler(name: str | SamplerSpec, corruption: Any, registry: Registry | None = None,
+                    options: dict[str, Any] | None = None) -> SamplerSpec:
+    """The :class:`SamplerSpec` called ``name``; a clear error if the corruption cannot support it (called with
+    ``options``, which may add requirements, e.g. ``refresh`` with ``eta``)."""
     if isinstance(name, SamplerSpec):
         spec = name
         reg = registry
     else:
         reg = registry or default_registry()
         spec = reg.get("sampler", name)
-    missing = spec.missing(corruption)
+    missing = spec.missing(corruption, options)
     if missing:
         cname = getattr(corruption, "name", type(corruption).__name__)
         ok = ", ".join(supported_samplers(corruption, reg)) if reg is not None else "(no registry given)"
         raise CapabilityError(
-            f"sampler {spec.name!r}: corruption {cname!r} must offer {', '.join(spec.requires)}; it lacks "
+            f"sampler {spec.name!r}: corruption {cname!r} must offer {', '.join(spec.required(options))}; it lacks "
             f"{', '.join(missing)}. Samplers {cname!r} supports: {ok}."
         )
     return spec
+
+
+def _model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype | None]:
+    """The device and floating dtype of a network's first parameter or buffer (CPU / None if it has none)."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device, (tensor.dtype if tensor.dtype.is_floating_point else None)
+    return torch.device("cpu"), None
 
 
 def sample(model: torch.nn.Module | Callable[..., Any], corruption: Any, time_type: Any, *, shape: tuple[int, ...],
            sampler: str | SamplerSpec = "invert", steps: int = 50, spacing: str = "uniform",
            generator: torch.Generator | None = None, registry: Registry | None = None,
            callback: Callable[[SamplerStep], Any] | None = None, clamp: bool = False,
-           family_options: dict[str, Any] | None = None, **options: Any) -> Any:
+           family_options: dict[str, Any] | None = None, dtype: torch.dtype | None = None,
+           device: torch.device | str | None = None, variance: Any = None, **options: Any) -> Any:
     """Draw ``shape[0]`` samples: prior x_1, then ``steps`` reverse steps of ``sampler`` on the time grid.
 
     Args:
@@ -52,16 +62,21 @@ def sample(model: torch.nn.Module | Callable[..., Any], corruption: Any, time_ty
         shape: ``(n, *data_shape)`` for the prior.
         sampler: a registered sampler name (``invert``, ``ddim``, ``ddpm``, ``heun``, ...) or a spec.
         steps, spacing: the time type's sampling grid.
+        dtype: the prior's (and so the run's) dtype; default: the network's parameter dtype, else float32.
+        device: where to sample; default: the network's device, else the generator's, else the CPU.
+        variance: q_theta's variance source (see :class:`Denoiser`); ``None``: the mean.
         options: sampler options (``eta``, ``solver``, ...).
     Returns:
         x0 samples of ``shape``.
     """
-    spec = resolve_sampler(sampler, corruption, registry)
+    spec = resolve_sampler(sampler, corruption, registry, options)
     if isinstance(model, torch.nn.Module):
-        device = next(model.parameters()).device
-        model = Denoiser(model.eval(), corruption, time_type, **(family_options or {}))
-    else:
+        model_device, model_dtype = _model_device_dtype(model)
+        device = device if device is not None else model_device
+        dtype = dtype or model_dtype
+        model = Denoiser(model.eval(), corruption, time_type, variance=variance, **(family_options or {}))
+    elif device is None:
         device = generator.device if generator is not None else torch.device("cpu")
     times = time_type.grid(steps, spacing=spacing, corruption=corruption)
-    x_init = corruption.sample_prior(tuple(shape), generator, device=device)
+    x_init = corruption.sample_prior(tuple(shape), generator, device=device, dtype=dtype)
     return spec(model, corruption, times, x_init, generator=generator, callback=callback, clamp=clamp, **options)

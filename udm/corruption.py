@@ -30,16 +30,16 @@ which must broadcast); data at t = 0, F_0(x_0, .) = x_0; every draw takes an exp
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 
 from ._tensor import append_dims
 
-__all__ = ["Corruption", "GaussianNoise", "capabilities", "OPTIONAL_CAPABILITIES"]
+__all__ = ["Corruption", "GaussianNoise", "capabilities", "discover_capabilities", "OPTIONAL_CAPABILITIES", "PROTOCOLS"]
 
 OPTIONAL_CAPABILITIES = ("noise_posterior", "refresh_noise", "posterior", "schedule", "fit", "masked_count",
-                         "nll", "sample_x0")
+                         "nll", "sample_x0", "linear_gaussian")
 
 
 class Corruption(ABC):
@@ -123,9 +123,91 @@ class GaussianNoise:
         return (1 - a * a).clamp_min(0).sqrt() * eps + a * z
 
 
+@runtime_checkable
+class HasNoisePosterior(Protocol):
+    def noise_posterior(self, x_t: Any, x0: Any, t: torch.Tensor, generator: Any = None) -> Any: ...
+
+
+@runtime_checkable
+class HasRefreshNoise(Protocol):
+    def refresh_noise(self, eps: Any, amount: Any, generator: Any) -> Any: ...
+
+
+@runtime_checkable
+class HasPosterior(Protocol):
+    def posterior(self, x_t: Any, x0: Any, t: torch.Tensor, s: torch.Tensor, generator: Any) -> Any: ...
+
+
+@runtime_checkable
+class HasSchedule(Protocol):
+    def schedule(self, t: torch.Tensor) -> Any: ...
+
+
+@runtime_checkable
+class HasFit(Protocol):
+    def fit(self, data: Any) -> None: ...
+
+
+@runtime_checkable
+class HasMaskedCount(Protocol):
+    def masked_count(self, x_t: Any, t: torch.Tensor, s: torch.Tensor, generator: Any) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class HasNll(Protocol):
+    def nll(self, output: Any, x0: Any, eps: Any, x_t: Any, t: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class HasSampleX0(Protocol):
+    def sample_x0(self, output: Any, x_t: Any, t: torch.Tensor, generator: Any) -> Any: ...
+
+
+@runtime_checkable
+class IsLinearGaussian(Protocol):
+    """The linear-Gaussian layer (:class:`udm.LinearGaussian`): per-coefficient amplitudes in a basis."""
+
+    def amplitudes(self, t: torch.Tensor, shape: tuple[int, ...]) -> Any: ...
+    def marginals(self, grid: torch.Tensor, like: Any) -> Any: ...
+    def marginal(self, t: Any, like: Any) -> Any: ...
+    def apply(self, m: Any, x0: Any, eps: Any) -> Any: ...
+    def invert_noise(self, m: Any, x_t: Any, x0: Any, generator: Any = None) -> Any: ...
+    def posterior_step(self, mt: Any, ms: Any, x_t: Any, x0: Any, generator: Any) -> Any: ...
+    def refresh_step(self, mt: Any, ms: Any, x_t: Any, x0: Any, eta: float, generator: Any) -> Any: ...
+    def to_basis(self, x: Any) -> Any: ...
+    def from_basis(self, c: Any) -> Any: ...
+
+
+#: capability name -> the typed protocol an object must satisfy to offer it
+PROTOCOLS: dict[str, type] = {
+    "noise_posterior": HasNoisePosterior, "refresh_noise": HasRefreshNoise, "posterior": HasPosterior,
+    "schedule": HasSchedule, "fit": HasFit, "masked_count": HasMaskedCount, "nll": HasNll,
+    "sample_x0": HasSampleX0, "linear_gaussian": IsLinearGaussian,
+}
+
+
 def capabilities(corruption: Any) -> frozenset[str]:
-    """The optional capabilities ``corruption`` offers, discovered from the object itself."""
-    caps = {c for c in OPTIONAL_CAPABILITIES if callable(getattr(corruption, c, None))}
+    """The optional capabilities ``corruption`` offers.
+
+    An object may say itself what it really supports with a ``capabilities()`` method (wrappers such as
+    chains do); otherwise they are discovered from the object: a capability is offered when the object
+    satisfies its typed protocol (:data:`PROTOCOLS`), and ``vector_space`` when its data are continuous
+    and it does not set ``vector_space = False``.
+    """
+    own = getattr(corruption, "capabilities", None)
+    if callable(own) and not isinstance(corruption, type):
+        return frozenset(own())
+    return discover_capabilities(corruption)
+
+
+def discover_capabilities(corruption: Any) -> frozenset[str]:
+    """Capabilities found on the object by protocol (what :func:`capabilities` uses by default)."""
+    caps = {name for name, proto in PROTOCOLS.items()
+            if all(callable(getattr(corruption, m, None)) for m in _methods(proto))}
     if getattr(corruption, "data_kind", "continuous") == "continuous" and getattr(corruption, "vector_space", True):
         caps.add("vector_space")
     return frozenset(caps)
+
+
+def _methods(proto: type) -> list[str]:
+    return [m for m in vars(proto) if not m.startswith("_") and callable(getattr(proto, m))]

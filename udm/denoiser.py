@@ -1,8 +1,14 @@
-"""The "predict" half of every reverse step: x0_hat ~ q_theta(x_0 | x_t) (DESIGN.md §1).
+"""The "predict" half of every reverse step: x0_hat ~ q_theta(x_0 | x_t).
 
-Samplers never call a network directly; they call a *denoiser* ``D(x_t, t, generator) -> x0_hat``.
-:class:`Denoiser` builds one from a network, a corruption and a time type; oracles in
-:mod:`udm.testing` are denoisers too.
+Samplers never call a network directly; they call a *denoiser*. :class:`Denoiser` builds one from a
+network, a corruption and a time type and returns a :class:`Prediction`: the x0_hat a rule uses, and
+q_theta's parameters (logits; the Gaussian mean and, when a variance source is given, its variance).
+Any callable ``(x_t, t, generator) -> x0_hat`` is a denoiser too (the oracles of :mod:`udm.testing`).
+
+q_theta has a variance (docs/math.md, "q_theta with a variance"): with a Gaussian family and a
+variance source, x0_hat is *drawn* from N(mean, Sigma_t) instead of being the mean. Every rule is linear
+in x0_hat, so this adds gamma^2 Sigma_t to the step's variance: with the DDPM posterior this is
+Analytic-DPM's optimal variance (Bao et al. 2022), with ``invert`` Analytic-DDIM.
 """
 
 from __future__ import annotations
@@ -19,41 +25,99 @@ __all__ = ["Denoiser", "Prediction"]
 
 @dataclass
 class Prediction:
-    """What :meth:`Denoiser.predict` returns: the point x0_hat and the q_theta parameters it came from
-    (logits ``(batch, length, vocab)`` for categorical families; x_0 itself for Gaussian/Laplace)."""
+    """What a denoiser returns for a batch x_t at time t.
+
+    Attributes:
+        x0_hat: the value rules use: the mean, or a draw from q_theta (categorical families, or a
+            Gaussian with a variance source).
+        params: q_theta's raw parameters (logits ``(batch, length, vocab)`` for categorical families,
+            the mean for Gaussian ones), or ``None`` for plain callables.
+        mean: E_q[x_0] for Gaussian/Laplace families (what the last step returns); ``None`` otherwise.
+        variance: q_theta's variance in the corruption's basis (a float, ``(batch,)``-broadcastable, per
+            coefficient or per element), or ``None`` for a point estimate.
+        eps_hat: the noise posterior at (x_t, x0_hat) where the corruption is linear-Gaussian and it was
+            asked for (``Denoiser(extras=True)``), else ``None``.
+        score: the score (a x0_hat - x_t)/s^2 in the same cases, else ``None``.
+    """
 
     x0_hat: Any
-    params: Any
+    params: Any = None
+    mean: Any = None
+    variance: Any = None
+    eps_hat: Any = None
+    score: Any = None
 
 
 class Denoiser:
-    """x0_hat = point(q_theta(x_0 | x_t)) from a trained network.
+    """x0_hat ~ q_theta(x_0 | x_t) from a trained network.
 
     Args:
-        network: ``nn.Module`` mapping ``(x_t, time_encoding (batch,))`` to the corruption's
-            prediction target (x_0, eps, v or logits).
+        network: ``nn.Module`` mapping ``(x_t, time_encoding (batch,))`` to the corruption's prediction
+            target (x_0, eps, v, score, flow velocity or logits). With ``variance="head"`` it returns a
+            pair ``(output, variance)``.
         corruption: converts the output to q_theta's parameters (``to_x0``) and names the family.
         time_type: encodes t for the network.
         family: override the corruption's family, e.g. ``Categorical(temperature=0.8)``.
+        variance: q_theta's variance source for Gaussian families: ``None`` (the mean, a point
+            estimate), ``"head"`` (the network's second output), or a callable ``(t (batch,), x_t) ->
+            variance`` such as :class:`udm.variance.VarianceTable`. Variances live in the corruption's
+            basis.
+        grad: keep autograd on through the network (off by default: sampling needs no gradients).
+        extras: also fill ``eps_hat`` and ``score`` (linear-Gaussian corruptions).
         **family_options: options for the corruption's family (e.g. ``temperature``, ``top_k``).
     """
 
+    #: samplers may pass the corruption's precomputed coefficients (``marginal=``) to :meth:`predict`
+    accepts_marginal = True
+
     def __init__(self, network: torch.nn.Module, corruption: Any, time_type: Any, *,
-                 family: Family | str | None = None, **family_options: Any) -> None:
+                 family: Family | str | None = None, variance: Any = None, grad: bool = False, extras: bool = False,
+                 **family_options: Any) -> None:
         self.network = network
         self.corruption = corruption
         self.time_type = time_type
         self.family = get_family(family if family is not None else corruption.family, **family_options)
+        self.variance, self.grad, self.extras = variance, grad, extras
+        if variance is not None:
+            from .variance import check_variance_source
 
-    @torch.no_grad()
-    def predict(self, x_t: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None) -> Prediction:
-        """x0_hat together with q_theta's parameters (samplers such as ``confidence`` need the logits)."""
-        out = self.network(x_t, self.time_type.encode(t))
-        sample_x0 = getattr(self.corruption, "sample_x0", None)
-        if callable(sample_x0):  # structured q_theta (e.g. insertions): the corruption draws x0_hat itself
-            return Prediction(sample_x0(out, x_t, t, generator), out)
-        params = self.corruption.to_x0(out, x_t, t)
-        return Prediction(self.family.point(params, generator), params)
+            check_variance_source(variance, corruption, self.family)
+
+    def predict(self, x_t: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None, *,
+                marginal: Any = None) -> Prediction:
+        """The prediction at ``x_t`` ``(batch, ...)``, times ``t`` ``(batch,)`` float64 (``marginal``: the
+        corruption's coefficients at t when the caller has them)."""
+        with torch.set_grad_enabled(self.grad):
+            out = self.network(x_t, self.time_type.encode(t))
+            var = None
+            if self.variance == "head":
+                out, var = out
+            sample_x0 = getattr(self.corruption, "sample_x0", None)
+            if callable(sample_x0):  # a structured q_theta (e.g. insertions): the corruption draws x0_hat itself
+                return Prediction(sample_x0(out, x_t, t, generator), out)
+            if marginal is not None:
+                params = self.corruption.to_x0(out, x_t, t, marginal=marginal)
+            else:
+                params = self.corruption.to_x0(out, x_t, t)
+            if self.family.name == "categorical":
+                return Prediction(self.family.point(params, generator), params)
+            if self.variance is not None and var is None:
+                var = self.variance(t, x_t)
+            x0 = params if var is None else self._draw(params, var, generator)
+            pred = Prediction(x0, params, params, var)
+            if self.extras and callable(getattr(self.corruption, "invert_noise", None)):
+                m = marginal if marginal is not None else self.corruption.marginal(t, x_t)
+                pred.eps_hat = self.corruption.invert_noise(m, x_t, x0, generator)
+                pred.score = self.corruption.score(m, x_t, x0)
+            return pred
+
+    def _draw(self, mean: torch.Tensor, var: Any, generator: torch.Generator | None) -> torch.Tensor:
+        """mean + B^T (sqrt(var) * z), z ~ N(0, I): a draw of N(mean, Sigma) with Sigma diagonal in the basis."""
+        z = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        std = var ** 0.5 if not isinstance(var, torch.Tensor) else var.clamp_min(0).sqrt().to(mean.dtype)
+        from_basis = getattr(self.corruption, "from_basis", None)
+        noise = z * std if from_basis is None else from_basis(z * std)
+        return mean + noise
 
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None):
         return self.predict(x_t, t, generator).x0_hat

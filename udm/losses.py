@@ -26,14 +26,19 @@ def diffusion_loss(network: torch.nn.Module, corruption: Any, time_type: Any, x0
 
     t ~ time_type, eps ~ q(eps), x_t = F_t(x0, eps); the network maps ``(x_t, encode(t))`` to the
     corruption's ``target`` and the family's loss is weighted by ``corruption.loss_weight(t)``
-    (restricted to ``corruption.loss_mask`` for categorical families). A corruption with the
-    ``nll(output, x0, eps, x_t, t) -> (batch,)`` capability supplies the per-sample loss instead.
+    (restricted to ``corruption.loss_mask`` for categorical families). A corruption with a
+    ``training_loss(output, x0, eps, x_t, t) -> (batch,)`` method (linear-Gaussian corruptions, whose
+    weights may differ per basis coefficient) or the ``nll(output, x0, eps, x_t, t) -> (batch,)``
+    capability (a structured q_theta) supplies the per-sample loss instead.
     """
     t = time_type.sample_train(len(x0), generator, device=x0.device)
     eps = corruption.sample_noise(x0, generator)
     x_t = corruption.forward(x0, eps, t)
     out = network(x_t, time_type.encode(t))
+    own = getattr(corruption, "training_loss", None)
     nll = getattr(corruption, "nll", None)
+    if callable(own):  # the corruption weights its own loss (per basis coefficient)
+        return LossOutput((per := own(out, x0, eps, x_t, t)).mean(), per.detach(), t)
     if callable(nll):  # a structured q_theta (e.g. insertions) gives its exact -log q_theta(x_0 | x_t) itself
         per = nll(out, x0, eps, x_t, t)
     else:

@@ -1,21 +1,28 @@
-"""Samplers: stateless functions sharing one signature (see :mod:`udm.samplers._rules`)."""
+"""Samplers: plain functions sharing one signature, written on :class:`Sampling` (see :mod:`udm.samplers._rules`)."""
 
-from ._loop import SamplerStep, StepContext, sample_loop
-from ._rules import RULES, SOLVERS, invert, ode, posterior, refresh, renoise, residual, velocity
+from ._loop import Point, SamplerStep, Sampling, StepContext, require, sample_loop
+from ._requires import Requirements, requirements_of, requires
+from ._rules import CALLS_PER_STEP, RULES, SOLVERS, invert, ode, posterior, refresh, renoise, residual
 from ._spec import SamplerSpec
 
 __all__ = [
     "SamplerSpec",
     "SamplerStep",
+    "Sampling",
+    "Point",
     "StepContext",
     "sample_loop",
+    "require",
+    "requires",
+    "Requirements",
+    "requirements_of",
     "renoise",
     "invert",
     "refresh",
     "residual",
     "ode",
     "posterior",
-    "velocity",
     "RULES",
     "SOLVERS",
+    "CALLS_PER_STEP",
 ]

@@ -1,23 +1,35 @@
-"""The one sampling loop every rule shares (DESIGN.md §3, k-diffusion style: stateless functions).
+"""The small helper every sampler rule is written on (k-diffusion style: a rule is a plain loop).
 
-    for each (t, s) on the grid:   x0_hat = D(x_t, t)            (predict)
-                                   x_s    = rule(x_t, x0_hat, t, s)  (correct)
-    the last step to s = 0 returns x0_hat itself (MATH.md §6.4: F_0^{-1} is undefined).
+:class:`Sampling` owns what all rules share: the checked grid, one time tensor per grid point, the
+corruption's per-grid coefficient table (asked for once, explicitly, when the corruption is
+linear-Gaussian), the predictions (with clamping, q_theta draws and the model-call count), the callback
+and the last step, which returns the prediction's mean (docs/math.md, "The last step")::
+
+    run = Sampling(denoiser, corruption, times, x_init, generator=generator, callback=callback)
+    x = x_init
+    for i in run:                                   # i = 0 .. N-1, stepping times[i] -> times[i+1]
+        pred = run.predict(x, i)                    # x0_hat ~ q_theta(x_0 | x_t), one model call
+        x = run.final(pred) if run.last(i) else run.forward(pred.x0_hat, run.noise(x, pred.x0_hat, i), i + 1)
+        run.report(i, x, pred)
+
+A rule may keep any history between iterations, call :meth:`Sampling.predict` several times per step
+(at grid points or, with :meth:`Sampling.point`, anywhere), and reads ``run.nfe`` for the calls made.
+:func:`sample_loop` runs a memoryless one-step rule ``step(ctx, x_t, x0_hat, t, s) -> x_s`` on it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from ..denoiser import Prediction
 from ..errors import CapabilityError
-from .._tensor import grid_times
 from ..time import check_grid
 
-__all__ = ["SamplerStep", "StepContext", "sample_loop", "require"]
+__all__ = ["SamplerStep", "Sampling", "Point", "sample_loop", "require", "StepContext"]
 
 
 @dataclass
@@ -30,17 +42,17 @@ class SamplerStep:
     s: float  #: the time stepped to
     x: Any  #: the new state x_s (x0_hat on the last step to 0)
     x0_hat: Any  #: the prediction made at t
+    nfe: int = 0  #: model calls made so far (this step included)
 
 
 @dataclass
-class StepContext:
-    """Everything a rule may use besides (x_t, x0_hat, t, s)."""
+class Point:
+    """One time of the sampling run: its value, the ``(batch,)`` float64 tensor the corruption and
+    denoiser see, and (linear-Gaussian corruptions) the coefficients there."""
 
-    denoiser: Callable[..., Any]
-    corruption: Any
-    generator: torch.Generator | None
-    clamp: bool
-    index: int = 0  #: the step being taken (0-based), kept current by :func:`sample_loop`
+    value: float
+    t: torch.Tensor
+    marginal: Any = None
 
 
 def require(corruption: Any, rule: str, *caps: str) -> None:
@@ -58,42 +70,159 @@ def require(corruption: Any, rule: str, *caps: str) -> None:
         )
 
 
-def predict(ctx: StepContext, x: Any, t: torch.Tensor) -> Any:
-    """x0_hat = D(x, t), clamped to the corruption's ``data_range`` when ``ctx.clamp``."""
-    x0 = ctx.denoiser(x, t, ctx.generator)
-    rng = getattr(ctx.corruption, "data_range", None)
-    if ctx.clamp and rng is not None:
-        x0 = x0.clamp(*rng)
-    return x0
-
-
 def _batch(x: Any) -> tuple[int, torch.device]:
     if isinstance(x, torch.Tensor):
         return x.shape[0], x.device
     return len(x), x.device
 
 
+class Sampling:
+    """The shared state of one sampling run (see the module docstring).
+
+    Args:
+        denoiser: a :class:`udm.Denoiser`, an object with ``predict(x_t, t, generator) -> Prediction``,
+            or a callable ``(x_t, t, generator) -> x0_hat``.
+        corruption: the forward corruption.
+        times: a strictly decreasing grid ``(N + 1,)`` in [0, 1] (the time type's ``grid``).
+        x_init: x at ``times[0]``.
+        generator: every draw's generator.
+        callback: receives a :class:`SamplerStep` after each step.
+        clamp: clamp x0_hat to the corruption's ``data_range``.
+    """
+
+    def __init__(self, denoiser: Any, corruption: Any, times: Any, x_init: Any, *,
+                 generator: torch.Generator | None = None, callback: Callable[[SamplerStep], Any] | None = None,
+                 clamp: bool = False) -> None:
+        self.grid = check_grid(times)
+        self.values: list[float] = self.grid.tolist()
+        self.steps = len(self.values) - 1
+        self.denoiser, self.corruption, self.generator = denoiser, corruption, generator
+        self.callback, self.clamp = callback, clamp
+        self.batch, self.device = _batch(x_init)
+        self.like = x_init
+        self.nfe = 0
+        self.index = 0  #: the step being taken (kept current by iteration)
+        self.linear_gaussian = callable(getattr(corruption, "grid_table", None)) and isinstance(x_init, torch.Tensor)
+        #: linear-Gaussian corruptions: the coefficients of the whole grid, float64 (rows = grid points)
+        self.table = corruption.grid_table(self.grid, x_init) if self.linear_gaussian else None
+        ms = corruption.marginals(self.grid, x_init, self.table) if self.linear_gaussian else [None] * len(self.values)
+        self.points = [Point(v, torch.full((self.batch,), v, dtype=torch.float64, device=self.device), m)
+                       for v, m in zip(self.values, ms)]
+        self._predict = getattr(denoiser, "predict", None)
+        self._fast = self._predict is not None and getattr(denoiser, "accepts_marginal", False)
+        rng = getattr(corruption, "data_range", None)
+        self._range = rng if clamp and rng is not None else None
+        self._posterior: list | None = None
+
+    # ---------------------------------------------------------------- grid
+    def __iter__(self) -> Iterator[int]:
+        for i in range(self.steps):
+            self.index = i
+            yield i
+
+    def last(self, i: int) -> bool:
+        """Whether step i lands on t = 0 (it must return the prediction, not a corrupted state)."""
+        return self.values[i + 1] == 0.0
+
+    def point(self, value: float) -> Point:
+        """A :class:`Point` at any time (e.g. an ODE solver's midpoint), coefficients computed on demand."""
+        m = self.corruption.marginal(torch.tensor([value], dtype=torch.float64), self.like) \
+            if self.linear_gaussian else None
+        return Point(value, torch.full((self.batch,), value, dtype=torch.float64, device=self.device), m)
+
+    def pair_table(self, fn: Callable[..., Any], *args: Any) -> list[tuple[Any, ...]]:
+        """``fn(table[:-1], table[1:], *args)`` on the whole grid at once (e.g. the corruption's
+        ``posterior_coefficients`` or ``refresh_amounts``), returned per step i as a tuple cast for the data:
+        Python floats when the coefficients are scalars, else tensors ``(1, *cshape)``."""
+        outs = fn(self.table.rows(0, self.steps), self.table.rows(1, self.steps + 1), *args)
+        n = self.steps
+        if all(o.numel() == n for o in outs):
+            cols = [o.reshape(-1).tolist() for o in outs]
+            return list(zip(*cols))
+        like = self.like
+        cols = [[o[i:i + 1].to(device=like.device, dtype=like.dtype) for i in range(n)] for o in outs]
+        return list(zip(*cols))
+
+    def _p(self, where: int | Point) -> Point:
+        return self.points[where] if isinstance(where, int) else where
+
+    # ------------------------------------------------------------- predict
+    def predict(self, x: Any, where: int | Point) -> Prediction:
+        """x0_hat at grid point ``where`` (an index) or a :class:`Point`: one model call."""
+        p = self._p(where)
+        self.nfe += 1
+        if self._fast:
+            pred = self._predict(x, p.t, self.generator, marginal=p.marginal)
+        elif self._predict is not None:
+            pred = self._predict(x, p.t, self.generator)
+        else:
+            pred = Prediction(self.denoiser(x, p.t, self.generator))
+        if self._range is not None:
+            pred.x0_hat = pred.x0_hat.clamp(*self._range)
+            if pred.mean is not None:
+                pred.mean = pred.mean.clamp(*self._range)
+        return pred
+
+    @staticmethod
+    def final(pred: Prediction) -> Any:
+        """What the last step returns: q_theta's mean where it has one (no draw), else x0_hat."""
+        return pred.mean if pred.mean is not None else pred.x0_hat
+
+    def report(self, i: int, x: Any, pred: Prediction | Any) -> None:
+        if self.callback is not None:
+            x0 = pred.x0_hat if isinstance(pred, Prediction) else pred
+            self.callback(SamplerStep(i, self.steps, self.values[i], self.values[i + 1], x, x0, self.nfe))
+
+    # ------------------------------------------------- corruption at a point
+    def forward(self, x0: Any, eps: Any, where: int | Point) -> Any:
+        """F(x0, eps) at ``where``."""
+        p = self._p(where)
+        if p.marginal is not None:
+            return self.corruption.apply(p.marginal, x0, eps)
+        return self.corruption.forward(x0, eps, p.t)
+
+    def noise(self, x: Any, x0: Any, where: int | Point) -> Any:
+        """eps_hat ~ p(eps | x_t = x, x_0 = x0) at ``where``."""
+        p = self._p(where)
+        if p.marginal is not None:
+            return self.corruption.invert_noise(p.marginal, x, x0, self.generator)
+        return self.corruption.noise_posterior(x, x0, p.t, self.generator)
+
+    def posterior(self, x: Any, x0: Any, i: int) -> Any:
+        """A draw of p(x_s | x_t = x, x_0 = x0) for step i (grid point i to i + 1)."""
+        pt, ps = self.points[i], self.points[i + 1]
+        if pt.marginal is not None:
+            if self._posterior is None:
+                self._posterior = self.pair_table(self.corruption.posterior_coefficients)
+            return self.corruption.posterior_step(pt.marginal, ps.marginal, x, x0, self.generator, self._posterior[i])
+        return self.corruption.posterior(x, x0, pt.t, ps.t, self.generator)
+
+    def velocity(self, x0: Any, eps: Any, where: int | Point) -> Any:
+        """d/dt F_t(x0, eps) at ``where`` (closed form for linear-Gaussian corruptions, else forward-mode AD)."""
+        p = self._p(where)
+        if p.marginal is not None:
+            return self.corruption.velocity(p.marginal, x0, eps)
+        c = self.corruption
+        _, v = torch.func.jvp(lambda tt: c.forward(x0, eps, tt), (p.t,), (torch.ones_like(p.t),))
+        return v
+
+
+#: the context a :func:`sample_loop` step receives (``ctx.corruption``, ``ctx.generator``, ``ctx.index``, ...)
+StepContext = Sampling
+
+
 def sample_loop(step: Callable[..., Any], denoiser: Callable[..., Any], corruption: Any, times: Any, x_init: Any, *,
                 generator: torch.Generator | None, callback: Callable[[SamplerStep], Any] | None = None,
                 clamp: bool = False) -> Any:
-    """Run ``step(ctx, x_t, x0_hat, t, s) -> x_s`` over the decreasing grid ``times``.
+    """Run a memoryless rule ``step(ctx, x_t, x0_hat, t, s) -> x_s`` over the decreasing grid ``times``.
 
-    ``times`` is a float grid ``(N + 1,)``; the times handed to rules and the denoiser are float64
-    tensors of shape ``(batch,)``, created once per grid point (so corruptions may cache their
-    coefficients per time tensor) by :func:`udm._tensor.grid_times` (so that :class:`udm.TimeCache`
-    evaluates them once on the whole grid). Rules may look per-step tables up by ``ctx.index``.
+    ``t`` and ``s`` are float64 tensors ``(batch,)``; ``ctx`` is the :class:`Sampling` run (``ctx.corruption``,
+    ``ctx.generator``, ``ctx.index``, ``ctx.denoiser``). The last step to t = 0 returns the prediction.
     """
-    grid = check_grid(times)
-    batch, device = _batch(x_init)
-    values = grid.tolist()
-    ts = grid_times(grid, batch, device)
-    ctx = StepContext(denoiser, corruption, generator, clamp)
+    run = Sampling(denoiser, corruption, times, x_init, generator=generator, callback=callback, clamp=clamp)
     x = x_init
-    n = len(values) - 1
-    for i in range(n):
-        ctx.index = i
-        x0_hat = predict(ctx, x, ts[i])
-        x = x0_hat if values[i + 1] == 0.0 else step(ctx, x, x0_hat, ts[i], ts[i + 1])
-        if callback is not None:
-            callback(SamplerStep(i, n, values[i], values[i + 1], x, x0_hat))
+    for i in run:
+        pred = run.predict(x, i)
+        x = run.final(pred) if run.last(i) else step(run, x, pred.x0_hat, run.points[i].t, run.points[i + 1].t)
+        run.report(i, x, pred)
     return x

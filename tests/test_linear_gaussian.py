@@ -1,0 +1,182 @@
+"""The linear-Gaussian layer (udm.LinearGaussian): bases, per-coefficient derivations, blur and a
+coloured-noise instance, and the closed-form posterior's capability gap."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import udm
+from udm.bases import DCT2, Haar2, Identity
+from udm.plugins.blur import BlurCorruption, heat_frequencies
+from udm.plugins.time import Continuous, Discrete
+from udm.testing import FixedDenoiser, assert_conforms
+
+
+def gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def images(n=6, c=2, h=8, w=8, seed=0):
+    return torch.rand(n, c, h, w, generator=gen(seed), dtype=torch.float64) * 2 - 1
+
+
+# ------------------------------------------------------------------------------------------ bases
+@pytest.mark.parametrize("basis", [Identity(), DCT2(), Haar2(1), Haar2(3)])
+def test_bases_are_orthonormal(basis):
+    x = images(3, 2, 8, 16)
+    c = basis.forward(x)
+    torch.testing.assert_close(basis.inverse(c), x, atol=1e-13, rtol=0)
+    torch.testing.assert_close(c.flatten(1).norm(dim=1), x.flatten(1).norm(dim=1), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("levels", [1, 2, 3])
+def test_haar_levels_are_average_pooling(levels):
+    """Keeping the Haar coefficients of level > j is average pooling over 2^j blocks, blown back up."""
+    x, b = images(2, 1, 8, 16), Haar2(levels)
+    lv = b.levels_map(8, 16)
+    for j in range(levels + 1):
+        pooled = x if j == 0 else F.interpolate(F.avg_pool2d(x, 2**j), scale_factor=2**j, mode="nearest")
+        torch.testing.assert_close(b.inverse(b.forward(x) * (lv > j)), pooled, atol=1e-13, rtol=0)
+
+
+def test_haar_rejects_indivisible_shapes():
+    with pytest.raises(udm.ConfigError, match=r"basis haar2: the last two dims must be divisible by 2\^levels = 4"):
+        Haar2(2).forward(torch.zeros(1, 1, 6, 8))
+
+
+# ------------------------------------------------------------------- blur: per-frequency posterior
+def blur_coefficients(c: BlurCorruption, t: float, h: int, w: int):
+    """a_ij(t), s(t) written out by hand from the blur definitions (not through the layer)."""
+    tt = torch.tensor([t], dtype=torch.float64)
+    alpha, sigma = c.noise_amplitudes(tt)
+    tau = c.tau(tt, h, w)
+    lam = heat_frequencies(h, w, c.laplacian)
+    return float(alpha) * torch.exp(-lam * float(tau)), float(sigma)
+
+
+@pytest.mark.parametrize("noise,sigma", [("linear", 0.3), ("vp", 1.0)])
+def test_blur_posterior_is_the_per_frequency_ddpm_posterior(noise, sigma):
+    """Ho et al. eq. 7 per DCT frequency: with a_ts = a_t/a_s, v_ts = s_t^2 - a_ts^2 s_s^2,
+    x_s = DCT^-1[ a_ts s_s^2/s_t^2 X_t + a_s v_ts/s_t^2 X_0 + sqrt(v_ts s_s^2 / s_t^2) Z ]."""
+    c = BlurCorruption(noise=noise, sigma=sigma)
+    x0, xt = images(seed=1), images(seed=2)
+    t, s = 0.7, 0.35
+    h, w = x0.shape[-2:]
+    at, st = blur_coefficients(c, t, h, w)
+    as_, ss = blur_coefficients(c, s, h, w)
+    a_ts = at / as_
+    v_ts = st**2 - a_ts**2 * ss**2
+    dct = DCT2()
+    z = torch.randn(x0.shape, generator=gen(5), dtype=torch.float64)
+    want = dct.inverse(a_ts * ss**2 / st**2 * dct.forward(xt) + as_ * v_ts / st**2 * dct.forward(x0)
+                       + (v_ts * ss**2 / st**2).sqrt() * dct.forward(z))
+    got = c.posterior(xt, x0, torch.full((6,), t, dtype=torch.float64), torch.full((6,), s, dtype=torch.float64),
+                      gen(5))
+    assert float((got - want).abs().max()) < 1e-10
+
+
+def test_blur_gains_ddpm_posterior_and_every_target():
+    reg = udm.registry()
+    names = udm.supported_samplers(BlurCorruption(sigma=0.1), reg)
+    for name in ("ddpm", "posterior", "ddim", "heun", "cold"):
+        assert name in names
+    x0 = images(seed=3)
+    for prediction in ("x0", "v"):  # eps, score and flow divide by a_ij -> 0 (refused below)
+        c = BlurCorruption(noise="vp", sigma=0.5, prediction=prediction)
+        t = torch.rand(6, generator=gen(4), dtype=torch.float64) * 0.9 + 0.05
+        eps = torch.randn(x0.shape, generator=gen(6), dtype=torch.float64)
+        xt = c.forward(x0, eps, t)
+        back = c.to_x0(c.target(x0, eps, t), xt, t)
+        assert float((back - x0).abs().max()) < 1e-9, prediction
+
+
+def test_blur_refuses_singular_targets():
+    # the finest frequencies decay to ~0 at t = 1: eps (x_0 = (x_t - s eps)/a) divides by a
+    with pytest.raises(udm.ConfigError, match=r"corruption blur: prediction/weighting must be non-singular.*"
+                                              r"got eps/none.*Safe choices.*x0/none"):
+        BlurCorruption(noise="linear", sigma=0.1, prediction="eps")
+    for prediction in ("score", "flow"):
+        with pytest.raises(udm.ConfigError, match=rf"got {prediction}/none, where the x_0 conversion"):
+            BlurCorruption(noise="vp", sigma=0.5, prediction=prediction)
+    with pytest.raises(udm.ConfigError, match=r"got x0/eps, where the loss weight grows without bound at t = 1e-09"):
+        BlurCorruption(sigma=0.5, weighting="eps")
+    with pytest.raises(udm.ConfigError, match=r"corruption blur: family 'laplace' \(L1\) needs prediction 'x0'"):
+        BlurCorruption(family="laplace", prediction="v")
+
+
+@pytest.mark.parametrize("time_type", [Discrete(100), Continuous()], ids=["discrete", "continuous"])
+def test_blur_ddpm_passes_the_marginal_check(time_type):
+    c = BlurCorruption(blur="sin2", blur_max=2.0, noise="linear", sigma=0.2)
+    x0 = images(1, 1, 4, 4, seed=7)
+    c.fit(images(8, 1, 4, 4, seed=8))
+    assert_conforms(c, x0, time_type=time_type, n=1500, samplers=["ddpm", "posterior"])
+
+
+# ------------------------------------------------------------------- a coloured-noise instance
+class Coloured(udm.LinearGaussian):
+    """Heat dissipation with frequency-dependent noise: s_ij(t) = t (1 + lambda_ij)^(-1/2) (pink-ish)."""
+
+    name = "coloured"
+    basis = DCT2()
+
+    def __init__(self, prediction="v"):
+        super().__init__(prediction)
+        self._check_parameterization()
+
+    def amplitudes(self, t, shape):
+        lam = heat_frequencies(*shape[-2:])
+        a = torch.exp(-lam[None] * 0.3 * t[:, None, None])[:, None]
+        s = t[:, None, None, None] * (1 + lam)[None, None].rsqrt()
+        return torch.sqrt(1 - 0.5 * t)[:, None, None, None] * a, s
+
+
+def test_coloured_noise_instance_conforms_and_has_the_exact_posterior():
+    c = Coloured()
+    x0 = images(1, 1, 4, 4, seed=9)
+    assert_conforms(c, x0, time_type=Continuous(), n=1500, samplers=["invert", "ddpm", "posterior", "refresh"])
+    # noise really is coloured: the forward's noise covariance in the DCT basis is diag(s_ij^2)
+    t = torch.full((4000,), 0.6, dtype=torch.float64)
+    xt = c.forward(x0.expand(4000, -1, -1, -1), c.sample_noise(x0.expand(4000, -1, -1, -1), gen(1)), t)
+    var = DCT2().forward(xt).var(0)
+    want = c.marginal(t[:1], x0).s64[0] ** 2
+    assert float(((var - want) / want).abs().max()) < 6 * math.sqrt(2 / 4000)
+
+
+# ----------------------------------------------------------------- the posterior's capability gap
+class Sharpening(udm.LinearGaussian):
+    """An (invalid as a Markov chain) corruption whose noise-to-signal ratio *falls* with t on one
+    coefficient: a closed-form posterior cannot exist there."""
+
+    name = "sharpening"
+
+    def amplitudes(self, t, shape):
+        return 1 - 0.5 * t, 0.5 * t * (1 - 0.9 * t)
+
+
+def test_posterior_gap_is_a_clear_capability_error_not_nan():
+    c = Sharpening(prediction="x0")
+    x = torch.zeros(3, 2, dtype=torch.float64)
+    with pytest.raises(udm.CapabilityError, match=r"corruption sharpening: posterior p\(x_s \| x_t, x_0\) needs "
+                                                  r"s_t\^2 >= \(a_t/a_s\)\^2 s_s\^2.*Use the invert or refresh"):
+        c.posterior(x, x, torch.full((3,), 0.9, dtype=torch.float64), torch.full((3,), 0.6, dtype=torch.float64), None)
+    # where it exists (small t) it is finite
+    out = c.posterior(x, x, torch.full((3,), 0.3, dtype=torch.float64), torch.full((3,), 0.1, dtype=torch.float64),
+                      gen(0))
+    assert bool(torch.isfinite(out).all())
+
+
+def test_sampling_returns_the_clean_batch_on_the_last_step_for_every_rule():
+    c = BlurCorruption(sigma=0.1)
+    x0 = images(5, 1, 8, 8)
+    c.fit(x0)
+    reg = udm.registry()
+    grid = torch.linspace(1, 0, 6, dtype=torch.float64)
+    for name in udm.supported_samplers(c, reg):
+        opts = {"amount": 0.5} if name == "refresh" else {}
+        out = reg.get("sampler", name)(FixedDenoiser(x0), c, grid, c.sample_prior(x0.shape, gen(0), dtype=x0.dtype),
+                                       generator=gen(1), **opts)
+        assert torch.equal(out, x0), name

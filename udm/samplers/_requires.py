@@ -1,0 +1,61 @@
+"""What a rule needs from a corruption, declared once next to the rule and allowed to depend on options."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import CapabilityError
+
+__all__ = ["Requirements", "requires", "requirements_of"]
+
+
+@dataclass(frozen=True)
+class Requirements:
+    """``always``: capabilities every call needs; ``when``: option name -> extra capabilities needed when
+    that option is given (not ``None``), e.g. ``refresh`` needs a linear-Gaussian layer only with ``eta``."""
+
+    always: tuple[str, ...] = ()
+    when: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def for_options(self, options: Mapping[str, Any]) -> tuple[str, ...]:
+        extra = [c for opt, caps in self.when.items() if options.get(opt) is not None for c in caps]
+        return tuple(dict.fromkeys((*self.always, *extra)))
+
+
+def requires(*always: str, **when: tuple[str, ...] | str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator declaring a rule's requirements: ``@requires("noise_posterior", eta=("linear_gaussian",))``.
+
+    The decorated rule checks them on every call (a clear :class:`~udm.CapabilityError` naming what the
+    corruption lacks) and carries them as ``rule.requirements`` for :class:`~udm.SamplerSpec` and
+    ``udm plugins``.
+    """
+    norm = {k: (v,) if isinstance(v, str) else tuple(v) for k, v in when.items()}
+    req = Requirements(tuple(always), norm)
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def rule(denoiser, corruption, times, x_init, **options):
+            from ..corruption import capabilities
+
+            needed = req.for_options(options)
+            missing = [c for c in needed if c not in capabilities(corruption)]
+            if missing:
+                name = getattr(corruption, "name", type(corruption).__name__)
+                raise CapabilityError(
+                    f"sampler rule {fn.__name__!r}: corruption {name!r} must offer {', '.join(needed)}; it lacks "
+                    f"{', '.join(missing)}. Choose a sampler the corruption supports (`udm plugins` lists them per "
+                    f"corruption) or implement the missing method.")
+            return fn(denoiser, corruption, times, x_init, **options)
+
+        rule.requirements = req  # type: ignore[attr-defined]
+        return rule
+
+    return deco
+
+
+def requirements_of(rule: Callable[..., Any]) -> Requirements:
+    """The requirements a rule declared (none if it declared nothing)."""
+    return getattr(rule, "requirements", Requirements())
