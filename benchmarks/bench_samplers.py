@@ -147,6 +147,18 @@ def diffusers_loop(scheduler_cls, **step_kw):
     return make
 
 
+class TinyMLP(torch.nn.Module):
+    """The issue's tiny network: 2 -> 64 -> 64 -> 2 (SiLU), with the time index appended as a third input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(3, 64), torch.nn.SiLU(), torch.nn.Linear(64, 64),
+                                       torch.nn.SiLU(), torch.nn.Linear(64, 2))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([x, (t.to(x.dtype) / T)[:, None]], 1))
+
+
 @dataclass
 class Result:
     total: list[float] = field(default_factory=list)  # seconds per sampler run
@@ -155,12 +167,13 @@ class Result:
 
 
 def bench_batch(batch: int, steps: int, repeats: int, device: torch.device, width: int, depth: int,
-                warmup: bool = True) -> tuple[dict, dict]:
+                warmup: bool = True, tiny: bool = False) -> tuple[dict, dict]:
     reg = udm.registry()
     corruption = reg.create("corruption", "gaussian", schedule="linear", prediction="eps")
     tt = reg.create("time", "discrete", steps=T)
     torch.manual_seed(0)
-    net = reg.create("model", "mlp", data_shape=[2], width=width, depth=depth).to(device).eval()
+    net = (TinyMLP() if tiny else reg.create("model", "mlp", data_shape=[2], width=width, depth=depth))
+    net = net.to(device).eval()
     model = TimedModel(net, device)
     times = tt.grid(steps)
     grid = [int(round(v * T)) for v in times.tolist()]
@@ -249,6 +262,8 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, nargs="+", default=None,
                    help="repeats per batch size (one value for all, or one per batch); default 21 for batch "
                         "<= 4096, else 1 (no separate warm-up run there)")
+    p.add_argument("--model", choices=("mlp", "tiny"), default="mlp",
+                   help="mlp: the built-in mlp (--width/--depth); tiny: a plain 2 -> 64 -> 64 -> 2 MLP")
     p.add_argument("--width", type=int, default=256)
     p.add_argument("--depth", type=int, default=3)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -265,10 +280,11 @@ def main(argv=None) -> None:
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()}, " \
         f"{torch.get_num_threads()} torch threads"
     print(f"udm sampler benchmark: torch {torch.__version__}, diffusers {diffusers.__version__}, device {a.device} ({dev}); "
-          f"model mlp(width={a.width}, depth={a.depth}), data dim 2, eps-prediction, DDPM linear betas, T={T}\n")
+          f"model {'tiny 2-64-64-2' if a.model == 'tiny' else f'mlp(width={a.width}, depth={a.depth})'}, data dim 2, eps-prediction, DDPM linear betas, T={T}\n")
     for batch, n in zip(a.batches, reps):
         t0 = time.perf_counter()
-        results, diffs = bench_batch(batch, a.steps, n, device, a.width, a.depth, warmup=batch <= 4096)
+        results, diffs = bench_batch(batch, a.steps, n, device, a.width, a.depth, warmup=batch <= 4096,
+                                     tiny=a.model == "tiny")
         print(table(batch, a.steps, n, results))
         print("\nsame samples (max |difference| / max |sample|, float32): "
               + "; ".join(f"{k} {v:.1e}" for k, v in diffs.items()))

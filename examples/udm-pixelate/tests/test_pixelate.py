@@ -21,7 +21,7 @@ def fitted(levels=2):
 # posterior, and the marginal check for every sampler udm derives for Pixelate. With two levels the path
 # t -> F_t has a kink at t = 1/2, where ODE solvers are only first order, so they are checked on one level
 # (F_t linear in t: every solver is exact) and Euler through the kinks below.
-EXACT = ["cold", "ddim", "invert", "naive", "refresh", "renoise", "residual"]
+EXACT = ["cold", "ddim", "ddpm", "invert", "naive", "posterior", "refresh", "renoise", "residual"]
 test_conformance = conformance_tests(fitted, lambda: bars(n=1, seed=1), n=1500, samplers=EXACT)
 test_conformance_ode = conformance_tests(lambda: fitted(levels=1), lambda: bars(n=1, seed=1), n=1500,
                                          samplers=["euler", "heun", "rk4", "ode"], fine_steps=10)

@@ -5,11 +5,14 @@
     A_t = (1 - f) P_{j-1} + f P_j,     u = L t,  j = ceil(u) in 1..L,  f = u - (j - 1) in [0, 1]
 
 P_j x is x average-pooled over 2^j x 2^j blocks and blown back up (nearest), so P_0 = I and P_L is the
-coarsest mosaic; A_t interpolates linearly between neighbouring levels, which makes F_t continuous and
-piecewise linear in t, with kinks at t = j / L. There d/dt F_t (``torch.func.jvp``, for the ODE samplers)
-is the derivative from below, the one a sampler stepping down from t needs; Euler is exact on any grid
-that contains the kinks, the other solvers are exact between kinks and first order across one.
-F is invertible in eps for t > 0, so ``noise_posterior`` is exact: eps = (x_t - A_t x_0) / sigma_t.
+coarsest mosaic. In the orthonormal 2-D Haar basis P_j keeps exactly the coefficients of level > j, so
+A_t is diagonal there: coefficient k of level l_k (1 = finest details, L + 1 = block averages) is scaled
+by a_k(t) = clamp(l_k - L t, 0, 1). That makes ``pixelate`` a linear-Gaussian corruption
+(:class:`udm.LinearGaussian` with ``basis = Haar2(L)``): udm derives the exact noise posterior, the
+closed-form posterior (``ddpm``), eta-refresh, the score and the ODE velocity from ``amplitudes`` alone.
+
+F_t is continuous and piecewise linear in t, with kinks at t = j / L; its t-derivative is taken from
+below (the one a sampler stepping down from t needs), so Euler is exact on any grid containing the kinks.
 The prior x_1 = P_L x_0 + sigma_max eps needs the law of the coarse mosaic, which :meth:`fit` estimates
 as a Gaussian (mean and full covariance of the 2^L-pooled pixels) and ``state_dict`` saves.
 """
@@ -20,10 +23,11 @@ import torch
 import torch.nn.functional as F
 
 import udm
+from udm.bases import Haar2
 from udm.errors import ConfigError
 
 
-class Pixelate(udm.GaussianNoise, udm.Corruption):
+class Pixelate(udm.LinearGaussian):
     """Images ``(batch, channels, H, W)`` (H, W divisible by 2^levels) pixelated with t, plus noise.
 
     Args:
@@ -34,8 +38,6 @@ class Pixelate(udm.GaussianNoise, udm.Corruption):
     """
 
     name = "pixelate"
-    data_kind = "continuous"
-    family = "gaussian"
 
     def __init__(self, levels: int = 3, sigma_max: float = 0.3,
                  data_range: tuple[float, float] | list[float] | None = None) -> None:
@@ -44,7 +46,8 @@ class Pixelate(udm.GaussianNoise, udm.Corruption):
         if not float(sigma_max) > 0:
             raise ConfigError(f"corruption pixelate: sigma_max must be > 0; got {sigma_max!r}. "
                               "The noise makes F invertible in eps; use e.g. sigma_max: 0.3.")
-        self.levels, self.sigma_max = levels, float(sigma_max)
+        super().__init__(prediction="x0")
+        self.levels, self.sigma_max, self.basis = levels, float(sigma_max), Haar2(levels)
         self.data_range = tuple(data_range) if data_range is not None else None
         self._mean: torch.Tensor | None = None  # coarse-pixel mean (D,), D = C (H/2^L) (W/2^L)
         self._chol: torch.Tensor | None = None  # Cholesky factor of their covariance (D, D)
@@ -52,47 +55,34 @@ class Pixelate(udm.GaussianNoise, udm.Corruption):
     def __repr__(self) -> str:
         return f"Pixelate(levels={self.levels}, sigma_max={self.sigma_max})"
 
-    # ------------------------------------------------------------------ pieces
-    def _check(self, x: torch.Tensor) -> None:
+    def _level_gap(self, t: torch.Tensor, shape) -> torch.Tensor:
+        """l_k - L t ``(n, 1, H, W)`` float64."""
         b = 2**self.levels
-        if x.ndim != 4 or x.shape[-1] % b or x.shape[-2] % b:
+        if len(shape) != 3 or shape[-1] % b or shape[-2] % b:
             raise ConfigError(f"corruption pixelate: data must have shape (batch, channels, H, W) with H and W "
-                              f"divisible by 2^levels = {b}; got shape {tuple(x.shape)}. Lower levels or resize.")
+                              f"divisible by 2^levels = {b}; got per-sample shape {tuple(shape)}. Lower levels or resize.")
+        level = self.basis.levels_map(*shape[-2:]).to(device=t.device, dtype=torch.float64)
+        return level - self.levels * t.to(torch.float64)[:, None, None, None]
 
-    def _level(self, x: torch.Tensor, j: int) -> torch.Tensor:
-        """P_j x: mean over 2^j x 2^j blocks, repeated back to full size."""
-        return x if j == 0 else F.interpolate(F.avg_pool2d(x, 2**j), scale_factor=2**j, mode="nearest")
+    def amplitudes(self, t, shape):
+        return self._level_gap(t, shape).clamp(0, 1), self.sigma_max * t.to(torch.float64)
+
+    def amplitude_derivatives(self, t, shape):
+        gap = self._level_gap(t, shape)
+        return -self.levels * ((gap >= 0) & (gap < 1)).to(torch.float64), torch.full_like(t, self.sigma_max,
+                                                                                           dtype=torch.float64)
 
     def blur_operator(self, x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """A_t x_0 ``(batch, C, H, W)`` for t ``(batch,)`` or ``(1,)`` in [0, 1]."""
-        self._check(x0)
-        u = self.levels * t.to(torch.float64)
-        j = torch.ceil(u - 1e-9).clamp(1, self.levels)  # 1e-9: u = 2.0000000000000004 is the kink at 2
-        f = u - (j - 1)
-        out = torch.zeros_like(x0)
-        for level in range(self.levels + 1):
-            w = torch.where(j - 1 == level, 1 - f, 0.0) + torch.where(j == level, f, 0.0)
-            out = out + udm.append_dims(w.to(x0.dtype), x0.ndim) * self._level(x0, level)
-        return out
-
-    def _sigma(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        return udm.append_dims((self.sigma_max * t.to(torch.float64)).to(like.dtype), like.ndim)
-
-    # ---------------------------------------------------------------- contract
-    def forward(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.blur_operator(x0, t) + self._sigma(t, x0) * eps
-
-    def noise_posterior(self, x_t, x0, t, generator=None) -> torch.Tensor:
-        """The exact inverse eps = (x_t - A_t x_0) / sigma_t (a point mass; t > 0)."""
-        return (x_t - self.blur_operator(x0, t)) / self._sigma(t, x_t)
+        a, _ = self.amplitudes(torch.as_tensor(t, dtype=torch.float64).reshape(-1), tuple(x0.shape[1:]))
+        return self.from_basis(self.to_basis(x0) * a.to(x0.dtype))
 
     def fit(self, data: torch.Tensor) -> None:
         """Estimate the Gaussian law of the coarse mosaic avg_pool(x_0, 2^L) from ``data (n, C, H, W)``."""
-        self._check(data)
+        self._level_gap(torch.zeros(1), tuple(data.shape[1:]))
         coarse = F.avg_pool2d(data.double(), 2**self.levels).flatten(1)
-        mean = coarse.mean(0)
         cov = torch.atleast_2d(torch.cov(coarse.T)) + 1e-6 * torch.eye(coarse.shape[1], dtype=torch.float64)
-        self._mean, self._chol = mean, torch.linalg.cholesky(cov)
+        self._mean, self._chol = coarse.mean(0), torch.linalg.cholesky(cov)
 
     def sample_prior(self, shape, generator, *, device=None, dtype=None) -> torch.Tensor:
         """x_1 = P_L x_0 + sigma_max eps with the coarse mosaic drawn from the fitted Gaussian."""
