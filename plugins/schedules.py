@@ -34,6 +34,7 @@ __all__ = ["LinearSchedule", "CosineSchedule", "VPSchedule", "VESchedule", "Flow
            "BetaSchedule"]
 
 Tensor = torch.Tensor
+_TINY = torch.finfo(torch.float64).tiny  # the smallest normal float64; below it digits are lost
 
 
 def _f64(t) -> Tensor:
@@ -63,12 +64,14 @@ def _vp_log_snr(y: Tensor) -> Tensor:
 
 
 def _solve_decreasing(fn: Callable[[Tensor], tuple[Tensor, Tensor]], target: Tensor, lo: Tensor, hi: Tensor,
-                      x: Tensor, *, max_iter: int = 60, tol: float = 1e-15) -> Tensor:
-    """Solve fn(x) = target for x in [lo, hi], fn decreasing (``fn`` returns value and derivative).
+                      x: Tensor, *, max_iter: int = 60) -> Tensor:
+    """Solve fn(x) = target for x in [lo, hi] (a unit-sized range), fn decreasing; ``fn`` returns value and derivative.
 
     Newton steps from ``x`` inside a bracket that shrinks with every evaluation; a step that leaves the
-    bracket is replaced by bisection, so it converges even from a poor start (quadratically from a good one).
+    bracket is replaced by bisection, so it converges even from a poor start, and quadratically from a good
+    one. Once every step is below 1e-9, two more reach rounding level (further steps only move in the noise).
     """
+    polish = 2
     for _ in range(max_iter):
         f, df = fn(x)
         f = f - target
@@ -77,9 +80,10 @@ def _solve_decreasing(fn: Callable[[Tensor], tuple[Tensor, Tensor]], target: Ten
         step = x - f / df
         ok = (step >= lo) & (step <= hi)  # False for NaN (df = 0)
         new = torch.where(ok, step, 0.5 * (lo + hi))
-        done = new.numel() == 0 or float((new - x).abs().max()) <= tol
+        if new.numel() == 0 or float((new - x).abs().max()) <= 1e-9:
+            polish -= 1
         x = new
-        if done:
+        if polish == 0:
             break
     return x
 
@@ -136,19 +140,25 @@ class _VariancePreserving(_Builtin):
 
 
 # ------------------------------------------------------------------------------------------ linear
+#: B_2k / (2k (2k - 1)), k = 1..4: lgamma(x) = (x - 1/2) log x - x + log(2 pi)/2 + sum_k a_k / x^(2k-1) + O(x^-9)
+_STIRLING = ((1 / 12, 1), (-1 / 360, 3), (1 / 1260, 5), (-1 / 1680, 7))
+#: the smallest argument at which the series above is used: its error is then < 1/(1188 x^9) < 1e-16
+_STIRLING_FROM = 30.0
+
+
 class LinearSchedule(_VariancePreserving):
     """DDPM's table (Ho et al. 2020): beta_n = linspace(beta_start, beta_end, steps), n = 1..steps, and
     alpha_bar_n = prod_{i<=n} (1 - beta_i), at t = n / steps.
 
     Between the integers, the exact continuous extension: with d = (beta_end - beta_start)/(steps - 1) and
-    c = (1 - beta_start + d)/d, 1 - beta_i = d (c - i), so alpha_bar(n) = d^n Gamma(c) / Gamma(c - n)
-    (equal to the product at every integer n, smooth in between) and d/dn log alpha_bar = log d + psi(c - n).
-    For c - steps > 1e4 (the DDPM default: c ~ 5e4) lgamma(c) - lgamma(c - n) would cancel, so Stirling's series
-    is used, rearranged so that nothing cancels (the next term is O(n / c^3)); below that the lgamma difference is
-    exact to ~1e-13 absolute (so sigma loses relative digits only for t < ~1e-9). Parameters whose extension
-    rises above alpha_bar = 1 just after t = 0 (beta_start < ~d/2, e.g. 100 steps from 1e-4 to 0.02) are refused:
-    use ``table``. The inverse of the log-SNR has no closed form: safeguarded Newton steps from the first-order
-    (quadratic) approximation.
+    c = (1 - beta_start + d)/d, 1 - beta_i = d (c - i), so alpha_bar(n) = d^n Gamma(c) / Gamma(c - n), equal to
+    the product at every integer n and smooth in between, with d/dn log alpha_bar = log d + psi(c - n).
+    lgamma(c) - lgamma(c - n) cancels badly (c ~ 5e4 for DDPM; it even turns positive near n = 0), so it is
+    written through Stirling's series, rearranged so that nothing cancels and every term is relative to n;
+    when c - steps < 30, the recurrence Gamma(x + 1) = x Gamma(x) first shifts the arguments by K (adding
+    K terms log1p(-n/(c + j))). Parameters whose extension rises above alpha_bar = 1 just after t = 0
+    (beta_start < ~d/2, e.g. 100 steps from 1e-4 to 0.02) are refused: use ``table`` for those. The inverse
+    of the log-SNR has no closed form: safeguarded Newton steps from the first-order (quadratic) approximation.
     """
 
     name = "linear"
@@ -161,15 +171,14 @@ class LinearSchedule(_VariancePreserving):
                f"schedule linear: beta_start and beta_end must satisfy 0 < beta_start <= beta_end < 1; got "
                f"beta_start={beta_start!r}, beta_end={beta_end!r}. DDPM uses beta_start=1e-4, beta_end=0.02.")
         self.steps, self.beta_start, self.beta_end = steps, float(beta_start), float(beta_end)
-        self._d = (self.beta_end - self.beta_start) / (steps - 1)
-        self._c = (1 - self.beta_start + self._d) / self._d if self._d > 0 else math.inf
-        # y and dy/dn of n by one of three exact forms, chosen once
-        if self._d == 0:
-            self._y_n, self._dy_n = self._constant, self._constant_dn
-        elif self._c - steps > 1e4:
-            self._y_n, self._dy_n = self._stirling, self._stirling_dn
-        else:
-            self._y_n, self._dy_n = self._gamma, self._gamma_dn
+        self._d = d = (self.beta_end - self.beta_start) / (steps - 1)
+        if d > 0:
+            c = (1 - self.beta_start + d) / d
+            self._shift = [c + j for j in range(max(0, math.ceil(_STIRLING_FROM - (c - steps))))]
+            self._big_c = c + len(self._shift)  # C: Stirling's series holds for C - n >= 30, n <= steps
+            x_min = self._big_c - steps  # terms below 1e-17 there are left out (DDPM: all but 1/(12 x))
+            self._terms = [(a, m) for a, m in _STIRLING if abs(a) * x_min**-m > 1e-17]
+            self._log_dc = math.log1p(d * (1 + len(self._shift)) - self.beta_start)  # log(d C), exact
         # y is concave in n, so it decreases on [0, steps] iff y'(0) <= 0, i.e. iff the extension's first
         # "beta" ~ beta_start - d/2 is >= 0 (DDPM: 1e-4 - 1e-5)
         slope0 = float(self._dy_n(torch.zeros((), dtype=torch.float64)))
@@ -178,27 +187,31 @@ class LinearSchedule(_VariancePreserving):
                             f"(beta_end - beta_start) / (steps - 1) = {self._d:.4g}. Raise beta_start or steps, or "
                             f"use schedule table (betas=...), which interpolates monotonically.")
 
-    def _constant(self, n: Tensor) -> Tensor:
-        return n * math.log1p(-self.beta_start)
+    def _y_n(self, n: Tensor) -> Tensor:
+        """log alpha_bar at continuous step n = n log d + lgamma(c) - lgamma(c - n)."""
+        if self._d == 0:
+            return n * math.log1p(-self.beta_start)
+        big_c = self._big_c
+        x = big_c - n
+        log_ratio = -torch.log1p(-n / big_c)  # log(C / x) >= 0
+        y = n * self._log_dc + (x - 0.5) * log_ratio - n
+        for a, m in self._terms:  # a (C^-m - x^-m) = -a C^-m ((C/x)^m - 1)
+            y = y - a * big_c**-m * torch.expm1(m * log_ratio)
+        for cj in self._shift:
+            y = y + torch.log1p(-n / cj)
+        return y
 
-    def _constant_dn(self, n: Tensor) -> Tensor:
-        return torch.full_like(n, math.log1p(-self.beta_start))
-
-    def _gamma(self, n: Tensor) -> Tensor:
-        lgamma_c = torch.lgamma(torch.tensor(self._c, dtype=n.dtype, device=n.device))  # same routine: 0 at n = 0
-        return n * math.log(self._d) + (lgamma_c - torch.lgamma(self._c - n))
-
-    def _gamma_dn(self, n: Tensor) -> Tensor:
-        return math.log(self._d) + torch.special.digamma(self._c - n)
-
-    def _stirling(self, n: Tensor) -> Tensor:
-        c = self._c
-        return (n * math.log1p(self._d - self.beta_start) - n - (c - n - 0.5) * torch.log1p(-n / c)
-                - n / (12 * c * (c - n)))  # = 1/(12 c) - 1/(12 (c - n)), without cancelling
-
-    def _stirling_dn(self, n: Tensor) -> Tensor:
-        cn = self._c - n  # the derivative of the series above, term by term (= log d + psi(c - n))
-        return math.log1p(self._d - self.beta_start) + torch.log1p(-n / self._c) - 0.5 / cn - 1 / (12 * cn * cn)
+    def _dy_n(self, n: Tensor) -> Tensor:
+        """d/dn log alpha_bar = log d + psi(c - n), term by term from :meth:`_y_n`."""
+        if self._d == 0:
+            return torch.full_like(n, math.log1p(-self.beta_start))
+        x = self._big_c - n
+        dy = self._log_dc + torch.log1p(-n / self._big_c) - 0.5 / x
+        for a, m in self._terms:
+            dy = dy - a * m / x ** (m + 1)
+        for cj in self._shift:
+            dy = dy - 1 / (cj - n)
+        return dy
 
     def _y(self, t: Tensor) -> Tensor:
         return self._y_n(t * self.steps)
@@ -241,26 +254,34 @@ class CosineSchedule(_Builtin):
         self._c0 = math.sin(self._k)  # = cos(theta_0), written so that alpha(0) = 1 exactly
         self._s0 = math.sin(self._theta0)
 
-    def _parts(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        v = t * self._k  # theta - theta_0
-        return torch.sin((1 - t) * self._k), torch.sin(v), torch.sin(v + 2 * self._theta0)
+    def _parts(self, t: Tensor) -> tuple[Tensor, ...]:
+        """u = pi/2 - theta, v = theta - theta_0, w = theta + theta_0; sin u, sin v, sin w."""
+        u, v = (1 - t) * self._k, t * self._k
+        w = v + 2 * self._theta0
+        return u, v, w, torch.sin(u), torch.sin(v), torch.sin(w)
+
+    def _eval(self, t: Tensor, derivatives: bool) -> tuple[Tensor, ...]:
+        u, v, w, sin_u, a, b = self._parts(_f64(t))
+        ab = a * b  # underflows for t < ~1e-154 when s = 0: then the product of the roots
+        root = torch.where(ab > _TINY, torch.sqrt(ab), torch.sqrt(a) * torch.sqrt(b))
+        if not derivatives:
+            return sin_u / self._c0, root / self._c0
+        # d/dt sqrt(a b) = k (cos(v) b + a cos(w)) / (2 sqrt(a b)); a = b = 0 only when s = 0
+        ratio = torch.where(a == b, torch.ones_like(a), torch.sqrt(a / b))
+        dsigma = self._k / (2 * self._c0) * (torch.cos(v) / ratio + torch.cos(w) * ratio)
+        return sin_u / self._c0, root / self._c0, -self._k * torch.cos(u) / self._c0, dsigma
 
     def amplitudes(self, t: Tensor) -> tuple[Tensor, Tensor]:
-        sin_u, a, b = self._parts(_f64(t))
-        return sin_u / self._c0, torch.sqrt(a * b) / self._c0
+        return self._eval(t, False)
 
     def derivatives(self, t: Tensor) -> tuple[Tensor, Tensor]:
-        t = _f64(t)
-        v = t * self._k
-        cos_u = torch.cos((1 - t) * self._k)
-        _, a, b = self._parts(t)
-        # d/dt sqrt(a b) = k (cos(v) b + a cos(v + 2 theta_0)) / (2 sqrt(a b)); a = b = 0 only when s = 0
-        ratio = torch.where(a == b, torch.ones_like(a), torch.sqrt(a / b))
-        dsigma = self._k / (2 * self._c0) * (torch.cos(v) / ratio + torch.cos(v + 2 * self._theta0) * ratio)
-        return -self._k * cos_u / self._c0, dsigma
+        return self._eval(t, True)[2:]
+
+    def __call__(self, t: Tensor) -> udm.AffineSchedule:
+        return udm.AffineSchedule(*self._eval(t, True))
 
     def log_snr(self, t: Tensor) -> Tensor:
-        sin_u, a, b = self._parts(_f64(t))
+        *_, sin_u, a, b = self._parts(_f64(t))
         return 2 * torch.log(sin_u) - torch.log(a) - torch.log(b)
 
     def t_of_log_snr(self, lam: Tensor) -> Tensor:
@@ -607,6 +628,7 @@ class TableSchedule(_Builtin):
         knot_lam = _vp_log_snr(logs)  # +inf at t = 0
         if zero_end:
             knot_lam[-1] = -math.inf
+        self._zero_end = zero_end
         self._tables = {"y0": y0, "y1": y1, "d0": d0, "d1": d1, "is_alpha": is_alpha, "neg_lam": -knot_lam[1:]}
 
     def _on(self, device: torch.device) -> dict[str, Tensor]:
@@ -626,6 +648,9 @@ class TableSchedule(_Builtin):
         """alpha, sigma and their t-derivatives."""
         c, s = self._locate(_f64(t))
         y, dy = _hermite(c["y0"], c["y1"], c["d0"], c["d1"], s, 1.0 / self.steps)
+        if not self._zero_end:
+            alpha, sigma = _vp_amplitudes(y)
+            return alpha, sigma, *_vp_derivatives(alpha, sigma, dy)
         log_y = torch.where(c["is_alpha"], torch.zeros_like(y), y)
         alpha, sigma = _vp_amplitudes(log_y)
         dalpha, dsigma = _vp_derivatives(alpha, sigma, dy)
