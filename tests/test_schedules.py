@@ -77,9 +77,9 @@ def test_the_six_schedules_are_registered_and_created_by_name(reg):
 
 
 def test_choice_arguments_are_literals_so_udm_check_catches_typos(reg):
-    from udm.plugins import schedules
+    from udm.plugins import table_schedule
 
-    assert set(typing.get_args(schedules.BetaSchedule)) == set(schedules._DIFFUSERS_BETAS)
+    assert set(typing.get_args(table_schedule.BetaSchedule)) == set(table_schedule._DIFFUSERS_BETAS)
     schema = plugin_schema(reg, "schedule", "table")
     _check_keys("exp.yaml", "schedule", {"beta_schedule": "scaled_linear"}, schema)
     with pytest.raises(ConfigError, match=r"exp\.yaml: schedule\.beta_schedule: the value must be one of 'linear', "
