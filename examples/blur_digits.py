@@ -2,7 +2,8 @@
 
 Trains the small U-Net for each configuration (``heat``: the plugin's defaults, small noise growing
 to sigma = 0.1; ``blurring``: variance-preserving noise to pure noise; ``cold``: no noise, L1 loss),
-then samples with ``residual`` (Cold Diffusion Algorithm 2), ``invert`` (Cold "improved" / DDIM-like),
+then samples with ``residual`` (Cold Diffusion Algorithm 2), ``invert`` (DDIM per DCT frequency), ``ddpm``
+(the per-frequency DDPM posterior the linear-Gaussian layer derives),
 ``renoise`` (Cold "naive") and ``refresh``, and reports the Fréchet distance in pixel space
 (``frechet_pixels``) against held-out digits, next to a floor (training digits vs held-out digits)
 and a ceiling (prior samples x_1 vs held-out digits).
@@ -29,7 +30,7 @@ CONFIGS = {
     "blurring": dict(blur="sin2", noise="vp", sigma=1.0, family="gaussian"),  # Hoogeboom & Salimans 2023
     "cold": dict(blur="sin2", noise="linear", sigma=0.0, family="laplace"),  # Bansal et al. 2022
 }
-SAMPLERS = ("residual", "invert", "renoise", "refresh")
+SAMPLERS = ("residual", "invert", "ddpm", "renoise", "refresh")
 
 
 def train(reg, data, options, minutes, seed):
