@@ -44,7 +44,7 @@ def sample(model: torch.nn.Module | Callable[..., Any], corruption: Any, time_ty
            sampler: str | SamplerSpec = "invert", steps: int = 50, spacing: str = "uniform",
            generator: torch.Generator | None = None, registry: Registry | None = None,
            callback: Callable[[SamplerStep], Any] | None = None, clamp: bool = False,
-           family_options: dict[str, Any] | None = None, **options: Any) -> Any:
+           family_options: dict[str, Any] | None = None, x_init: Any = None, **options: Any) -> Any:
     """Draw ``shape[0]`` samples: prior x_1, then ``steps`` reverse steps of ``sampler`` on the time grid.
 
     Args:
@@ -52,6 +52,8 @@ def sample(model: torch.nn.Module | Callable[..., Any], corruption: Any, time_ty
         shape: ``(n, *data_shape)`` for the prior.
         sampler: a registered sampler name (``invert``, ``ddim``, ``ddpm``, ``heun``, ...) or a spec.
         steps, spacing: the time type's sampling grid.
+        x_init: the starting batch x_1 (default: drawn from the corruption's prior with ``generator``,
+            which is what happens first, so passing that same draw changes nothing).
         options: sampler options (``eta``, ``solver``, ...).
     Returns:
         x0 samples of ``shape``.
@@ -63,5 +65,6 @@ def sample(model: torch.nn.Module | Callable[..., Any], corruption: Any, time_ty
     else:
         device = generator.device if generator is not None else torch.device("cpu")
     times = time_type.grid(steps, spacing=spacing, corruption=corruption)
-    x_init = corruption.sample_prior(tuple(shape), generator, device=device)
+    if x_init is None:
+        x_init = corruption.sample_prior(tuple(shape), generator, device=device)
     return spec(model, corruption, times, x_init, generator=generator, callback=callback, clamp=clamp, **options)

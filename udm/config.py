@@ -26,6 +26,9 @@ from typing import Any
 import yaml
 
 from ._registry import Registry
+from ._runlog import LogName, check_log
+from .accelerators import Precision
+from ._plots import require_matplotlib
 from ._schema import Param, Schema, conforms, describe, schema_of
 from .errors import ConfigError, UnknownPluginError, did_you_mean
 from .training import Trainer
@@ -43,11 +46,14 @@ _SAMPLE = {
     "sampler": Param("sampler", str, "invert"), "steps": Param("steps", int, 50), "n": Param("n", int, 1024),
     "spacing": Param("spacing", str, "uniform"), "clamp": Param("clamp", bool, False),
     "seed": Param("seed", int | None, None), "family_options": Param("family_options", dict, None),
+    "precision": Param("precision", Precision, "fp32"), "compile": Param("compile", bool, False),
 }
 _RUN = {
-    "out": Param("out", str | None, None), "seed": Param("seed", int, 0), "device": Param("device", str | None, None),
+    "out": Param("out", str | None, None), "seed": Param("seed", int, 0), "device": Param("device", str | None, "auto"),
     "checkpoint_every": Param("checkpoint_every", int, 500), "keep": Param("keep", int, 3),
     "log_every": Param("log_every", int, 10),
+    "log": Param("log", list[LogName], ["jsonl"]),  # + tensorboard (udm._runlog)
+    "plots": Param("plots", bool, True),  # loss.png, sample pictures, denoising strips (matplotlib)
 }
 _DATA_FILE = {"file": Param("file", str)}
 _RULE_SKIP = ("denoiser", "corruption", "times", "x_init", "generator", "callback", "clamp")
@@ -203,6 +209,9 @@ def validate(cfg: dict[str, Any], registry: Registry, source: str = "<config>") 
               f"Available: {', '.join(names)}.{did_you_mean(str(sampler), names)}")
     _check_keys(source, "sample", sample, sampler_schema(registry, sampler))
     _check_keys(source, "run", cfg.setdefault("run", {}), Schema(_RUN))
+    check_log(cfg["run"].get("log", ["jsonl"]), f"{source}: run.log")
+    if cfg["run"].get("plots", True):
+        require_matplotlib(f"{source}: run.plots")
     for metric, kwargs in cfg.setdefault("eval", {}).items():
         if metric not in registry.names("metric"):
             names = registry.names("metric")

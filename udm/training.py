@@ -1,4 +1,5 @@
-"""A compact, correct training loop: AdamW, EMA, gradient clipping, warm-up, explicit generators."""
+"""A compact, correct training loop: AdamW, EMA, gradient clipping, warm-up, explicit generators,
+optional mixed precision (autocast of the network's forward; loss scaling for fp16) and torch.compile."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 
 import torch
 
+from .accelerators import Precision, accelerate, check_precision
 from .errors import ConfigError
 from .losses import diffusion_loss
 
@@ -48,17 +50,21 @@ class Trainer:
         ema: EMA decay in [0, 1) (0 disables the EMA copy).
         grad_clip: clip the global gradient norm to this (``None``: no clipping).
         warmup: linear learning-rate warm-up steps.
+        precision: ``fp32``, or ``bf16`` / ``fp16`` autocast of the network's forward only (the corruption
+            and the loss stay in the data's dtype; see :mod:`udm.accelerators`); fp16 scales the loss.
+        compile: ``torch.compile`` the network the loss calls (the saved weights are the plain module's).
         seed: seeds the noise/time generator (on the data's device) and the batch-index generator (CPU).
     """
 
     def __init__(self, network: torch.nn.Module, corruption: Any, time_type: Any, *, lr: float = 1e-3,
                  weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999), ema: float = 0.999,
-                 grad_clip: float | None = 1.0, warmup: int = 0, seed: int = 0,
-                 device: torch.device | str | None = None) -> None:
+                 grad_clip: float | None = 1.0, warmup: int = 0, precision: Precision = "fp32",
+                 compile: bool = False, seed: int = 0, device: torch.device | str | None = None) -> None:
         if not 0 <= ema < 1:
             raise ConfigError(f"train.ema: must be in [0, 1); got {ema!r}. Use 0 to disable the EMA.")
         if lr <= 0:
             raise ConfigError(f"train.lr: must be > 0; got {lr!r}.")
+        check_precision(precision, "train.precision")
         device = torch.device(device) if device is not None else next(network.parameters()).device
         self.network = network.to(device)
         self.corruption, self.time_type, self.device = corruption, time_type, device
@@ -70,10 +76,23 @@ class Trainer:
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.data_generator = torch.Generator().manual_seed(seed + 1)
         self.step = 0
-        #: what the loss calls: ``network`` itself, or a wrapper of it (DistributedDataParallel)
-        self.loss_network: torch.nn.Module = self.network
+        self.precision, self.compile = precision, compile
+        #: fp16 only: scales the loss so that small gradients survive (a pass-through otherwise)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+        self.loss_network = self.network
         #: ``(rank, world)``: :meth:`next_batch` keeps this rank's slice of the global batch
         self.shard: tuple[int, int] = (0, 1)
+
+    @property
+    def loss_network(self) -> torch.nn.Module:
+        """What the loss calls: ``network`` or a wrapper of it (DistributedDataParallel), under autocast
+        and compiled as ``precision`` and ``compile`` ask (assign the unwrapped module; the trainer wraps it)."""
+        return self._loss_network
+
+    @loss_network.setter
+    def loss_network(self, module: torch.nn.Module) -> None:
+        self._loss_network = accelerate(module, precision=self.precision, compile=self.compile,
+                                        where="train.precision")
 
     def next_batch(self, data: torch.Tensor, batch_size: int) -> torch.Tensor:
         """Draw ``batch_size`` examples uniformly with replacement (explicit CPU generator)."""
@@ -94,10 +113,12 @@ class Trainer:
                 f"enable train.grad_clip, or check the data for NaN/inf."
             )
         self.optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
+        self.scaler.scale(out.loss).backward()
         if self.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients (a no-op without fp16)
             torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.grad_clip)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)  # skips the step when fp16 gradients overflowed
+        self.scaler.update()
         self.scheduler.step()
         self.step += 1
         if self.ema is not None:
@@ -155,7 +176,8 @@ def train(network: torch.nn.Module, corruption: Any, time_type: Any, data: torch
           batch_size: int = 256, callback: Callable[[TrainStep], Any] | None = None, **options: Any) -> TrainResult:
     """Fit the corruption's statistics (if it has ``fit``), then train ``network`` on ``data``.
 
-    ``options`` go to :class:`Trainer` (lr, weight_decay, ema, grad_clip, warmup, seed, device).
+    ``options`` go to :class:`Trainer` (lr, weight_decay, ema, grad_clip, warmup, precision, compile, seed,
+    device).
     """
     if callable(getattr(corruption, "fit", None)):
         corruption.fit(data)
