@@ -70,6 +70,13 @@ class Trainer:
         self.corruption, self.time_type, self.device = corruption, time_type, device
         self.ema_decay, self.grad_clip = ema, grad_clip
         self.ema = copy.deepcopy(network).requires_grad_(False).eval() if ema > 0 else None
+        # Fixed parameter lists, like the optimizer's: walking the module tree for .parameters() four times
+        # a step cost ~0.6 ms/step on a small MLP (bench_training.py); load_state_dict copies in place.
+        # Buffers are looked up every step (a module may reassign them), but only if it has any.
+        self._params = list(network.parameters())
+        self._ema_params = list(self.ema.parameters()) if self.ema is not None else []
+        self._detached = [p.detach() for p in self._params]
+        self._buffers = any(True for _ in network.buffers())
         self.optimizer = torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=weight_decay, betas=betas)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda k: min(1.0, (k + 1) / warmup) if warmup > 0 else 1.0)
@@ -104,7 +111,8 @@ class Trainer:
 
     def train_step(self, x0: torch.Tensor) -> float:
         """One AdamW step on the batch ``x0``; returns the loss (raises on a non-finite loss)."""
-        self.network.train()
+        if not self.network.training:  # once, not every step (train() walks every submodule)
+            self.network.train()
         out = diffusion_loss(self.loss_network, self.corruption, self.time_type, x0, self.generator)
         loss = float(out.loss.detach())
         if not math.isfinite(loss):
@@ -116,7 +124,7 @@ class Trainer:
         self.scaler.scale(out.loss).backward()
         if self.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)  # clip the true gradients (a no-op without fp16)
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self._params, self.grad_clip)
         self.scaler.step(self.optimizer)  # skips the step when fp16 gradients overflowed
         self.scaler.update()
         self.scheduler.step()
@@ -151,10 +159,10 @@ class Trainer:
 
     @torch.no_grad()
     def _update_ema(self) -> None:
-        ema_p = list(self.ema.parameters())
-        torch._foreach_lerp_(ema_p, [p.detach() for p in self.network.parameters()], 1 - self.ema_decay)
-        for b_ema, b in zip(self.ema.buffers(), self.network.buffers()):
-            b_ema.copy_(b)
+        torch._foreach_lerp_(self._ema_params, self._detached, 1 - self.ema_decay)
+        if self._buffers:
+            for b_ema, b in zip(self.ema.buffers(), self.network.buffers()):
+                b_ema.copy_(b)
 
     def fit(self, data: torch.Tensor, *, steps: int, batch_size: int,
             callback: Callable[[TrainStep], Any] | None = None) -> TrainResult:
