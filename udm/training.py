@@ -75,7 +75,6 @@ class Trainer:
         # Buffers are looked up every step (a module may reassign them), but only if it has any.
         self._params = list(network.parameters())
         self._ema_params = list(self.ema.parameters()) if self.ema is not None else []
-        self._detached = [p.detach() for p in self._params]
         self._buffers = any(True for _ in network.buffers())
         self.optimizer = torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=weight_decay, betas=betas)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -159,7 +158,7 @@ class Trainer:
 
     @torch.no_grad()
     def _update_ema(self) -> None:
-        torch._foreach_lerp_(self._ema_params, self._detached, 1 - self.ema_decay)
+        torch._foreach_lerp_(self._ema_params, self._params, 1 - self.ema_decay)  # no_grad: no graph
         if self._buffers:
             for b_ema, b in zip(self.ema.buffers(), self.network.buffers()):
                 b_ema.copy_(b)
