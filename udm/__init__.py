@@ -5,7 +5,8 @@ of reverse samplers. Corruptions, time types, samplers, models, datasets and met
 plugins found through entry points in the group ``udm``.
 """
 
-from . import affine, nn, samplers
+from . import accelerators, affine, nn, samplers
+from .accelerators import accelerate
 from ._registry import PluginInfo, Registry, list_plugins, load_registry, registry
 from ._tensor import TimeCache, append_dims
 from .api import resolve_sampler, sample, supported_samplers
@@ -16,6 +17,7 @@ from .families import Categorical, Family, Gaussian, Laplace, get_family
 from .hookspecs import hookimpl
 from .losses import LossOutput, diffusion_loss
 from .samplers import SamplerSpec, SamplerStep
+from .quantisation import Quantisation
 from .sequences import Sequences
 from .time import TimeType, check_grid
 from .training import Trainer, TrainResult, TrainStep, train
@@ -45,6 +47,9 @@ __all__ = [
     "SamplerSpec",
     "SamplerStep",
     "Sequences",
+    "Quantisation",
+    "accelerate",
+    "accelerators",
     "samplers",
     "affine",
     "nn",

@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from . import _plots
 from .errors import ConfigError
+from .quantisation import Quantisation
 
 __all__ = ["read_data_file", "MetricsLog", "write_samples", "write_loss_plot", "read_jsonl"]
 
@@ -77,14 +78,21 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def write_samples(folder: Path, stem: str, x: Any, *, data_kind: str, reference: torch.Tensor | None = None,
-                  value_range: tuple[float, float] | None = None, caption: str = "", plots: bool = True) -> list[Path]:
-    """Save samples as safetensors plus a picture (``plots``): a scatter plot over the reference (2-D), a
-    grid of the first 64 (images), and the token ids as text (tokens); ``caption`` titles the picture."""
+                  value_range: tuple[float, float] | None = None, caption: str = "", plots: bool = True,
+                  quantisation: Quantisation | None = None) -> list[Path]:
+    """Save samples as safetensors (key ``samples``; with ``quantisation`` also ``levels``, the nearest level
+    of every value: the 8-bit images) plus a picture (``plots``): a scatter plot over the reference (2-D), a
+    grid of the first 64 (images, over the quantisation's range if given), and the token ids as text
+    (tokens); ``caption`` titles the picture."""
     folder.mkdir(parents=True, exist_ok=True)
     tokens = getattr(x, "tokens", None)
     tensor = tokens if tokens is not None else x
     out = [folder / f"{stem}.safetensors"]
-    save_file({"samples": tensor.detach().cpu().contiguous()}, str(out[0]))
+    saved = {"samples": tensor.detach().cpu().contiguous()}
+    if quantisation is not None and tensor.is_floating_point():
+        saved["levels"] = quantisation.levels(saved["samples"])
+        value_range = quantisation.range
+    save_file(saved, str(out[0]))
     if data_kind != "continuous" or not tensor.is_floating_point():
         lengths = getattr(x, "lengths", None)
         rows = [r[: int(lengths[i])] if lengths is not None else r for i, r in enumerate(tensor.cpu().tolist())]

@@ -6,6 +6,7 @@
     time:       {name: discrete, steps: 1000}
     model:      {name: mlp, width: 256, depth: 4}         # data_shape / vocab_size filled in from the data
     data:       {name: two_moons, n: 20000}               # or {file: points.npy} (.npy, .safetensors, .txt)
+                                                          # + quantisation: {bins: 256, range: [-1, 1]} (images)
     train:      {steps: 3000, batch_size: 512, lr: 2.0e-3, ema: 0.999}   # udm.Trainer's keywords
     sample:     {sampler: invert, steps: 50, n: 4096}     # + the sampler's own options (eta, solver, ...)
     eval:       {sliced_wasserstein: {projections: 256}}  # metric name -> its keywords
@@ -31,6 +32,7 @@ from .accelerators import Precision
 from ._plots import require_matplotlib
 from ._schema import Param, Schema, conforms, describe, schema_of
 from .errors import ConfigError, UnknownPluginError, did_you_mean
+from .quantisation import Quantisation
 from .training import Trainer
 
 __all__ = ["load_config", "parse_config", "apply_overrides", "validate", "SECTIONS", "KIND_OF_SECTION"]
@@ -55,7 +57,7 @@ _RUN = {
     "log": Param("log", list[LogName], ["jsonl"]),  # + tensorboard (udm._runlog)
     "plots": Param("plots", bool, True),  # loss.png, sample pictures, denoising strips (matplotlib)
 }
-_DATA_FILE = {"file": Param("file", str)}
+_DATA_FILE = {"file": Param("file", str), "quantisation": Param("quantisation", dict, None)}
 _RULE_SKIP = ("denoiser", "corruption", "times", "x_init", "generator", "callback", "clamp")
 
 
@@ -159,6 +161,9 @@ def sampler_schema(registry: Registry, name: str) -> Schema:
 
 def _plugin_section(src: str, section: str, body: dict[str, Any], registry: Registry) -> None:
     kind = KIND_OF_SECTION[section]
+    if section == "data" and "quantisation" in body:  # a runner key of every data section (udm.Quantisation)
+        Quantisation.from_config(body["quantisation"], f"{src}: data.quantisation")
+        body = body if "file" in body else {k: v for k, v in body.items() if k != "quantisation"}
     if section == "data" and "file" in body:
         _check_keys(src, section, body, Schema(_DATA_FILE))
         if not Path(body["file"]).is_file():

@@ -27,6 +27,7 @@ from ._registry import Registry, registry as default_registry
 from ._schema import coerce, schema_of
 from .config import INJECTED, KIND_OF_SECTION, load_config, validate
 from .errors import ConfigError, UdmError
+from .quantisation import Quantisation
 from .training import Trainer
 
 __all__ = ["Experiment", "RunResult", "TrainingError", "run_experiment"]
@@ -77,7 +78,16 @@ class Experiment:
         body = self.config["data"]
         if "file" in body:
             return _artifacts.read_data_file(body["file"])
-        return self.registry.create("dataset", body["name"], **{**self._kwargs("data"), **change})
+        return self.registry.create("dataset", body["name"], **{**self._kwargs("data", ("name", "quantisation")),
+                                                                 **change})
+
+    def quantisation(self) -> Quantisation | None:
+        """The data's levels: ``data.quantisation`` if given, else the dataset's own declaration, else ``None``."""
+        body = self.config["data"]
+        if body.get("quantisation") is not None:
+            return Quantisation.from_config(body["quantisation"])
+        declared = getattr(self.registry.get("dataset", body["name"]), "quantisation", None) if "name" in body else None
+        return declared if isinstance(declared, Quantisation) else None
 
     def _inject(self, section: str, data_shape: list[int] | None, vocab_size: int | None) -> dict[str, Any]:
         kw = self._kwargs(section)
@@ -106,6 +116,9 @@ class Experiment:
     def resolved(self, data_shape: list[int], vocab_size: int | None) -> dict[str, Any]:
         """The config as run: defaults, injected shapes, and the versions of everything it names."""
         cfg = {k: dict(v) for k, v in self.config.items() if k != "versions"}
+        quant = self.quantisation()
+        if quant is not None:
+            cfg["data"]["quantisation"] = quant.to_config()
         for section in ("model", "corruption"):
             if "name" in cfg[section]:
                 cfg[section] = {"name": cfg[section]["name"], **self._inject(section, data_shape, vocab_size)}
@@ -169,6 +182,12 @@ def _run(exp: Experiment, d: distributed.Dist, device: torch.device, run: dict[s
     latest = _prepare_dir(exp, run_dir, resume, d.is_main)
     _seed_globals(run["seed"] + distributed.RANK_SEED_STRIDE * d.rank)
     data = exp.build_data()
+    quant = exp.quantisation()
+    if quant is not None:
+        if not (isinstance(data, torch.Tensor) and data.is_floating_point()):
+            raise ConfigError(f"data.quantisation: the data must be continuous (a float tensor) to be quantised; got "
+                              f"{getattr(data, 'dtype', type(data).__name__)}. Remove quantisation for token data.")
+        quant.check(data)
     data_shape = list(data.shape[1:])
     tokens = getattr(data, "tokens", data)  # udm.Sequences keeps its tokens padded
     vocab = int(tokens.max()) + 1 if not tokens.is_floating_point() and tokens.numel() else None
