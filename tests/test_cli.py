@@ -49,6 +49,7 @@ def exp(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow  # three CLI subprocesses: 10-20 s on two cores (CI runs -m slow)
 def test_run_end_to_end_writes_every_artifact_then_sample_with_another_sampler(exp: Path, tmp_path: Path):
     proc = _udm("run", str(exp), "--out", "run", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr

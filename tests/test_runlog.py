@@ -47,3 +47,22 @@ def test_missing_tensorboard_is_named_before_training(tmp_path, monkeypatch):
                                           r"ImportError .*pip install udm\[tensorboard\]`, or remove tensorboard"):
         run_tiny(tmp_path / "run", "run.log=[jsonl, tensorboard]")
     assert not (tmp_path / "run").exists()  # refused at validation, before the run directory was made
+
+
+def test_a_resumed_tensorboard_log_drops_the_events_after_the_checkpoint(tmp_path):
+    pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed (CI installs it: .ci/run)")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from udm._runlog import TensorBoardLog
+
+    first = TensorBoardLog(tmp_path)
+    for step in (5, 10, 15):
+        first.write({"step": step, "loss": float(step), "lr": 1e-3})
+    first.close()
+    again = TensorBoardLog(tmp_path)  # resumed from the checkpoint at step 10: step 15 is logged anew
+    again.truncate_after(10)
+    again.write({"step": 15, "loss": 99.0, "lr": 1e-3})
+    again.close()
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [(5, 5.0), (10, 10.0), (15, 99.0)]
