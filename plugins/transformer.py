@@ -40,7 +40,8 @@ class _Block(nn.Module):
         s1, c1, g1, s2, c2, g2 = self.ada(temb).chunk(6, dim=-1)
         qkv = self.qkv(_modulate(self.norm1(h), s1, c1))
         q, k, v = rearrange(qkv, "b l (three heads d) -> three b heads l d", three=3, heads=self.heads)
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                           dropout_p=self.dropout if self.training else 0.0)
         h = h + rearrange(g1, "b w -> b 1 w") * self.proj(rearrange(a, "b heads l d -> b l (heads d)"))
         return h + rearrange(g2, "b w -> b 1 w") * self.mlp(_modulate(self.norm2(h), s2, c2))
 

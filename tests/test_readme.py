@@ -37,7 +37,9 @@ def _requirement_name(req: str) -> str:
 def test_the_two_commands_install_cpu_torch_first_then_udm_and_the_example_plugin():
     assert SETUP.startswith("python -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 && pip install -e ")
     assert SETUP.index("torch==2.13.0") < SETUP.index("pip install -e")
-    assert "./examples/udm-pixelate" in SETUP and SETUP.endswith("&& udm run examples/gaussian_discrete.yaml")
+    # the example plugin after udm itself: its `udm>=0.1` must find the checkout, not an unrelated "Udm" on PyPI
+    assert SETUP.index('pip install -e ".[') < SETUP.index("&& pip install ./examples/udm-pixelate &&")
+    assert SETUP.endswith("&& udm run examples/gaussian_discrete.yaml")
     assert TESTS == "python -m pytest -q"
     torch_req = [r for r in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
                  if _requirement_name(r) == "torch"]

@@ -46,8 +46,8 @@ class Quantisation:
         if isinstance(value, Quantisation):
             return value
         if not isinstance(value, dict) or "bins" not in value or set(value) - {"bins", "range"}:
-            raise ConfigError(f"{where}: the value must be a mapping {{bins: <int>, range: [low, high]}}; got {value!r}. "
-                              f"E.g. quantisation: {{bins: 256, range: [-1, 1]}}.")
+            raise ConfigError(f"{where}: the value must be a mapping {{bins: <int>, range: [low, high]}}; got "
+                              f"{value!r}. E.g. quantisation: {{bins: 256, range: [-1, 1]}}.")
         rng = value.get("range", (-1.0, 1.0))
         if not isinstance(rng, (list, tuple)) or len(rng) != 2 or not all(isinstance(v, (int, float)) for v in rng):
             raise ConfigError(f"{where}: range must be a list [low, high] of numbers; got {rng!r}.")

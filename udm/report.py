@@ -89,14 +89,15 @@ def build_report(run_dir: str | Path) -> Report:
     rows = [r for r in _artifacts.read_jsonl(run_dir / "metrics.jsonl") if "loss" in r]
     title = f"udm run {run_dir.name}"
     body = [f"<h1>{html.escape(title)}</h1>"]
-    named = ", ".join(f"{s}: {cfg[s].get('name', cfg[s].get('file', '?'))}" for s in ("corruption", "time", "model", "data")
-                      if isinstance(cfg.get(s), dict))
+    named = ", ".join(f"{s}: {cfg[s].get('name', cfg[s].get('file', '?'))}"
+                      for s in ("corruption", "time", "model", "data") if isinstance(cfg.get(s), dict))
     last = rows[-1]["step"] if rows else 0
     body.append(f"<p>{html.escape(named)}; trained {last} steps. Versions: "
                 f"{html.escape(str((cfg.get('versions') or {}).get('udm', '?')))} (udm), "
                 f"{html.escape(str((cfg.get('versions') or {}).get('torch', '?')))} (torch).</p>")
     body += ["<h2>Metrics</h2>", _metrics_table(evals), "<h2>Training</h2>"]
-    body.append(_img(_plots.png_bytes(_plots.loss_figure(rows)), "loss per logged step (raw and smoothed) and learning rate"))
+    curve = _plots.png_bytes(_plots.loss_figure(rows))
+    body.append(_img(curve, "loss per logged step (raw and smoothed) and learning rate"))
     samples, images = _samples(run_dir, evals)
     body += ["<h2>Samples</h2>", *(samples or ["<p>No samples yet (samples/).</p>"])]
     body += ["<h2>Configuration (resolved)</h2>", f"<pre>{html.escape(config.read_text())}</pre>"]

@@ -98,14 +98,14 @@ def sample_and_evaluate(exp: Any, network: torch.nn.Module, corruption: Any, tim
     stem = f"{cfg['sampler']}-{cfg['steps']}steps-seed{seed}"
     caption = f"{cfg['sampler']}, {cfg['steps']} steps, seed {seed} (trained {step} steps)" + (
         "\n" + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()) if metrics else "")
-    value_range = getattr(corruption, "data_range", None)
-    quant = exp.quantisation()
-    value_range = quant.range if quant is not None else value_range
+    quant = exp.quantisation()  # images: drawn over the declared range, and their levels saved
+    value_range = quant.range if quant is not None else getattr(corruption, "data_range", None)
     _artifacts.write_samples(run_dir / "samples", stem, x, data_kind=kind, reference=reference,
                              value_range=value_range, caption=caption, plots=plots, quantisation=quant)
     if strips:
         fig = _plots.denoising_figure(recorder.snapshots, data_kind=kind, value_range=value_range,
-                                      title=f"reverse process x_t -> x0_hat: {caption}", vocab_size=getattr(corruption, "vocab_size", None))
+                                      title=f"reverse process x_t -> x0_hat: {caption}",
+                                      vocab_size=getattr(corruption, "vocab_size", None))
         _plots.save(fig, run_dir / "samples" / f"{stem}-denoising.png")
     record = {"step": step, "sampler": cfg["sampler"], "sample_steps": cfg["steps"], "seed": seed, "eval": metrics}
     if log is not None:
