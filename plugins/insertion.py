@@ -16,21 +16,14 @@ row's outputs do not depend on the other rows of the batch.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
+from einops import rearrange
 from torch import nn
 
 import udm
 from udm.errors import ConfigError
-
-
-def _time_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    args = t.float()[:, None] * freqs[None]
-    return torch.cat([args.cos(), args.sin()], -1)
 
 
 @dataclass
@@ -95,7 +88,8 @@ class Insertion(nn.Module):
         ids[:, 1:-1] = torch.where(inside, tokens, ids[:, 1:-1])
         pad = pos > (lengths[:, None] + 1)
         h = self.embed(ids) + self.pos(pos) + self.pass_embed.weight[which]
-        h = h + self.time_mlp(_time_embedding(t_enc, self.width).to(h.dtype))[:, None]
+        temb = self.time_mlp(udm.nn.timestep_embedding(t_enc, self.width).to(h.dtype))
+        h = h + rearrange(temb, "b w -> b 1 w")  # the same time embedding at every position
         return self.norm(self.trunk(h, src_key_padding_mask=pad))
 
     def forward(self, x_t: udm.Sequences, t_enc: torch.Tensor) -> InsertionOutput:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+from einops import pack, unpack
 from torch import nn
 
 import udm
@@ -48,11 +49,12 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         temb = self.time_mlp(timestep_embedding(t, self.time_dim).to(x.dtype))
-        h = self.inp(x.reshape(x.shape[0], -1)) + temb
+        flat, data_shape = pack([x], "b *")  # (batch, prod(data_shape))
+        h = self.inp(flat) + temb
         act = nn.functional.silu(temb)
         for block, proj in zip(self.blocks, self.temb):
             h = block(h, proj(act))
-        return self.out(h).reshape(x.shape)
+        return unpack(self.out(h), data_shape, "b *")[0]
 
 
 @udm.hookimpl

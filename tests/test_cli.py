@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from udm import checkpoint
-from udm._plots import read_png_size
 from udm.cli import main
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread per process: no spinning threads on a busy machine
@@ -49,6 +49,7 @@ def exp(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow  # three CLI subprocesses: 10-20 s on two cores (CI runs -m slow)
 def test_run_end_to_end_writes_every_artifact_then_sample_with_another_sampler(exp: Path, tmp_path: Path):
     proc = _udm("run", str(exp), "--out", "run", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -63,8 +64,9 @@ def test_run_end_to_end_writes_every_artifact_then_sample_with_another_sampler(e
     assert {p.name for p in (run / "checkpoints" / "step-00000060").iterdir()} == {
         "model.safetensors", "ema.safetensors", "optimizer.safetensors", "corruption.safetensors",
         "rng.safetensors", "state.json"}
-    assert read_png_size(run / "loss.png") == (640, 320)
-    assert read_png_size(run / "samples" / "ddim-10steps-seed0.png") == (512, 512)
+    assert Image.open(run / "loss.png").size == (700, 360)  # matplotlib figures at 100 dpi
+    assert Image.open(run / "samples" / "ddim-10steps-seed0.png").size == (550, 550)
+    assert Image.open(run / "samples" / "ddim-10steps-seed0-denoising.png").size == (1500, 420)
     x = load_file(str(run / "samples" / "ddim-10steps-seed0.safetensors"))["samples"]
     assert x.shape == (256, 2) and torch.isfinite(x).all()
     sw = rows[-1]["eval"]["sliced_wasserstein"]

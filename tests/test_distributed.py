@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from safetensors.torch import load_file
 
 EXP = """\
@@ -27,6 +28,7 @@ def _losses(run: Path) -> np.ndarray:
     return np.array([r["loss"] for r in rows if "loss" in r])
 
 
+@pytest.mark.slow  # two torchrun processes: 10-20 s on two cores (CI runs -m slow)
 def test_two_process_torchrun_matches_one_process(tmp_path: Path):
     exp = tmp_path / "exp.yaml"
     exp.write_text(EXP)

@@ -151,6 +151,7 @@ def test_unet_mask_channel():
     assert torch.equal(seen["x"][:, 1], (x[:, 0] == -2.0).float())
 
 
+@pytest.mark.slow  # 300 U-Net training steps: 10-20 s on two cores (CI runs -m slow)
 def test_training_learns_masked_pixels_and_inpaints(reg):
     """A few hundred steps on 8x8 digits: masked-pixel MSE well below the per-pixel-mean baseline."""
     torch.manual_seed(0)

@@ -22,6 +22,7 @@ def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+@pytest.mark.slow  # 1000 training steps: 10-20 s on two cores (CI runs -m slow)
 def test_training_on_two_moons_beats_the_prior_5x(reg):
     data = reg.create("dataset", "two_moons", n=8000, seed=0)
     corr = reg.create("corruption", "gaussian", schedule="cosine", prediction="v")

@@ -5,7 +5,8 @@ of reverse samplers. Corruptions, time types, samplers, models, datasets and met
 plugins found through entry points in the group ``udm``.
 """
 
-from . import bases, nn, samplers
+from . import accelerators, bases, nn, samplers
+from .accelerators import accelerate
 from ._registry import PluginInfo, Registry, list_plugins, load_registry, registry
 from ._tensor import append_dims
 from .api import resolve_sampler, sample, supported_samplers
@@ -21,6 +22,7 @@ from .hookspecs import hookimpl
 from .losses import LossOutput, diffusion_loss
 from .samplers import SamplerSpec, SamplerStep
 from .schedule import AffineSchedule, Schedule
+from .quantisation import Quantisation
 from .sequences import Sequences
 from .time import TimeType, check_grid
 from .training import Trainer, TrainResult, TrainStep, train
@@ -52,6 +54,9 @@ __all__ = [
     "Sequences",
     "Schedule",
     "AffineSchedule",
+    "Quantisation",
+    "accelerate",
+    "accelerators",
     "samplers",
     "bases",
     "LinearGaussian",

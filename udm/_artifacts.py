@@ -13,8 +13,9 @@ from safetensors.torch import load_file, save_file
 
 from . import _plots
 from .errors import ConfigError
+from .quantisation import Quantisation
 
-__all__ = ["read_data_file", "MetricsLog", "write_samples", "write_loss_plot"]
+__all__ = ["read_data_file", "MetricsLog", "write_samples", "write_loss_plot", "read_jsonl"]
 
 
 def read_data_file(path: str, where: str = "data.file") -> torch.Tensor:
@@ -62,35 +63,49 @@ class MetricsLog:
             with self.path.open("a") as fh:
                 fh.write(json.dumps(record) + "\n")
 
+    def close(self) -> None:
+        """Nothing to flush: every record is appended and closed at once."""
+
     def losses(self) -> list[float]:
-        if not self.path.is_file():
-            return []
-        rows = (json.loads(line) for line in self.path.read_text().splitlines() if line.strip())
-        return [r["loss"] for r in rows if "loss" in r]
+        return [r["loss"] for r in read_jsonl(self.path) if "loss" in r]
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file (``[]`` when it does not exist)."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def write_samples(folder: Path, stem: str, x: Any, *, data_kind: str, reference: torch.Tensor | None = None,
-                  value_range: tuple[float, float] | None = None) -> list[Path]:
-    """Save samples as safetensors plus a picture: scatter (2-D), PNG grid (images) or text (tokens)."""
+                  value_range: tuple[float, float] | None = None, caption: str = "", plots: bool = True,
+                  quantisation: Quantisation | None = None) -> list[Path]:
+    """Save samples as safetensors (key ``samples``; with ``quantisation`` also ``levels``, the nearest level
+    of every value: the 8-bit images) plus a picture (``plots``): a scatter plot over the reference (2-D), a
+    grid of the first 64 (images, over the quantisation's range if given), and the token ids as text
+    (tokens); ``caption`` titles the picture."""
     folder.mkdir(parents=True, exist_ok=True)
     tokens = getattr(x, "tokens", None)
     tensor = tokens if tokens is not None else x
     out = [folder / f"{stem}.safetensors"]
-    save_file({"samples": tensor.detach().cpu().contiguous()}, str(out[0]))
+    saved = {"samples": tensor.detach().cpu().contiguous()}
+    if quantisation is not None and tensor.is_floating_point():
+        saved["levels"] = quantisation.levels(saved["samples"])
+        value_range = quantisation.range
+    save_file(saved, str(out[0]))
     if data_kind != "continuous" or not tensor.is_floating_point():
         lengths = getattr(x, "lengths", None)
         rows = [r[: int(lengths[i])] if lengths is not None else r for i, r in enumerate(tensor.cpu().tolist())]
         out.append(folder / f"{stem}.txt")
         out[-1].write_text("".join(" ".join(str(v) for v in r) + "\n" for r in rows))
-    elif tensor.ndim == 2 and tensor.shape[1] == 2:
-        out.append(folder / f"{stem}.png")
-        _plots.write_png(out[-1], _plots.scatter(tensor, reference[: len(tensor)] if reference is not None else None))
-    elif tensor.ndim in (3, 4):
-        out.append(folder / f"{stem}.png")
-        scale = max(1, 64 // max(tensor.shape[-2:]))  # 8x8 digits -> 64x64 pixels each
-        _plots.write_png(out[-1], _plots.image_grid(tensor[:64], value_range, scale=scale))
+    elif plots and tensor.ndim == 2 and tensor.shape[1] == 2:
+        ref = reference[: len(tensor)] if reference is not None else None
+        out.append(_plots.save(_plots.scatter_figure(tensor, ref, caption), folder / f"{stem}.png"))
+    elif plots and tensor.ndim in (3, 4):
+        out.append(_plots.save(_plots.image_grid_figure(tensor[:64], value_range, caption), folder / f"{stem}.png"))
     return out
 
 
-def write_loss_plot(path: Path, losses: list[float]) -> None:
-    _plots.write_png(path, _plots.curve(losses))
+def write_loss_plot(path: Path, metrics: Path) -> Path:
+    """``loss.png`` from the training rows of ``metrics.jsonl`` (loss and learning rate per logged step)."""
+    return _plots.save(_plots.loss_figure([r for r in read_jsonl(metrics) if "loss" in r]), path)

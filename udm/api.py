@@ -54,7 +54,8 @@ def sample(model: torch.nn.Module | Callable[..., Any], corruption: Any, time_ty
            generator: torch.Generator | None = None, registry: Registry | None = None,
            callback: Callable[[SamplerStep], Any] | None = None, clamp: bool = False,
            family_options: dict[str, Any] | None = None, dtype: torch.dtype | None = None,
-           device: torch.device | str | None = None, variance: Any = None, **options: Any) -> Any:
+           device: torch.device | str | None = None, variance: Any = None, x_init: Any = None,
+           **options: Any) -> Any:
     """Draw ``shape[0]`` samples: prior x_1, then ``steps`` reverse steps of ``sampler`` on the time grid.
 
     Args:
@@ -65,6 +66,8 @@ def sample(model: torch.nn.Module | Callable[..., Any], corruption: Any, time_ty
         dtype: the prior's (and so the run's) dtype; default: the network's parameter dtype, else float32.
         device: where to sample; default: the network's device, else the generator's, else the CPU.
         variance: q_theta's variance source (see :class:`Denoiser`); ``None``: the mean.
+        x_init: the starting batch x_1 (default: drawn from the corruption's prior with ``generator``,
+            which is what happens first, so passing that same draw changes nothing).
         options: sampler options (``eta``, ``solver``, ...).
     Returns:
         x0 samples of ``shape``.
@@ -78,5 +81,6 @@ def sample(model: torch.nn.Module | Callable[..., Any], corruption: Any, time_ty
     elif device is None:
         device = generator.device if generator is not None else torch.device("cpu")
     times = time_type.grid(steps, spacing=spacing, corruption=corruption)
-    x_init = corruption.sample_prior(tuple(shape), generator, device=device, dtype=dtype)
+    if x_init is None:
+        x_init = corruption.sample_prior(tuple(shape), generator, device=device, dtype=dtype)
     return spec(model, corruption, times, x_init, generator=generator, callback=callback, clamp=clamp, **options)

@@ -6,6 +6,7 @@
     udm train EXP.yaml [...]                                             train only
     udm sample RUN_DIR [--sampler NAME --steps N --n N --seed S]          sample a trained run
     udm check EXP.yaml [--set ...]                                       validate without running
+    udm report RUN_DIR [--out FILE]                                      one HTML page: metrics, curves, samples
     udm plugins [--json]                                                 what is installed
 
 Exit codes: 0 success, 2 usage or configuration error, 1 runtime failure. Multi-process:
@@ -28,7 +29,7 @@ USAGE_ERRORS = (ConfigError, UnknownPluginError)
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="udm", description="Unified diffusion models: run YAML experiments.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{run,train,sample,check,plugins}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{run,train,sample,check,report,plugins}")
     for name, help_ in (("run", "train, then sample and evaluate"), ("train", "train only"),
                         ("check", "validate an experiment without running it")):
         sp = sub.add_parser(name, help=help_)
@@ -48,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                     help="sampler options, e.g. --set sample.eta=0.5")
     sp.add_argument("--quiet", action="store_true")
+    sp = sub.add_parser("report", help="write one HTML summary of a run (metrics, curves, samples, config)")
+    sp.add_argument("run_dir")
+    sp.add_argument("--out", help="the HTML file (default: RUN_DIR/report.html)")
     sp = sub.add_parser("plugins", help="list installed plugins and what they register")
     sp.add_argument("--json", action="store_true", help="machine-readable output (udm.plugin_report)")
     return p
@@ -64,6 +68,11 @@ def _plugins(as_json: bool = False) -> None:
 def _dispatch(args: argparse.Namespace) -> None:
     if args.command == "plugins":
         _plugins(args.json)
+        return
+    if args.command == "report":
+        from .report import write_report
+
+        print("report written to", write_report(args.run_dir, args.out))
         return
     progress = False if getattr(args, "quiet", False) else None
     if args.command == "check":

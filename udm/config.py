@@ -6,6 +6,7 @@
     time:       {name: discrete, steps: 1000}
     model:      {name: mlp, width: 256, depth: 4}         # data_shape / vocab_size filled in from the data
     data:       {name: two_moons, n: 20000}               # or {file: points.npy} (.npy, .safetensors, .txt)
+                                                          # + quantisation: {bins: 256, range: [-1, 1]} (images)
     train:      {steps: 3000, batch_size: 512, lr: 2.0e-3, ema: 0.999}   # udm.Trainer's keywords
     sample:     {sampler: invert, steps: 50, n: 4096}     # + the sampler's own options (eta, solver, ...)
     eval:       {sliced_wasserstein: {projections: 256}}  # metric name -> its keywords
@@ -26,8 +27,12 @@ from typing import Any
 import yaml
 
 from ._registry import Registry
+from ._runlog import LogName, check_log
+from .accelerators import Precision
+from ._plots import require_matplotlib
 from ._schema import Param, Schema, conforms, describe, schema_of
 from .errors import ConfigError, UnknownPluginError, did_you_mean
+from .quantisation import Quantisation
 from .training import Trainer
 
 __all__ = ["load_config", "parse_config", "apply_overrides", "validate", "SECTIONS", "KIND_OF_SECTION"]
@@ -43,13 +48,16 @@ _SAMPLE = {
     "sampler": Param("sampler", str, "invert"), "steps": Param("steps", int, 50), "n": Param("n", int, 1024),
     "spacing": Param("spacing", str, "uniform"), "clamp": Param("clamp", bool, False),
     "seed": Param("seed", int | None, None), "family_options": Param("family_options", dict, None),
+    "precision": Param("precision", Precision, "fp32"), "compile": Param("compile", bool, False),
 }
 _RUN = {
-    "out": Param("out", str | None, None), "seed": Param("seed", int, 0), "device": Param("device", str | None, None),
+    "out": Param("out", str | None, None), "seed": Param("seed", int, 0), "device": Param("device", str | None, "auto"),
     "checkpoint_every": Param("checkpoint_every", int, 500), "keep": Param("keep", int, 3),
     "log_every": Param("log_every", int, 10),
+    "log": Param("log", list[LogName], ["jsonl"]),  # + tensorboard (udm._runlog)
+    "plots": Param("plots", bool, True),  # loss.png, sample pictures, denoising strips (matplotlib)
 }
-_DATA_FILE = {"file": Param("file", str)}
+_DATA_FILE = {"file": Param("file", str), "quantisation": Param("quantisation", dict, None)}
 _RULE_SKIP = ("denoiser", "corruption", "times", "x_init", "generator", "callback", "clamp")
 
 
@@ -153,6 +161,9 @@ def sampler_schema(registry: Registry, name: str) -> Schema:
 
 def _plugin_section(src: str, section: str, body: dict[str, Any], registry: Registry) -> None:
     kind = KIND_OF_SECTION[section]
+    if section == "data" and "quantisation" in body:  # a runner key of every data section (udm.Quantisation)
+        Quantisation.from_config(body["quantisation"], f"{src}: data.quantisation")
+        body = body if "file" in body else {k: v for k, v in body.items() if k != "quantisation"}
     if section == "data" and "file" in body:
         _check_keys(src, section, body, Schema(_DATA_FILE))
         if not Path(body["file"]).is_file():
@@ -203,6 +214,9 @@ def validate(cfg: dict[str, Any], registry: Registry, source: str = "<config>") 
               f"Available: {', '.join(names)}.{did_you_mean(str(sampler), names)}")
     _check_keys(source, "sample", sample, sampler_schema(registry, sampler))
     _check_keys(source, "run", cfg.setdefault("run", {}), Schema(_RUN))
+    check_log(cfg["run"].get("log", ["jsonl"]), f"{source}: run.log")
+    if cfg["run"].get("plots", True):
+        require_matplotlib(f"{source}: run.plots")
     for metric, kwargs in cfg.setdefault("eval", {}).items():
         if metric not in registry.names("metric"):
             names = registry.names("metric")

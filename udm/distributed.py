@@ -20,6 +20,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from .accelerators import resolve_device
 from .errors import ConfigError
 
 __all__ = ["Dist", "setup", "teardown", "all_mean", "gather"]
@@ -44,13 +45,11 @@ class Dist:
         return self.world > 1
 
 
-def setup(device: str | None = None) -> tuple[Dist, torch.device]:
+def setup(device: str | None = "auto") -> tuple[Dist, torch.device]:
     """Join the process group if launched by torchrun; return the job layout and this rank's device."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    dev = resolve_device(device)  # "auto" / None: cuda, else mps, else cpu
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", local if world > 1 else torch.cuda.current_device())
     if world > 1 and not dist.is_initialized():

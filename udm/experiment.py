@@ -21,12 +21,13 @@ from typing import Any
 import torch
 import yaml
 
-from . import _artifacts, checkpoint, distributed
-from ._progress import Progress
+from . import _artifacts, _runlog, checkpoint, distributed
+from ._progress import progress_bar
 from ._registry import Registry, registry as default_registry
 from ._schema import coerce, schema_of
 from .config import INJECTED, KIND_OF_SECTION, load_config, validate
 from .errors import ConfigError, UdmError
+from .quantisation import Quantisation
 from .training import Trainer
 
 __all__ = ["Experiment", "RunResult", "TrainingError", "run_experiment"]
@@ -77,7 +78,16 @@ class Experiment:
         body = self.config["data"]
         if "file" in body:
             return _artifacts.read_data_file(body["file"])
-        return self.registry.create("dataset", body["name"], **{**self._kwargs("data"), **change})
+        return self.registry.create("dataset", body["name"], **{**self._kwargs("data", ("name", "quantisation")),
+                                                                 **change})
+
+    def quantisation(self) -> Quantisation | None:
+        """The data's levels: ``data.quantisation`` if given, else the dataset's own declaration, else ``None``."""
+        body = self.config["data"]
+        if body.get("quantisation") is not None:
+            return Quantisation.from_config(body["quantisation"])
+        declared = getattr(self.registry.get("dataset", body["name"]), "quantisation", None) if "name" in body else None
+        return declared if isinstance(declared, Quantisation) else None
 
     def _inject(self, section: str, data_shape: list[int] | None, vocab_size: int | None) -> dict[str, Any]:
         kw = self._kwargs(section)
@@ -106,6 +116,9 @@ class Experiment:
     def resolved(self, data_shape: list[int], vocab_size: int | None) -> dict[str, Any]:
         """The config as run: defaults, injected shapes, and the versions of everything it names."""
         cfg = {k: dict(v) for k, v in self.config.items() if k != "versions"}
+        quant = self.quantisation()
+        if quant is not None:
+            cfg["data"]["quantisation"] = quant.to_config()
         for section in ("model", "corruption"):
             if "name" in cfg[section]:
                 cfg[section] = {"name": cfg[section]["name"], **self._inject(section, data_shape, vocab_size)}
@@ -169,6 +182,12 @@ def _run(exp: Experiment, d: distributed.Dist, device: torch.device, run: dict[s
     latest = _prepare_dir(exp, run_dir, resume, d.is_main)
     _seed_globals(run["seed"] + distributed.RANK_SEED_STRIDE * d.rank)
     data = exp.build_data()
+    quant = exp.quantisation()
+    if quant is not None:
+        if not (isinstance(data, torch.Tensor) and data.is_floating_point()):
+            raise ConfigError(f"data.quantisation: the data must be continuous (a float tensor) to be quantised; got "
+                              f"{getattr(data, 'dtype', type(data).__name__)}. Remove quantisation for token data.")
+        quant.check(data)
     data_shape = list(data.shape[1:])
     tokens = getattr(data, "tokens", data)  # udm.Sequences keeps its tokens padded
     vocab = int(tokens.max()) + 1 if not tokens.is_floating_point() and tokens.numel() else None
@@ -181,7 +200,7 @@ def _run(exp: Experiment, d: distributed.Dist, device: torch.device, run: dict[s
     trainer.data_generator.manual_seed(run["seed"] + 1)  # the same global batches on every rank
     trainer.shard = (d.rank, d.world)
     trainer.loss_network = distributed.wrap(trainer.network, d, device)
-    log = _artifacts.MetricsLog(run_dir / "metrics.jsonl", d.is_main)
+    log = _runlog.open_log(run["log"], run_dir, d.is_main)
     if latest is not None:
         _restore(trainer, corruption, latest, d)
         log.truncate_after(trainer.step)
@@ -189,16 +208,20 @@ def _run(exp: Experiment, d: distributed.Dist, device: torch.device, run: dict[s
         corruption.fit(data)
     if d.is_main:
         (run_dir / "config.yaml").write_text(yaml.safe_dump(exp.resolved(data_shape, vocab), sort_keys=False))
-    losses, seconds = _train(exp, trainer, corruption, data, steps, batch_size // d.world, run, run_dir, log, d,
-                             device, progress, data_shape)
-    result = RunResult(run_dir, trainer.step, losses, seconds=seconds)
-    if d.is_main:
-        _artifacts.write_loss_plot(run_dir / "loss.png", log.losses())
-        if do_sample:
-            from .sampling import sample_and_evaluate
-            net = trainer.ema if trainer.ema is not None else trainer.network
-            result.samples, result.metrics = sample_and_evaluate(exp, net, corruption, time_type, data, run_dir,
-                                                                 log=log, progress=progress, step=trainer.step)
+    try:
+        losses, seconds = _train(exp, trainer, corruption, data, steps, batch_size // d.world, run, run_dir, log, d,
+                                 device, progress, data_shape)
+        result = RunResult(run_dir, trainer.step, losses, seconds=seconds)
+        if d.is_main:
+            if run["plots"]:
+                _artifacts.write_loss_plot(run_dir / "loss.png", run_dir / "metrics.jsonl")
+            if do_sample:
+                from .sampling import sample_and_evaluate
+                net = trainer.ema if trainer.ema is not None else trainer.network
+                result.samples, result.metrics = sample_and_evaluate(exp, net, corruption, time_type, data, run_dir,
+                                                                     log=log, progress=progress, step=trainer.step)
+    finally:
+        log.close()
     distributed.barrier(d)
     return result
 
@@ -238,11 +261,11 @@ def _save(trainer: Trainer, corruption: Any, run: dict[str, Any], run_dir: Path,
 
 
 def _train(exp: Experiment, trainer: Trainer, corruption: Any, data: torch.Tensor, steps: int, local_batch: int,
-           run: dict[str, Any], run_dir: Path, log: _artifacts.MetricsLog, d: distributed.Dist, device: torch.device,
+           run: dict[str, Any], run_dir: Path, log: _runlog.RunLog, d: distributed.Dist, device: torch.device,
            progress: bool | None, data_shape: list[int]) -> tuple[list[float], float]:
     every, log_every, losses, window = run["checkpoint_every"], run["log_every"], [], []
     start = time.perf_counter()
-    with Progress(steps, "train", enabled=progress if d.is_main else False, start=trainer.step) as bar:
+    with progress_bar(steps, "train", enabled=progress if d.is_main else False, start=trainer.step) as bar:
         while trainer.step < steps:
             try:
                 loss = trainer.train_step(trainer.next_batch(data, local_batch))
@@ -257,7 +280,8 @@ def _train(exp: Experiment, trainer: Trainer, corruption: Any, data: torch.Tenso
                 log.write({"step": trainer.step, "loss": sum(window) / len(window),
                            "lr": trainer.scheduler.get_last_lr()[0], "seconds": time.perf_counter() - start})
                 window = []
-            bar.update(trainer.step, loss=loss)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
             if every and trainer.step % every == 0 and trainer.step < steps:
                 _save(trainer, corruption, run, run_dir, d, data_shape)
     seconds = time.perf_counter() - start

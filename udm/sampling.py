@@ -9,16 +9,52 @@ from typing import Any
 import torch
 import yaml
 
-from . import _artifacts, checkpoint
-from ._progress import Progress
+from . import _artifacts, _plots, checkpoint
+from ._progress import progress_bar
 from ._schema import schema_of
+from .accelerators import accelerate
 from .api import sample
 from .config import sampler_schema
 from .errors import ConfigError
+from .samplers import SamplerStep
 
-__all__ = ["sample_and_evaluate", "sample_run"]
+__all__ = ["sample_and_evaluate", "sample_run", "SnapshotRecorder"]
 
-_OWN = ("sampler", "steps", "n", "spacing", "clamp", "seed", "family_options")
+_OWN = ("sampler", "steps", "n", "spacing", "clamp", "seed", "family_options", "precision", "compile")
+
+
+def _head(x: Any, k: int | None) -> Any:
+    """A CPU copy of the first ``k`` examples (all when ``None``) of a tensor or ``udm.Sequences`` batch."""
+    part = x[:k].to("cpu")
+    tokens = getattr(part, "tokens", None)
+    if tokens is not None:
+        return type(part)(tokens.clone(), part.lengths.clone(), part.pad)
+    return part.detach().clone()
+
+
+class SnapshotRecorder:
+    """A sampler ``callback`` that keeps the reverse process at about ``count`` grid times, evenly spaced
+    from the prior (t = 1) to the sample (t = 0): x_t and the x0_hat predicted from it, for the first
+    ``examples`` examples (``None``: all, e.g. a 2-D cloud). The last snapshot is the sample itself.
+
+    Grid time i's state is the previous step's output (the prior ``x_init`` for i = 0)."""
+
+    def __init__(self, x_init: Any, steps: int, *, count: int = 8, examples: int | None = 4,
+                 then: Any = None) -> None:
+        self.examples, self.then = examples, then
+        self.keep = {round(i * steps / (count - 1)) for i in range(count)} if count > 1 else {steps}
+        self.snapshots: list[_plots.Snapshot] = []
+        self._state = _head(x_init, examples)
+
+    def __call__(self, step: SamplerStep) -> None:
+        new = _head(step.x, self.examples)
+        if step.index in self.keep:
+            self.snapshots.append(_plots.Snapshot(step.t, self._state, _head(step.x0_hat, self.examples)))
+        if step.index + 1 == step.steps:  # the last step's output is the sample: x_0 = x0_hat
+            self.snapshots.append(_plots.Snapshot(step.s, new, new))
+        self._state = new
+        if self.then is not None:
+            self.then(step)
 
 
 def _reference(exp: Any, data: torch.Tensor | None, n: int) -> torch.Tensor:
@@ -39,20 +75,38 @@ def sample_and_evaluate(exp: Any, network: torch.nn.Module, corruption: Any, tim
     options = {k: v for k, v in cfg.items() if k not in _OWN}
     device = next(network.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
-    with Progress(cfg["steps"], "sample", enabled=progress) as bar:
-        x = sample(network, corruption, time_type, shape=shape, sampler=cfg["sampler"], steps=cfg["steps"],
-                   spacing=cfg["spacing"], generator=generator, registry=exp.registry, clamp=cfg["clamp"],
-                   family_options=cfg.get("family_options"), callback=lambda s: bar.update(s.index + 1), **options)
-    reference = None
+    net = accelerate(network.eval(), precision=cfg.get("precision", "fp32"), compile=cfg.get("compile", False),
+                     where="sample.precision")
+    x_init = corruption.sample_prior(tuple(shape), generator, device=device)  # what udm.sample would draw first
     two_d = len(shape) == 2 and shape[1] == 2
+    plots = run.get("plots", True)
+    kind = getattr(corruption, "data_kind", "continuous")
+    strips = plots and (kind != "continuous" or two_d or len(shape) in (3, 4))  # tokens, 2-D points, images
+    with progress_bar(cfg["steps"], "sample", enabled=progress) as bar:
+        callback = lambda s: bar.update(1)  # noqa: E731
+        recorder = SnapshotRecorder(x_init, cfg["steps"], examples=None if two_d else 4, then=callback)
+        x = sample(net, corruption, time_type, shape=shape, sampler=cfg["sampler"], steps=cfg["steps"],
+                   spacing=cfg["spacing"], generator=generator, registry=exp.registry, clamp=cfg["clamp"],
+                   family_options=cfg.get("family_options"), callback=recorder if strips else callback,
+                   x_init=x_init, **options)
+    reference = None
     if exp.config["eval"] or two_d:
         reference = _reference(exp, data, max(cfg["n"], 1)).to(device)
-    stem = f"{cfg['sampler']}-{cfg['steps']}steps-seed{seed}"
-    _artifacts.write_samples(run_dir / "samples", stem, x, data_kind=getattr(corruption, "data_kind", "continuous"),
-                             reference=reference, value_range=getattr(corruption, "data_range", None))
     metrics = {}
     for name, kwargs in exp.config["eval"].items():
         metrics[name] = float(exp.registry.get("metric", name)(x, reference, **(kwargs or {})))
+    stem = f"{cfg['sampler']}-{cfg['steps']}steps-seed{seed}"
+    caption = f"{cfg['sampler']}, {cfg['steps']} steps, seed {seed} (trained {step} steps)" + (
+        "\n" + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()) if metrics else "")
+    quant = exp.quantisation()  # images: drawn over the declared range, and their levels saved
+    value_range = quant.range if quant is not None else getattr(corruption, "data_range", None)
+    _artifacts.write_samples(run_dir / "samples", stem, x, data_kind=kind, reference=reference,
+                             value_range=value_range, caption=caption, plots=plots, quantisation=quant)
+    if strips:
+        fig = _plots.denoising_figure(recorder.snapshots, data_kind=kind, value_range=value_range,
+                                      title=f"reverse process x_t -> x0_hat: {caption}",
+                                      vocab_size=getattr(corruption, "vocab_size", None))
+        _plots.save(fig, run_dir / "samples" / f"{stem}-denoising.png")
     record = {"step": step, "sampler": cfg["sampler"], "sample_steps": cfg["steps"], "seed": seed, "eval": metrics}
     if log is not None:
         log.write(record)
