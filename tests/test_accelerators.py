@@ -56,7 +56,7 @@ def test_autocast_runs_the_network_in_low_precision_and_returns_float32(precisio
 
 def test_only_the_network_call_is_autocast_the_corruption_and_loss_stay_exact():
     reg = udm.registry()
-    corruption = reg.create("corruption", "gaussian", schedule="cosine", prediction="eps")
+    corruption = reg.create("corruption", "gaussian", schedule="linear", prediction="eps")
     time = reg.create("time", "discrete", steps=100)
     net = _Spy()
     x0 = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
