@@ -21,7 +21,7 @@ from udm.experiment import Experiment
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 PAGES = ["index.md", "tutorial.md", "howto-corruption.md", "howto-sampler.md", "howto-time-type.md",
-         "howto-publish.md", "reference.md", "explanation.md"]
+         "howto-publish.md", "conformance.md", "reference.md", "explanation.md"]
 
 
 def code_blocks(text: str, lang: str) -> list[tuple[int, str]]:
