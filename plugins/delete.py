@@ -31,6 +31,13 @@ p(alignment | x_t, x_0), since every kept set of a given size is equally likely)
 u ~ U[tau(t), 1) and the others u ~ U[0, tau(t)). F_s then re-inserts each missing token
 independently with probability (tau(t) - tau(s)) / tau(t). For ``exact_count`` the posterior draws n
 sorted uniforms and gives the lowest n - |x_t| to the deleted tokens (in random order).
+
+A reverse ``invert`` step never removes a token of x_t. With ``exact_count`` that needs care: an x0_hat
+with fewer insertions than x_t's count requires (n - |x_t| < round(tau(t) n)) is explained by no noise,
+and F_s would delete round(tau(s) n) > n - |x_t| tokens, some of them x_t's. The posterior then gives
+x_t's tokens u = 1, which q never draws (u ~ U[0, 1)) and which ``keep_mask`` never deletes, so x_s keeps
+all of x_t and re-inserts n - round(tau(s) n) - |x_t| of x0_hat's extra tokens when that is positive
+(none otherwise: x_s = x_t, and the next prediction tries again).
 """
 
 from __future__ import annotations
@@ -113,7 +120,8 @@ class Delete(udm.Corruption):
         return torch.rand(x0.tokens.shape, generator=generator, dtype=torch.float64, device=x0.device)
 
     def keep_mask(self, x0, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Bool ``(batch, max_length)``: the positions of x_0 that survive to x_t."""
+        """Bool ``(batch, max_length)``: the positions of x_0 that survive to x_t (u >= 1 always survives;
+        q never draws it, the exact-count noise posterior uses it, see the module docstring)."""
         tau = self.tau(_time(t, x0))[:, None]
         real = x0.mask
         if not self.exact_count:
@@ -121,7 +129,7 @@ class Delete(udm.Corruption):
         u = torch.where(real, eps, torch.full_like(eps, 2.0))  # padding never among the lowest
         rank = u.argsort(1).argsort(1)
         k = torch.round(tau[:, 0] * x0.lengths.to(torch.float64)).long()
-        return real & (rank >= k[:, None])
+        return real & ((rank >= k[:, None]) | (eps >= 1))
 
     def forward(self, x0, eps, t):
         """x_t: the tokens of x_0 kept by :meth:`keep_mask`, in order (``udm.Sequences``)."""
@@ -180,7 +188,10 @@ class Delete(udm.Corruption):
             values = torch.rand(shape, generator=generator, dtype=torch.float64, device=dev)
             values = torch.where(real, values, torch.full_like(values, 2.0)).sort(1).values
             keys = torch.rand(shape, generator=generator, dtype=torch.float64, device=dev) + 2 * kept + 4 * ~real
-            return torch.empty_like(values).scatter(1, keys.argsort(1), values)
+            u = torch.empty_like(values).scatter(1, keys.argsort(1), values)
+            k_t = torch.round(self.tau(_time(t, x0)) * x0.lengths.to(torch.float64)).long()
+            short = (x0.lengths - x_t.lengths.to(dev)) < k_t  # too few insertions: no noise explains x_t
+            return torch.where(short[:, None] & kept, torch.ones_like(u), u)  # u = 1: x_t's tokens stay
         tau = self.tau(_time(t, x0))[:, None]
         r = torch.rand(shape, generator=generator, dtype=torch.float64, device=dev)
         below = torch.minimum(tau * r, torch.nextafter(tau, torch.zeros_like(tau)))
