@@ -49,7 +49,7 @@ import torch
 import udm
 from udm.errors import ConfigError, did_you_mean
 
-from ._tokens import SCHEDULES, redraw
+from ._tokens import SCHEDULES, categorical_family, choose, redraw, sampling_probs
 
 
 
@@ -66,14 +66,6 @@ class Aligned(udm.Sequences):
             got = None if self.kept is None else f"{self.kept.dtype} {tuple(self.kept.shape)}"
             raise ConfigError(f"Aligned: kept must be a bool tensor shaped like tokens {tuple(self.tokens.shape)}; "
                               f"got {got}. Pass the positions of x_t's tokens inside x0_hat.")
-
-
-def _categorical(probs: torch.Tensor, generator) -> torch.Tensor:
-    """One draw per row of unnormalised ``probs (..., k)`` by inverse CDF (float64; much faster than
-    ``torch.multinomial`` for many small rows)."""
-    cdf = probs.double().cumsum(-1)
-    u = torch.rand(cdf.shape[:-1] + (1,), generator=generator, dtype=torch.float64, device=cdf.device)
-    return (cdf < u * cdf[..., -1:]).sum(-1).clamp(max=probs.shape[-1] - 1)
 
 
 def _time(t: torch.Tensor, x) -> torch.Tensor:
@@ -229,11 +221,16 @@ class Delete(udm.Corruption):
         token_nll = -(tok.gather(2, x0.tokens.clamp(min=0)[..., None])[..., 0] * holes).sum(1)
         return count_nll + token_nll
 
-    def sample_x0(self, output, x_t, t, generator) -> Aligned:
+    def sample_x0(self, output, x_t, t, generator, *, family: udm.Categorical | None = None) -> Aligned:
         """x0_hat ~ q_theta(x_0 | x_t): counts per gap (left to right, capped so the total stays within
-        ``output.max_length`` when given), then tokens at the inserted placeholders."""
+        ``output.max_length`` when given), then tokens at the inserted placeholders.
+
+        ``family`` (a :class:`udm.Categorical`, as the Denoiser's ``family_options`` build it) shapes both
+        draws: counts and tokens come from softmax(logits / temperature) truncated by top_k / top_p, or
+        are the most likely allowed values with ``greedy``. Default: plain softmax sampling."""
         self._check_output(output, "sample_x0")
-        probs = output.count_logits.double().softmax(-1)
+        family = categorical_family("corruption delete.sample_x0", family)
+        probs = sampling_probs(family, output.count_logits)
         dev, b = probs.device, len(x_t)
         width, top = probs.shape[1] - 1, probs.shape[2] - 1
         cap = getattr(output, "max_length", None)
@@ -245,12 +242,12 @@ class Delete(udm.Corruption):
             p = probs[:, g] * (vals[None] <= left[:, None].clamp(min=0))
             p = torch.where((g <= x_t.lengths.to(dev))[:, None], p, (vals[None] == 0).double())
             p = torch.where(p.sum(1, keepdim=True) > 0, p, (vals[None] == 0).double())
-            counts[:, g] = _categorical(p, generator)
+            counts[:, g] = choose(p, generator, family.greedy)
             left = left - counts[:, g]
         x = self.insert_placeholders(x_t.to(dev), counts)
         holes = x.mask & ~x.kept
-        tok = output.token_logits(x, holes).double().softmax(-1)
-        draws = _categorical(tok, generator)
+        tok = sampling_probs(family, output.token_logits(x, holes))
+        draws = choose(tok, generator, family.greedy)
         return Aligned(torch.where(holes, draws, x.tokens), x.lengths, x.pad, x.kept)
 
     @staticmethod

@@ -295,3 +295,55 @@ def test_invert_with_wrong_predictions_keeps_every_token_of_x_t(exact):
         out = udm.samplers.invert(FixedDenoiser(x0), c, torch.tensor([t, s]), x_t, generator=g)
         for a, b, full in zip(rows_t, out.tolist(), rows_0):
             assert _is_subsequence(a, b) and _is_subsequence(b, full), (t, s, a, b, full)
+
+
+# ------------------------------------------------- family options reach the structured q_theta
+class _FixedNet(torch.nn.Module):
+    """Insertion counts per gap with probabilities [0.3, 0.45, 0.25] (0, 1, 2 tokens), tokens [0.6, 0.3, 0.1]."""
+
+    def forward(self, x_t, enc):
+        w = x_t.tokens.shape[1]
+        counts = torch.tensor([0.3, 0.45, 0.25], dtype=torch.float64).log().expand(len(x_t), w + 1, 3)
+        tokens = torch.tensor([0.6, 0.3, 0.1], dtype=torch.float64).log()
+        return _Out(counts, tokens)
+
+
+class _Out:
+    def __init__(self, counts, tokens):
+        self.count_logits, self._tok = counts, tokens
+
+    def token_logits(self, x, holes):
+        return self._tok.expand(*x.tokens.shape, 3)
+
+
+@pytest.mark.parametrize("options, counts, tokens", [
+    ({}, {0: 0.3, 1: 0.45, 2: 0.25}, {0: 0.6, 1: 0.3, 2: 0.1}),
+    ({"temperature": 0.02}, {1: 1.0}, {0: 1.0}),  # (0.3 / 0.45)^50 = 2e-9: the mode only
+    ({"greedy": True}, {1: 1.0}, {0: 1.0}),
+    ({"top_k": 2}, {0: 0.4, 1: 0.6}, {0: 2 / 3, 1: 1 / 3}),
+    ({"top_p": 0.5}, {0: 0.4, 1: 0.6}, {0: 1.0}),
+])
+def test_sample_x0_honours_the_family_options(reg, options, counts, tokens):
+    """Denoiser(..., **family_options) reaches delete's structured q_theta: counts and inserted tokens are drawn
+    with the family's temperature / top_k / top_p / greedy (they were drawn from the plain softmax whatever
+    the options). Frequencies within 5 standard errors of the truncated, renormalised laws."""
+    n = 4000
+    den = udm.Denoiser(_FixedNet(), Delete(), reg.create("time", "continuous"), **options)
+    x_t = udm.Sequences.pad_list([[]] * n)  # one gap per row
+    x0 = den(x_t, t_(0.5, n), torch.Generator().manual_seed(0))
+    got = Counter(x0.lengths.tolist())
+    for k, p in counts.items():
+        assert abs(got.get(k, 0) / n - p) <= 5 * math.sqrt(p * (1 - p) / n) + 1e-12, (options, got)
+    assert set(got) <= set(counts)
+    toks = Counter(x0.tokens[x0.mask].tolist())
+    m = sum(toks.values())
+    for v, p in tokens.items():
+        assert abs(toks.get(v, 0) / m - p) <= 5 * math.sqrt(p * (1 - p) / m) + 1e-12, (options, toks)
+    assert set(toks) <= set(tokens)
+
+
+def test_sample_x0_refuses_a_non_categorical_family():
+    out = _Out(torch.zeros(1, 1, 3), torch.zeros(3))
+    with pytest.raises(ConfigError, match=r"corruption delete.sample_x0: family must be a udm.Categorical \(its "
+                                          r"temperature, top_k, top_p, greedy\); got Gaussian\. Sample with"):
+        Delete().sample_x0(out, udm.Sequences.pad_list([[]]), t_(0.5, 1), None, family=udm.Gaussian())

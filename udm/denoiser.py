@@ -50,8 +50,8 @@ class Denoiser:
         """x0_hat together with q_theta's parameters (samplers such as ``confidence`` need the logits)."""
         out = self.network(x_t, self.time_type.encode(t))
         sample_x0 = getattr(self.corruption, "sample_x0", None)
-        if callable(sample_x0):  # structured q_theta (e.g. insertions): the corruption draws x0_hat itself
-            return Prediction(sample_x0(out, x_t, t, generator), out)
+        if callable(sample_x0):  # structured q_theta (e.g. insertions): the corruption draws x0_hat itself,
+            return Prediction(sample_x0(out, x_t, t, generator, family=self.family), out)  # with the family's options
         params = self.corruption.to_x0(out, x_t, t)
         return Prediction(self.family.point(params, generator), params)
 
