@@ -98,10 +98,11 @@ def test_the_length_limit_is_max_length_tokens_not_the_padded_width():
     assert b.count_logits.shape == (2, 13, 9)
     assert torch.allclose(a.count_logits, b.count_logits[:, :9], atol=1e-5)
     holes = torch.zeros_like(full.tokens, dtype=torch.bool)
-    assert torch.allclose(a.token_logits(full, holes), b.token_logits(wide, torch.zeros_like(wide.tokens, dtype=torch.bool))[:, :8],
-                          atol=1e-5)
+    wide_holes = torch.zeros_like(wide.tokens, dtype=torch.bool)
+    assert torch.allclose(a.token_logits(full, holes), b.token_logits(wide, wide_holes)[:, :8], atol=1e-5)
     with torch.no_grad():
-        x0 = c.sample_x0(net(full, t), full, torch.full((2,), 0.5, dtype=torch.float64), torch.Generator().manual_seed(0))
+        half = torch.full((2,), 0.5, dtype=torch.float64)
+        x0 = c.sample_x0(net(full, t), full, half, torch.Generator().manual_seed(0))
     assert int(x0.lengths.max()) <= 8
 
 

@@ -79,10 +79,11 @@ MUTANTS: list[Mutant] = [
       "return x + c.forward(x0, eps, s) - c.forward(x0, eps, t)", "return c.forward(x0, eps, s)",
       "tests/test_cold.py"),
     M("laplace-loss-squared", "udm/families.py",
-      "return _mean_over_data((output - target).abs(), mask)", "return _mean_over_data((output - target).square(), mask)",
+      "return _mean_over_data((output - target).abs(), mask)",
+      "return _mean_over_data((output - target).square(), mask)",
       "tests/test_cold.py"),
     M("cold-claims-algorithm-2", "plugins/samplers.py",
-      "residual rule: Cold Diffusion Algorithm 2 when F is deterministic; equals invert where eps is inverted exactly",
+      "Cold Diffusion Algorithm 2 when F is deterministic; equals invert when F inverts in eps",
       "Cold Diffusion improved sampling (Algorithm 2)",
       "tests/test_cold.py"),
     # --- core (issue 9); the lead re-points these after the linear-Gaussian rewrite
@@ -221,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         elif verdict.startswith("STALE"):
             bad.append(m.name)
     print(f"{len(chosen) - len(survived) - len(bad)} of {len(chosen)} mutants killed"
-          + (f"; survived: {', '.join(survived)}" if survived else "") + (f"; stale tests: {', '.join(bad)}" if bad else ""))
+          + (f"; survived: {', '.join(survived)}" if survived else "")
+          + (f"; stale tests: {', '.join(bad)}" if bad else ""))
     return 2 if bad else (1 if survived else 0)
 
 

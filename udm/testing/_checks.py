@@ -163,8 +163,8 @@ def refresh_kernel(ctx: KitContext, alpha: float) -> CheckResult:
     pb = pair_features(e, _flat_noise(other), e, ctx.generator("refresh/p", 0, cpu))
     pair = worst_ks(_rename(pa), _rename(pb), alpha / 3)
     if not pair.passed:
-        return CheckResult("refresh_noise_preserves_q", False,
-                           "refresh_noise(eps, 1) must draw afresh: (eps, eps') vs independent pairs: " + pair.describe())
+        return CheckResult("refresh_noise_preserves_q", False, "refresh_noise(eps, 1) must draw afresh: (eps, eps') "
+                                                               "vs independent pairs: " + pair.describe())
     return CheckResult("refresh_noise_preserves_q", True,
                        f"a = 0 is the identity; a = 0.5 keeps q: {laws[0].describe()}; a = 1 keeps q: "
                        f"{laws[1].describe()} and is independent of eps: {pair.describe()}")
@@ -198,17 +198,18 @@ def schedule_matches_forward(ctx: KitContext) -> CheckResult:
         h = 1e-5
         lo, hi = max(t - h, 0.0), min(t + h, 1.0)
         s_lo, s_hi = c.schedule(time_tensor(lo, xn)), c.schedule(time_tensor(hi, xn))
-        for what, d, a, b in (("alpha", sch.dalpha, s_lo.alpha, s_hi.alpha), ("sigma", sch.dsigma, s_lo.sigma, s_hi.sigma)):
+        for what, d, a, b in (("alpha", sch.dalpha, s_lo.alpha, s_hi.alpha),
+                              ("sigma", sch.dsigma, s_lo.sigma, s_hi.sigma)):
             fd = (b.double() - a.double()) / (hi - lo)
             derr = (d.double() - fd).abs()
             dgap = max(dgap, float(derr.max()))
             if not bool((derr <= 1e-4 * (1 + fd.abs())).all()):
-                return CheckResult(name, False, f"d{what}/dt from schedule must match the central difference of {what}: "
-                                                f"max |d{what}/dt - difference| = {float(derr.max()):.3g} at t = {t:.3g} "
-                                                f"(tolerance 1e-4 (1 + |difference|))")
-    return CheckResult(name, ok, f"max |forward(x_0, eps, t) - (alpha_t x_0 + sigma_t eps)| = {gap:.3g} at t = {where:.3g} "
-                                 f"(tolerance {ATOL:g} + {RTOL:g} |alpha_t x_0 + sigma_t eps|); max |derivative - central "
-                                 f"difference| = {dgap:.2g}")
+                return CheckResult(name, False, f"d{what}/dt from schedule must match the central difference of "
+                                                f"{what}: max |d{what}/dt - difference| = {float(derr.max()):.3g} at "
+                                                f"t = {t:.3g} (tolerance 1e-4 (1 + |difference|))")
+    return CheckResult(name, ok, f"max |forward(x_0, eps, t) - (alpha_t x_0 + sigma_t eps)| = {gap:.3g} at "
+                                 f"t = {where:.3g} (tolerance {ATOL:g} + {RTOL:g} |alpha_t x_0 + sigma_t eps|); "
+                                 f"max |derivative - central difference| = {dgap:.2g}")
 
 
 def prior(ctx: KitContext, alpha: float) -> CheckResult:

@@ -192,7 +192,7 @@ def check_corruption(corruption: Any, x0: Any, *, time_type: Any = None, registr
     each = alpha / max(n_stat, 1)
     for name in plan.basics:
         report.results.append(_run_basic(name, ctx, each))
-    point_mass = _safe(lambda: C.posterior_is_point_mass(ctx)) if "noise_posterior_explains_x_t" in plan.basics else False
+    point_mass = "noise_posterior_explains_x_t" in plan.basics and _safe(lambda: C.posterior_is_point_mass(ctx))
     for p in plan.samplers:
         report.results += sampler_checks(ctx, p, plan.chains, each, fine_steps, bool(point_mass),
                                          marginal=f"marginal[{p.name}]" not in plan.skipped,

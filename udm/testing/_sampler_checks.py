@@ -115,7 +115,8 @@ def sampler_checks(ctx: KitContext, plan: SamplerPlan, chains: list[list[float]]
         if marginal:
             ref_s = _marginal_ref(ctx, chain, i)
             w = worst_ks(ctx.feats(x_s, ctx.xn, f"m{i}"), ctx.feats(ref_s, ctx.xn, f"m{i}"), alpha)
-            out.append(CheckResult(f"marginal[{plan.name}]", w.passed, f"{label}: x_s vs F_s(x_0, eps): " + w.describe()))
+            out.append(CheckResult(f"marginal[{plan.name}]", w.passed,
+                                   f"{label}: x_s vs F_s(x_0, eps): " + w.describe()))
         if single:
             out.append(_joint(ctx, plan, chain, i, alpha, point_mass, (x_t, eps, x_s), ref))
     return out
@@ -166,10 +167,11 @@ def _joint(ctx: KitContext, plan: SamplerPlan, chain: list[float], i: int, alpha
         exact = "x_s = F_s(x_0, eps) row by row (the noise posterior is a point mass); "
         if not bool(ok.all()):
             gap = float_gap(x_s, want)
-            gap_text = f"max |x_s - F_s(x_0, eps)| = {gap:.3g} (tolerance {ATOL:g} + {RTOL:g} |.|); " if gap is not None else ""
-            return CheckResult(name, False, f"{label}: the noise posterior is a point mass, so x_s must be F_s(x_0, eps) "
-                                            f"of the very eps that made x_t: {gap_text}{int((~ok).sum())} of {ctx.n} "
-                                            f"rows differ")
+            gap_text = ("" if gap is None else
+                        f"max |x_s - F_s(x_0, eps)| = {gap:.3g} (tolerance {ATOL:g} + {RTOL:g} |.|); ")
+            return CheckResult(name, False, f"{label}: the noise posterior is a point mass, so x_s must be "
+                                            f"F_s(x_0, eps) of the very eps that made x_t: {gap_text}"
+                                            f"{int((~ok).sum())} of {ctx.n} rows differ")
     if plan.kind in ("posterior", "refresh") and _scalar_schedule(c, xn) and not (
             plan.kind == "refresh" and "amount" in plan.options):
         return _closed_form(ctx, plan, chain, x_t, x_s, alpha)
