@@ -4,6 +4,8 @@ wrong samplers fail it."""
 
 from __future__ import annotations
 
+import types
+
 import pytest
 import torch
 
@@ -48,7 +50,8 @@ def test_the_default_sampler_set_is_pinned(reg):
     """By default the kit checks the six core rules the corruption supports, whatever else is installed, and
     says so; presets and third-party samplers run only when named (or with samplers="all")."""
     corr = reg.create("corruption", "gaussian", schedule="cosine")
-    report = check_corruption(corr, X0, registry=reg, n=300, skip=("marginal", "joint"))
+    first = report = check_corruption(corr, X0, registry=reg, n=300, skip=("marginal", "joint"))
+    report_samplers = report.samplers
     assert report.samplers == ["renoise", "invert", "refresh", "residual", "ode", "posterior"]
     assert "samplers checked: renoise, invert, refresh, residual, ode, posterior" in str(report)
     mask = reg.create("corruption", "mask", vocab_size=4)
@@ -59,6 +62,18 @@ def test_the_default_sampler_set_is_pinned(reg):
     wide = check_corruption(mask, torch.tensor([[0, 1, 2, 3]]), registry=reg, n=300, samplers="all",
                             skip=("marginal", "joint"))
     assert {"confidence", "maskgit"} <= set(wide.samplers)
+    # another installed sampler plugin does not change the default set
+    local = udm.load_registry()
+
+    @udm.hookimpl
+    def udm_register_samplers(register):
+        register(udm.SamplerSpec("extra", S.invert, ("noise_posterior",), {}, "a third-party preset"))
+
+    local.add_plugin(types.SimpleNamespace(udm_register_samplers=udm_register_samplers), name="extra")
+    assert "extra" in udm.supported_samplers(corr, local)
+    again = check_corruption(corr, X0, registry=local, n=300, skip=("marginal", "joint"))
+    assert again.samplers == report_samplers == ["renoise", "invert", "refresh", "residual", "ode", "posterior"]
+    assert [r.name for r in again.results] == [r.name for r in first.results]
 
 
 # ------------------------------------------------------------- negative controls

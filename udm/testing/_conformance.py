@@ -130,17 +130,18 @@ def _as_skip(skip: Iterable[str] | Mapping[str, str]) -> dict[str, str]:
 
 def plan_check_names(corruption: Any, x0: Any = None, *, registry: Registry | None = None, samplers: Any = None,
                      sampler_options: Mapping | None = None, skip: Iterable[str] | Mapping[str, str] = (),
-                     **_: Any) -> list[str]:
+                     chains: list[list[float]] | None = None, **_: Any) -> list[str]:
     """The names of the checks :func:`check_corruption` would run (each at least once), in report order."""
     reg = registry or default_registry()
     plan = _plan(corruption, x0, time_type=None, reg=reg, samplers=samplers, sampler_options=sampler_options or {},
-                 seed=0, skip=_as_skip(skip), chains=[[0.7, 0.3]])
+                 seed=0, skip=_as_skip(skip), chains=chains if chains is not None else [[0.7, 0.3]])
+    single = any(len(ch) == 2 for ch in plan.chains)
     like = x0[:1] if x0 is not None else None
     names = list(plan.basics)
     for p in plan.samplers:
         for kind in ("marginal", "joint"):
             key = f"{kind}[{p.name}]"
-            if key in plan.skipped or (kind == "joint" and not joint_applies(p, corruption, like)):
+            if key in plan.skipped or (kind == "joint" and not (single and joint_applies(p, corruption, like))):
                 continue
             names.append(key)
     return names
