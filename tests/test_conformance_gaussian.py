@@ -126,3 +126,13 @@ def test_a_broken_corruption_is_reported(reg):
     with pytest.raises(AssertionError, match=r"(?s)conformance of 'leaky': FAILED .*\[FAIL\] t0_identity: forward at "
                                              r"t = 0 is not the identity"):
         assert_conforms(Leaky(), X0, registry=reg, samplers=["ddim"], n=500)
+
+
+def test_option_errors(reg):
+    corr = reg.create("corruption", "gaussian")
+    with pytest.raises(ValueError, match=r"check_corruption: skip must name checks \(shapes, .*\); got 'priro'\. "
+                                         r"Did you mean 'prior'"):
+        check_corruption(corr, X0, registry=reg, skip=("priro",))
+    with pytest.raises(ValueError, match=r"check_corruption: chains must be strictly decreasing lists of at least two "
+                                         r"times in \(0, 1\]; got \[0.3, 0.0\]\. End every chain above 0"):
+        check_corruption(corr, X0, registry=reg, chains=[[0.3, 0.0]])

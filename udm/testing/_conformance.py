@@ -9,6 +9,7 @@ installed; ``samplers="all"`` or a list of names widens or narrows the set.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import torch
 
 from .._registry import Registry, registry as default_registry
+from ..errors import did_you_mean
 from . import _checks as C
 from ._context import CheckResult, KitContext, time_tensor
 from ._features import default_features, delta_features, pair_features
@@ -33,6 +35,9 @@ PINNED_SAMPLERS = RULE_NAMES
 DEFAULT_SAMPLER_OPTIONS: dict[str, dict[str, Any]] = {"refresh": {"amount": 0.5}}
 #: checks that are statistical tests and share the false-alarm budget (the others are exact)
 _STATISTICAL = ("noise_posterior_law", "refresh_noise_preserves_q", "prior")
+#: every single check's name (sampler checks are "marginal[<sampler>]" and "joint[<sampler>]")
+CHECKS = ("shapes", "determinism", "t0_identity", "noise_posterior_explains_x_t", "noise_posterior_law",
+          "refresh_noise_preserves_q", "schedule_matches_forward", "prior")
 
 
 @dataclass
@@ -106,7 +111,7 @@ def _plan(corruption: Any, x0: Any, *, time_type: Any, reg: Registry, samplers: 
     basics.append("prior")
     plans, unsupported = _choose_samplers(corruption, reg, samplers, sampler_options)
     rng = torch.Generator().manual_seed(seed * 7919 + 17)
-    chain_list = [list(map(float, ch)) for ch in chains] if chains is not None else default_chains(time_type, rng)
+    chain_list = _check_chains(chains) if chains is not None else default_chains(time_type, rng)
     skipped = {}
     for name in [*basics, *(f"{k}[{p.name}]" for p in plans for k in ("marginal", "joint"))]:
         reason = _skip_reason(name, skip)
@@ -123,9 +128,24 @@ def _skip_reason(name: str, skip: Mapping[str, str]) -> str | None:
 
 
 def _as_skip(skip: Iterable[str] | Mapping[str, str]) -> dict[str, str]:
-    if isinstance(skip, Mapping):
-        return {str(k): str(v) for k, v in skip.items()}
-    return {str(k): "skipped by the caller" for k in skip}
+    out = ({str(k): str(v) for k, v in skip.items()} if isinstance(skip, Mapping)
+           else {str(k): "skipped by the caller" for k in skip})
+    for key in out:
+        if key not in CHECKS and key not in ("marginal", "joint") and not re.fullmatch(r"(marginal|joint)\[.+\]", key):
+            raise ValueError(f"check_corruption: skip must name checks ({', '.join(CHECKS)}, marginal, joint, "
+                             f"marginal[<sampler>], joint[<sampler>]); got {key!r}.{did_you_mean(key, CHECKS)}")
+    return out
+
+
+def _check_chains(chains: list[list[float]] | None) -> list[list[float]] | None:
+    if chains is None:
+        return None
+    out = [[float(v) for v in ch] for ch in chains]
+    for ch in out:
+        if len(ch) < 2 or any(b >= a for a, b in zip(ch, ch[1:])) or ch[-1] <= 0 or ch[0] > 1:
+            raise ValueError(f"check_corruption: chains must be strictly decreasing lists of at least two times in "
+                             f"(0, 1]; got {ch}. End every chain above 0 (the last step to 0 returns x0_hat itself).")
+    return out
 
 
 def plan_check_names(corruption: Any, x0: Any = None, *, registry: Registry | None = None, samplers: Any = None,
