@@ -1,6 +1,6 @@
 """The ``delete`` corruption: a length-changing forward process whose reverse process inserts tokens.
 
-Forward (MATH.md §2.6). Noise eps = u ~ U[0, 1) per token; with the deletion schedule tau(t)
+Forward (docs/explanation.md). Noise eps = u ~ U[0, 1) per token; with the deletion schedule tau(t)
 (tau(0) = 0, tau(1) = 1)
 
     F_t(x_0, u) = (x_0[i] for i in order if u_i >= tau(t)),     x_1 = the empty sequence,

@@ -1,4 +1,4 @@
-"""The ``replace`` corruption: Su's "edit model" (MATH.md §2.3), tokens replaced by *different* tokens.
+"""The ``replace`` corruption: Su's "edit model" (docs/explanation.md), tokens replaced by *different* tokens.
 
 Tokens ``LongTensor (batch, length)``, ids in [0, V). Noise (:class:`ReplaceNoise`): u ~ U[0, 1]^L (which positions)
 and offsets r ~ U{1, ..., V - 1}^L (what they become): a corrupted position l gets (x_0,l + r_l) mod V, always

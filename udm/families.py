@@ -1,4 +1,4 @@
-"""The q_theta(x_0 | x_t) families. The family of a corruption fixes the training loss (DESIGN.md §1)
+"""The q_theta(x_0 | x_t) families. The family of a corruption fixes the training loss (docs/explanation.md)
 and how x0_hat is read off the network's output at sampling time.
 
 =============  ===================================  ==================================================

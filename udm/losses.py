@@ -1,5 +1,5 @@
 """The training objective derived from the corruption: maximise log q_theta(x_0 | F_t(x_0, eps))
-over data, t and eps (DESIGN.md §1, MATH.md §1.4). The family fixes the per-sample loss."""
+over data, t and eps (docs/explanation.md). The family fixes the per-sample loss."""
 
 from __future__ import annotations
 
