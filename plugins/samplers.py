@@ -25,7 +25,7 @@ _PRESETS = (
     ("euler", "ode", {"solver": "euler"}, "probability-flow ODE, Euler"),
     ("heun", "ode", {"solver": "heun"}, "probability-flow ODE, Heun (2nd order)"),
     ("rk4", "ode", {"solver": "rk4"}, "probability-flow ODE, classic Runge-Kutta (4th order)"),
-    ("cold", "residual", {}, "Cold Diffusion improved sampling (Algorithm 2)"),
+    ("cold", "residual", {}, "Cold Diffusion Algorithm 2 when F is deterministic; equals invert when F inverts in eps"),
     ("naive", "renoise", {}, "Cold Diffusion naive sampling (Algorithm 1)"),
 )
 

@@ -116,9 +116,10 @@ def test_to_x0_keeps_visible_tokens():
 def test_conformance(reg, exact, schedule):
     c = MaskCorruption(4, schedule=schedule, exact_count=exact)
     x0 = torch.tensor([[0, 1, 2, 3, 3, 2, 1, 0]])
-    report = assert_conforms(c, x0, registry=reg, n=3000)
+    report = assert_conforms(c, x0, registry=reg, n=3000, samplers="all")
     names = {r.name for r in report.results}
-    assert {"marginal[invert]", "marginal[refresh]", "marginal[confidence]", "marginal[maskgit]"} <= names
+    assert {"marginal[invert]", "marginal[refresh]", "marginal[confidence]", "marginal[maskgit]", "joint[invert]",
+            "joint[refresh]", "prior", "noise_posterior_law", "refresh_noise_preserves_q"} <= names
 
 
 @pytest.mark.parametrize("exact", [False, True])

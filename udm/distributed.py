@@ -4,10 +4,13 @@
 :func:`setup` then joins the process group (``gloo`` on CPU, ``nccl`` on CUDA), and the runner
 
 * wraps the network in ``DistributedDataParallel`` (gradients averaged over ranks after backward);
-* shards the data: every rank draws the *same* global batch indices from the same data generator
-  and keeps its own contiguous slice of ``batch_size / world`` examples (a distributed sampler with
-  replacement), so the global batch equals a single process's batch for the same seed;
-* seeds each rank's noise/time generator with ``seed + 1000 * rank`` (per-rank generators);
+* shards the work, not the randomness: every rank draws the *same* global batch of ``batch_size``
+  indices and the same t and eps for all of it (equally seeded generators), and computes the loss on
+  its own contiguous slice of ``batch_size / world`` examples. The averaged gradient is then the
+  gradient of the single-process loss on the same global batch, so a run on N processes trains like
+  one process with the same ``batch_size`` and seed, up to float summation order;
+* seeds torch's, numpy's and python's *global* RNGs with ``seed + 1000 * rank`` (user code such as
+  dropout draws differently per rank);
 * lets rank 0 alone write the run directory; checkpoints hold every rank's RNG states.
 """
 

@@ -195,9 +195,10 @@ def _run(exp: Experiment, d: distributed.Dist, device: torch.device, run: dict[s
     steps, batch_size = train_cfg.pop("steps"), train_cfg.pop("batch_size")
     distributed.check_batch(batch_size, d)
     params = schema_of(Trainer).params
-    trainer = Trainer(network, corruption, time_type, seed=run["seed"] + distributed.RANK_SEED_STRIDE * d.rank,
-                      device=device, **{k: coerce(v, params[k].annotation) for k, v in train_cfg.items()})
-    trainer.data_generator.manual_seed(run["seed"] + 1)  # the same global batches on every rank
+    # every rank seeds the batch and the noise/time generators alike: each draws the global batch and its
+    # noise exactly as one process would, and trains on its own slice (see udm.distributed)
+    trainer = Trainer(network, corruption, time_type, seed=run["seed"], device=device,
+                      **{k: coerce(v, params[k].annotation) for k, v in train_cfg.items()})
     trainer.shard = (d.rank, d.world)
     trainer.loss_network = distributed.wrap(trainer.network, d, device)
     log = _runlog.open_log(run["log"], run_dir, d.is_main)
@@ -209,8 +210,8 @@ def _run(exp: Experiment, d: distributed.Dist, device: torch.device, run: dict[s
     if d.is_main:
         (run_dir / "config.yaml").write_text(yaml.safe_dump(exp.resolved(data_shape, vocab), sort_keys=False))
     try:
-        losses, seconds = _train(exp, trainer, corruption, data, steps, batch_size // d.world, run, run_dir, log, d,
-                                 device, progress, data_shape)
+        losses, seconds = _train(exp, trainer, corruption, data, steps, batch_size, run, run_dir, log, d, device,
+                                 progress, data_shape)
         result = RunResult(run_dir, trainer.step, losses, seconds=seconds)
         if d.is_main:
             if run["plots"]:
@@ -260,7 +261,7 @@ def _save(trainer: Trainer, corruption: Any, run: dict[str, Any], run_dir: Path,
     distributed.barrier(d)
 
 
-def _train(exp: Experiment, trainer: Trainer, corruption: Any, data: torch.Tensor, steps: int, local_batch: int,
+def _train(exp: Experiment, trainer: Trainer, corruption: Any, data: torch.Tensor, steps: int, batch_size: int,
            run: dict[str, Any], run_dir: Path, log: _runlog.RunLog, d: distributed.Dist, device: torch.device,
            progress: bool | None, data_shape: list[int]) -> tuple[list[float], float]:
     every, log_every, losses, window = run["checkpoint_every"], run["log_every"], [], []
@@ -268,7 +269,7 @@ def _train(exp: Experiment, trainer: Trainer, corruption: Any, data: torch.Tenso
     with progress_bar(steps, "train", enabled=progress if d.is_main else False, start=trainer.step) as bar:
         while trainer.step < steps:
             try:
-                loss = trainer.train_step(trainer.next_batch(data, local_batch))
+                loss = trainer.train_step(trainer.next_batch(data, batch_size))
             except FloatingPointError as exc:
                 last = checkpoint.latest_checkpoint(run_dir / "checkpoints")
                 kept = f"The last good checkpoint is {str(last)!r}; it is intact" if last else "No checkpoint was written"

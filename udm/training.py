@@ -86,7 +86,7 @@ class Trainer:
         #: fp16 only: scales the loss so that small gradients survive (a pass-through otherwise)
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         self.loss_network = self.network
-        #: ``(rank, world)``: :meth:`next_batch` keeps this rank's slice of the global batch
+        #: ``(rank, world)``: :meth:`train_step` computes the loss on this rank's slice of the global batch
         self.shard: tuple[int, int] = (0, 1)
 
     @property
@@ -100,19 +100,21 @@ class Trainer:
         self._loss_network = accelerate(module, precision=self.precision, compile=self.compile,
                                         where="train.precision")
 
+    def batch_indices(self, n: int, batch_size: int) -> torch.Tensor:
+        """``batch_size`` indices into ``n`` examples, uniform with replacement (explicit CPU generator)."""
+        return torch.randint(n, (batch_size,), generator=self.data_generator)
+
     def next_batch(self, data: torch.Tensor, batch_size: int) -> torch.Tensor:
-        """Draw ``batch_size`` examples uniformly with replacement (explicit CPU generator)."""
-        idx = torch.randint(len(data), (batch_size,), generator=self.data_generator)
-        rank, world = self.shard
-        if world > 1:  # every rank draws the same global indices and keeps its own contiguous slice
-            idx = idx.tensor_split(world)[rank]
-        return data[idx].to(self.device, non_blocking=True)
+        """The *global* batch of ``batch_size`` examples. Every rank of a multi-process run draws the same
+        indices (equally seeded data generators); :meth:`train_step` keeps this rank's slice."""
+        return data[self.batch_indices(len(data), batch_size)].to(self.device, non_blocking=True)
 
     def train_step(self, x0: torch.Tensor) -> float:
-        """One AdamW step on the batch ``x0``; returns the loss (raises on a non-finite loss)."""
+        """One AdamW step on the global batch ``x0`` (the loss on this rank's slice, see :attr:`shard`);
+        returns this rank's loss (raises on a non-finite loss)."""
         if not self.network.training:  # once, not every step (train() walks every submodule)
             self.network.train()
-        out = diffusion_loss(self.loss_network, self.corruption, self.time_type, x0, self.generator)
+        out = diffusion_loss(self.loss_network, self.corruption, self.time_type, x0, self.generator, shard=self.shard)
         loss = float(out.loss.detach())
         if not math.isfinite(loss):
             raise FloatingPointError(
