@@ -14,7 +14,7 @@ import math
 import torch
 
 import udm
-from udm.affine import AffineSchedule
+from udm import AffineSchedule
 
 
 # ---------------------------------------------------------------- the affine Gaussian corruption

@@ -110,7 +110,7 @@ def test_blur_refuses_singular_targets():
 
 @pytest.mark.parametrize("time_type", [Discrete(100), Continuous()], ids=["discrete", "continuous"])
 def test_blur_ddpm_passes_the_marginal_check(time_type):
-    c = BlurCorruption(blur="sin2", blur_max=2.0, noise="linear", sigma=0.2)
+    c = BlurCorruption(blur="sin2", noise="linear", sigma=0.2)
     x0 = images(1, 1, 4, 4, seed=7)
     c.fit(images(8, 1, 4, 4, seed=8))
     assert_conforms(c, x0, time_type=time_type, n=1500, samplers=["ddpm", "posterior"])
@@ -118,7 +118,8 @@ def test_blur_ddpm_passes_the_marginal_check(time_type):
 
 # ------------------------------------------------------------------- a coloured-noise instance
 class Coloured(udm.LinearGaussian):
-    """Heat dissipation with frequency-dependent noise: s_ij(t) = t (1 + lambda_ij)^(-1/2) (pink-ish)."""
+    """Heat dissipation with frequency-dependent noise: a_ij(t) = cos(pi t / 2) exp(-0.3 lambda_ij t),
+    s_ij(t) = sin(pi t / 2) (1 + lambda_ij)^(-1/2) (pink-ish); a(1) = 0, so the default prior is exact."""
 
     name = "coloured"
     basis = DCT2()
@@ -130,8 +131,8 @@ class Coloured(udm.LinearGaussian):
     def amplitudes(self, t, shape):
         lam = heat_frequencies(*shape[-2:])
         a = torch.exp(-lam[None] * 0.3 * t[:, None, None])[:, None]
-        s = t[:, None, None, None] * (1 + lam)[None, None].rsqrt()
-        return torch.sqrt(1 - 0.5 * t)[:, None, None, None] * a, s
+        s = torch.sin(t * math.pi / 2)[:, None, None, None] * (1 + lam)[None, None].rsqrt()
+        return torch.cos(t * math.pi / 2)[:, None, None, None] * a, s
 
 
 def test_coloured_noise_instance_conforms_and_has_the_exact_posterior():

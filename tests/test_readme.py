@@ -79,7 +79,7 @@ def test_the_setup_installs_every_distribution_the_tests_import():
     installed |= {_requirement_name(r) for e in extras for r in project["optional-dependencies"][e]}
     installed |= {"udm", "udm-pixelate"}  # the project itself and ./examples/udm-pixelate
     optional = {"tensorboard"}  # imported only after pytest.importorskip; CI installs the extra
-    local = {"udm", "conftest", "udm_pixelate"}
+    local = {"udm", "conftest", "udm_pixelate"} | {f.stem for f in (ROOT / "tests").glob("*.py")}  # test helpers
     dists = packages_distributions()
     files = sorted((ROOT / "tests").glob("*.py")) + sorted((ROOT / "examples" / "udm-pixelate" / "tests").glob("*.py"))
     needed = {}

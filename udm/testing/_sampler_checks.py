@@ -12,9 +12,10 @@ renoise                    (F_t(x_0, eps), F_s(x_0, eps')), eps, eps' independen
 invert, residual, ode      (F_t(x_0, eps), F_s(x_0, eps)), the same eps (and equal to it row by
                            row when the noise posterior is a point mass; ode: up to its solver)
 refresh(amount a)          (F_t(x_0, eps), F_s(x_0, refresh_noise(eps, a)))
-refresh(eta), posterior    with an affine ``schedule``: x_s | x_t Gaussian with the closed-form
-                           mean and variance (DDIM-eta; Ho et al. eq. 7 for any s < t)
-posterior, no schedule     a dependence statistic: the pairs must not look independent
+refresh(eta), posterior    linear-Gaussian corruptions (per basis coefficient) or an affine scalar
+                           ``schedule``: x_s | x_t Gaussian with the closed-form mean and variance
+                           (DDIM-eta; Ho et al. eq. 7 for any s < t)
+posterior, otherwise       a dependence statistic: the pairs must not look independent
 =========================  ===================================================================
 """
 
@@ -62,7 +63,16 @@ class SamplerPlan:
     exact: bool  #: exact_marginals: one step maps p(x_t|x_0) to p(x_s|x_0) exactly
 
 
+def _linear_gaussian(c: Any, like: Any) -> bool:
+    from ..corruption import capabilities
+
+    return isinstance(like, torch.Tensor) and "linear_gaussian" in capabilities(c)
+
+
 def _scalar_schedule(c: Any, like: Any) -> bool:
+    """Whether the closed form of a step is known: a linear-Gaussian corruption, or a scalar ``schedule``."""
+    if _linear_gaussian(c, like):
+        return True
     if not callable(getattr(c, "schedule", None)) or not isinstance(like, torch.Tensor):
         return False
     try:
@@ -178,7 +188,7 @@ def _joint(ctx: KitContext, plan: SamplerPlan, chain: list[float], i: int, alpha
     pa = ctx.pair_feats(x_t, x_s, xn, f"j{i}")
     pb = ctx.pair_feats(ref[0], ref[2], xn, f"j{i}")
     w = worst_ks(pa, pb, alpha)
-    if plan.kind == "posterior":  # no schedule: only "x_s depends on x_t" can be asked for
+    if plan.kind == "posterior":  # no closed form known: only "x_s depends on x_t" can be asked for
         rejected = not w.passed
         return CheckResult(name, rejected,
                            f"{label}: dependence on x_t: (x_t, x_s) pairs vs independent pairs (F_t(x_0, eps), "
@@ -193,9 +203,16 @@ def _closed_form(ctx: KitContext, plan: SamplerPlan, chain: list[float], x_t, x_
     coordinates) and uncorrelated with the noise of x_t (z-test)."""
     c, xn = ctx.corruption, ctx.xn
     name, label = f"joint[{plan.name}]", _times_text(chain)
-    st, ss = c.schedule(time_tensor(chain[0], xn)), c.schedule(time_tensor(chain[-1], xn))
-    a_t, s_t, a_s, s_s = (v.double().reshape(-1, 1) for v in (st.alpha, st.sigma, ss.alpha, ss.sigma))
-    x0, xt, xs = (v.reshape(len(xn), -1).double() for v in (xn, x_t, x_s))
+    if _linear_gaussian(c, xn):  # per basis coefficient: (B x_t)_k = a_k (B x_0)_k + s_k eps_k
+        flat = (1, -1)
+        mt, ms = (c.marginal(time_tensor(v, xn)[:1], xn) for v in (chain[0], chain[-1]))
+        a_t, s_t, a_s, s_s = (v.expand(1, *xn.shape[1:]).reshape(flat).double()
+                              for v in (mt.a64, mt.s64, ms.a64, ms.s64))
+        x0, xt, xs = (c.to_basis(v.double()).reshape(len(xn), -1) for v in (xn, x_t, x_s))
+    else:
+        st, ss = c.schedule(time_tensor(chain[0], xn)), c.schedule(time_tensor(chain[-1], xn))
+        a_t, s_t, a_s, s_s = (v.double().reshape(-1, 1) for v in (st.alpha, st.sigma, ss.alpha, ss.sigma))
+        x0, xt, xs = (v.reshape(len(xn), -1).double() for v in (xn, x_t, x_s))
     e_t = (xt - a_t * x0) / s_t
     if plan.kind == "posterior":
         a_ts = a_t / a_s
