@@ -25,7 +25,7 @@ from typing import Any
 
 import pluggy
 
-from . import hookspecs
+from . import _validate, hookspecs
 from .errors import ConfigError, PluginError, UnknownPluginError, did_you_mean
 
 __all__ = ["PluginInfo", "Registry", "load_registry", "registry", "list_plugins"]
@@ -79,6 +79,8 @@ class Registry:
         self._pm = pluggy.PluginManager(hookspecs.PROJECT)
         self._pm.add_hookspecs(hookspecs)
         self._table: dict[str, dict[str, _Entry]] = {k: {} for k in hookspecs.KINDS}
+        #: the plugin switches this registry was loaded with (named in "not found" errors)
+        self.settings: dict[str, str] = {}
         self._conflicts: dict[tuple[str, str], str] = {}
 
     # ------------------------------------------------------------------ lookup
@@ -113,9 +115,9 @@ class Registry:
     def create(self, kind: str, name: str, /, **kwargs: Any) -> Any:
         """Call the registered factory (class or function) ``name`` with ``kwargs``."""
         factory = self.get(kind, name)
-        if kind == "sampler":
-            raise PluginError(f"sampler {name!r}: create() must be used for factories; got a sampler, which is a "
-                              f"function, not a factory. Use registry.get('sampler', {name!r}) and call it.")
+        if not hookspecs.KINDS[kind].factory:
+            raise PluginError(f"{kind} {name!r}: create() must be used for factories; got a {kind}, which is not "
+                              f"built from keywords. Use registry.get({kind!r}, {name!r}) and call it.")
         try:
             sig = inspect.signature(factory)
         except (TypeError, ValueError):  # builtins without a signature: let the call report
@@ -129,6 +131,7 @@ class Registry:
             hint = did_you_mean(unknown[0], valid) if unknown else ""
             raise ConfigError(f"{kind} {name!r}: keyword arguments must match its signature {sig}; got {exc}. "
                               f"Valid keys: {', '.join(valid) or '(none)'}.{hint}") from None
+        _validate.check_factory_kwargs(f"{kind} {name!r}", factory, kwargs)
         return factory(**kwargs)
 
     def _kind(self, kind: str) -> dict[str, _Entry]:
@@ -155,12 +158,12 @@ class Registry:
             self._pm.check_pending()
         except pluggy.PluginValidationError as exc:
             self._pm.unregister(plugin)
-            known = ", ".join(hookspecs.HOOK_OF_KIND.values())
-            hint = "".join(did_you_mean(a, hookspecs.HOOK_OF_KIND.values()) for a in dir(plugin)
-                           if a.startswith("udm_") and a not in hookspecs.HOOK_OF_KIND.values())
-            self._fail(info, f"{exc}. Hooks must be one of: {known}.{hint}")
+            hooks = [k.hook for k in hookspecs.KINDS.values()]
+            hint = "".join(did_you_mean(a, hooks) for a in dir(plugin) if a.startswith("udm_") and a not in hooks)
+            self._fail(info, f"{exc}. Hooks must be one of: {', '.join(hooks)}.{hint}")
             return info
-        for kind, hook_name in hookspecs.HOOK_OF_KIND.items():
+        for kind, spec in hookspecs.KINDS.items():
+            hook_name = spec.hook
             for impl in getattr(self._pm.hook, hook_name).get_hookimpls():
                 if impl.plugin is not plugin:
                     continue
@@ -177,7 +180,7 @@ class Registry:
         for attr in dir(plugin):
             if attr.startswith("udm_") and callable(getattr(plugin, attr, None)):
                 fn = getattr(plugin, attr)
-                if not hasattr(fn, hookspecs.PROJECT + "_impl") and attr in hookspecs.HOOK_OF_KIND.values():
+                if not hasattr(fn, hookspecs.PROJECT + "_impl") and hookspecs.kind_of_hook(attr) is not None:
                     raise PluginError(f"{attr} is not marked with @udm.hookimpl; add the decorator")
 
     def _registrar(self, kind: str, hook_name: str, info: PluginInfo) -> Callable[..., Any]:
@@ -188,7 +191,7 @@ class Registry:
                     f"{info.label}, {hook_name}: register() needs a name; got {obj!r} without one. "
                     f"Pass register(obj, name='...') or give the object a `name` attribute."
                 )
-            _validate(kind, key, obj, info, hook_name)
+            _check_contract(kind, key, obj, info, hook_name)
             table = self._table[kind]
             if key in info.registered.get(kind, []):
                 raise PluginError(f"{kind} {key!r}: names must be registered once per plugin; got a second "
@@ -228,36 +231,23 @@ class Registry:
             )
 
 
-def _validate(kind: str, key: str, obj: Any, info: PluginInfo, hook_name: str) -> None:
-    required = {
-        "corruption": ("sample_noise", "forward", "sample_prior"),
-        "time": ("sample_train", "grid", "encode"),
-        "sampler": ("rule", "supports"),
-    }.get(kind, ())
-    missing = [m for m in required if not hasattr(obj, m)]
+def _check_contract(kind: str, key: str, obj: Any, info: PluginInfo, hook_name: str) -> None:
+    spec = hookspecs.KINDS[kind]
+    missing = [m for m in spec.required if not hasattr(obj, m)]
     if missing:
         raise PluginError(
-            f"{info.label}, {hook_name}: {kind} {key!r} must provide {', '.join(required)}; "
+            f"{info.label}, {hook_name}: {kind} {key!r} must provide {', '.join(spec.required)}; "
             f"missing {', '.join(missing)}. See the {kind} contract in udm's reference docs."
         )
-    if not required and not callable(obj):
+    if spec.must_be_callable and not callable(obj):
         raise PluginError(f"{info.label}, {hook_name}: {kind} {key!r} must be callable; got {obj!r}.")
     _check_signatures(kind, key, obj, info, hook_name)
-
-
-#: positional parameters each contract method must accept (DESIGN.md §3); optional ones only when present
-_SIGNATURES = {
-    "corruption": {"sample_noise": ("x0", "generator"), "forward": ("x0", "eps", "t"),
-                   "sample_prior": ("shape", "generator"), "noise_posterior": ("x_t", "x0", "t", "generator"),
-                   "refresh_noise": ("eps", "amount", "generator"), "posterior": ("x_t", "x0", "t", "s", "generator")},
-    "time": {"sample_train": ("batch", "generator"), "grid": ("steps",), "encode": ("t",)},
-}
 
 
 def _check_signatures(kind: str, key: str, obj: Any, info: PluginInfo, hook_name: str) -> None:
     """Reject a contract method that cannot be called with the contract's positional arguments."""
 
-    for method, params in _SIGNATURES.get(kind, {}).items():
+    for method, params in hookspecs.KINDS[kind].signatures.items():
         fn = getattr(obj, method, None)
         if not callable(fn):
             continue

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from . import _validate
 from ._registry import Registry, registry as default_registry
 from .denoiser import Denoiser
 from .errors import CapabilityError
@@ -56,6 +57,8 @@ def sample(model: torch.nn.Module | Callable[..., Any], corruption: Any, time_ty
     Returns:
         x0 samples of ``shape``.
     """
+    _validate.check_sample_args(model, corruption, time_type, shape=shape, sampler=sampler, steps=steps, spacing=spacing,
+                                generator=generator, family_options=family_options, options=options, registry=registry)
     spec = resolve_sampler(sampler, corruption, registry)
     if isinstance(model, torch.nn.Module):
         device = next(model.parameters()).device
