@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from udm import hookspecs
-from udm.config import REQUIRED, parse_config
+from udm.config import parse_config, required_sections
 from udm.experiment import Experiment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,7 +73,7 @@ def test_yaml_experiments_validate(reg):
     for page in PAGES:
         for line, text in code_blocks((DOCS / page).read_text(), "yaml"):
             cfg = parse_config(text, f"docs/{page}:{line}")
-            if all(section in cfg for section in REQUIRED):
+            if all(section in cfg for section in required_sections()):
                 Experiment.from_dict(cfg, reg, f"docs/{page}:{line}")
                 checked += 1
     assert checked >= 2, "the tutorial and the publishing guide each show a complete experiment"

@@ -36,6 +36,7 @@ _EXPORTS = {
     "append_dims": "_tensor", "TimeCache": "_tensor",
     "UdmError": "errors", "ConfigError": "errors", "PluginError": "errors", "UnknownPluginError": "errors",
     "CapabilityError": "errors", "UdmWarning": "errors",
+    "Interval": "_schema",
 }
 
 __all__ = list(_EXPORTS)
@@ -61,6 +62,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # what type checkers and IDEs see
     from . import affine, nn, samplers
     from ._registry import PluginInfo, Registry, list_plugins, load_registry, registry
+    from ._schema import Interval
     from ._tensor import TimeCache, append_dims
     from .api import resolve_sampler, sample, supported_samplers
     from .corruption import Corruption, GaussianNoise, capabilities

@@ -19,7 +19,7 @@ import torch
 from . import _validate
 from .errors import ConfigError, UdmError
 
-__all__ = ["Built", "build", "sanity_check", "SANITY_BATCH", "SANITY_STEPS"]
+__all__ = ["Built", "build", "fit", "sanity_check", "SANITY_BATCH", "SANITY_STEPS"]
 
 #: examples and sampler steps of the sanity run
 SANITY_BATCH, SANITY_STEPS = 2, 2
@@ -46,13 +46,19 @@ def build(exp: Any, seed: int, device: torch.device) -> Built:
     """Load and check the data, then build the corruption, time type and network (on ``device``)."""
     where = _data_where(exp)
     data = exp.build_data()
-    _validate.check_data_shape(data, where)
+    _validate.check_data(data, exp.registry.get("corruption", exp.config["corruption"]["name"]), where)
     tokens = getattr(data, "tokens", data)
     vocab = int(tokens.max()) + 1 if not tokens.is_floating_point() and tokens.numel() else None
     data_shape = list(data.shape[1:])
     corruption, time_type, network = exp.build(data_shape, vocab, seed)
-    _validate.check_data(data, corruption, where)
     return Built(data, data_shape, vocab, corruption, time_type, network.to(device))
+
+
+def fit(exp: Any, b: Built) -> None:
+    """Fit the corruption's statistics on the data (a resumed run restores the saved ones afterwards)."""
+    if callable(getattr(b.corruption, "fit", None)):
+        _attempt(f"{exp.source}: corruption", "fit the corruption's statistics on the data",
+                 lambda: b.corruption.fit(b.data), "Check that the data suits the corruption")
 
 
 def sanity_check(exp: Any, b: Built, device: torch.device) -> None:
@@ -65,6 +71,10 @@ def sanity_check(exp: Any, b: Built, device: torch.device) -> None:
     options = {k: v for k, v in cfg.items() if k not in own}
     x0 = b.data[torch.arange(min(SANITY_BATCH, len(b.data)))].to(device)
     g = torch.Generator(device=device).manual_seed(0)
+    _validate.check_sample_args(b.network, b.corruption, b.time_type, shape=(len(x0), *b.data_shape),
+                                sampler=cfg["sampler"], steps=cfg["steps"], spacing=cfg["spacing"], generator=g,
+                                family_options=cfg.get("family_options"), options=options, registry=exp.registry,
+                                where=f"{src}: sample")
     training = b.network.training
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
         try:

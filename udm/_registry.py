@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib.metadata as metadata
 import inspect
 import os
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +27,7 @@ from typing import Any
 import pluggy
 
 from . import _validate, hookspecs
-from .errors import ConfigError, PluginError, UnknownPluginError, did_you_mean
+from .errors import ConfigError, PluginError, UdmWarning, UnknownPluginError, did_you_mean
 
 __all__ = ["PluginInfo", "Registry", "load_registry", "registry", "list_plugins"]
 
@@ -103,9 +104,32 @@ class Registry:
                 ) + "."
             raise UnknownPluginError(
                 f"{kind} {name!r}: name must be a registered {kind}; got {name!r}. "
-                f"Available: {available}.{did_you_mean(name, table)}{note}"
+                f"Available: {available}.{did_you_mean(name, table)}{note}{self._switch_note()}"
             )
         return table[name].obj
+
+    def _switch_note(self) -> str:
+        """What the plugin switches in effect hid, for "not found" errors."""
+        if not self.settings:
+            return ""
+        set_ = ", ".join(f"{k}={v}" for k, v in self.settings.items())
+        return (f" Plugin loading was restricted by {set_}; unset {'it' if len(self.settings) == 1 else 'them'} "
+                f"to load every installed plugin.")
+
+    def supports(self, sampler: str, corruption: Any) -> bool:
+        """Whether the sampler ``sampler`` can run on ``corruption``; a plugin failing to answer (a raising
+        ``supports()`` or capability property) is a :class:`PluginError` naming its distribution."""
+        spec = self.get("sampler", sampler)
+        try:
+            return bool(spec.supports(corruption))
+        except Exception as exc:  # the sampler's or the corruption's plugin code
+            cname = getattr(type(corruption), "name", type(corruption).__name__)
+            providers = [self.provider("sampler", sampler).label]
+            if isinstance(cname, str) and cname in self._table["corruption"]:
+                providers.append(self.provider("corruption", cname).label)
+            raise PluginError(f"sampler {sampler!r}: supports(corruption {cname!r}) must answer; got "
+                              f"{type(exc).__name__}: {exc}. The fault is in {' or '.join(providers)}: fix or "
+                              f"block it with UDM_BLOCK_PLUGINS.") from None
 
     def provider(self, kind: str, name: str) -> PluginInfo:
         """The plugin that registered ``name``."""
@@ -169,7 +193,9 @@ class Registry:
                     continue
                 try:
                     impl.function(register=self._registrar(kind, hook_name, info))
-                except Exception as exc:
+                except BaseException as exc:  # sys.exit() or a BaseException in a plugin is isolated too
+                    if isinstance(exc, KeyboardInterrupt):
+                        raise
                     self._pm.unregister(plugin)
                     self._rollback(info)
                     self._fail(info, f"{hook_name} raised {type(exc).__name__}: {exc}")
@@ -289,6 +315,9 @@ def load_registry(entry_points: Iterable[Any] | None = None, *, strict: bool | N
     block_set = set(block) if block is not None else (_env_list("UDM_BLOCK_PLUGINS") or set())
     autoload = (not _env_flag("UDM_DISABLE_PLUGIN_AUTOLOAD")) if autoload is None else autoload
     reg = Registry(strict=strict)
+    reg.settings = {k: v for k, v in (("UDM_DISABLE_PLUGIN_AUTOLOAD", None if autoload else "1"),
+                                      ("UDM_PLUGINS", ",".join(sorted(only_set)) if only_set is not None else None),
+                                      ("UDM_BLOCK_PLUGINS", ",".join(sorted(block_set)) or None)) if v is not None}
     if not autoload:
         return reg
     eps = _entry_points() if entry_points is None else list(entry_points)
@@ -306,13 +335,28 @@ def load_registry(entry_points: Iterable[Any] | None = None, *, strict: bool | N
             continue
         try:
             plugin = ep.load()
-        except Exception as exc:
+        except BaseException as exc:  # sys.exit() or a BaseException at import is isolated too
+            if isinstance(exc, KeyboardInterrupt):
+                raise
             info = PluginInfo(name=ep.name, distribution=dist, version=version, value=getattr(ep, "value", ""))
             reg.plugins.append(info)
             reg._fail(info, f"import failed: {type(exc).__name__}: {exc}")
             continue
         reg.add_plugin(plugin, name=ep.name, distribution=dist, version=version, value=getattr(ep, "value", ""))
+    _warn_unmatched(eps, dist_of, only_set, block_set)
     return reg
+
+
+def _warn_unmatched(eps: list[Any], dist_of: Callable[[Any], tuple[str, str]], only: set[str] | None,
+                    block: set[str]) -> None:
+    """A name in UDM_PLUGINS / UDM_BLOCK_PLUGINS that matches no installed entry point or distribution is
+    almost always a typo (and a block that silently blocks nothing): say so."""
+    known = sorted({ep.name for ep in eps} | {dist_of(ep)[0] for ep in eps})
+    for var, names in (("UDM_PLUGINS", only or set()), ("UDM_BLOCK_PLUGINS", block)):
+        for name in sorted(set(names) - set(known)):
+            warnings.warn(f"{var}: every name must be an installed entry point or distribution; got {name!r}, which "
+                          f"matches none.{did_you_mean(name, known)} Installed: {', '.join(known) or '(none)'}.",
+                          UdmWarning, stacklevel=3)
 
 
 _DEFAULT: Registry | None = None

@@ -143,11 +143,10 @@ def _device_of(model: Any) -> torch.device | None:
 
 def check_sample_args(model: Any, corruption: Any, time_type: Any, *, shape: Any, sampler: Any, steps: Any,
                       spacing: Any, generator: Any, family_options: Any, options: Mapping[str, Any],
-                      registry: Any = None) -> None:
-    """What :func:`udm.sample` needs from its arguments (see its docstring)."""
+                      registry: Any = None, where: str = "udm.sample") -> None:
+    """What :func:`udm.sample` needs from its arguments (see its docstring); ``where`` names the caller."""
     from .hookspecs import KINDS
 
-    where = "udm.sample"
     if not callable(model):
         raise ConfigError(f"{where}: model must be a torch.nn.Module or a denoiser (x_t, t, generator) -> x0_hat; got "
                           f"{type(model).__name__}. Pass the trained network (e.g. run.ema).")
@@ -170,7 +169,7 @@ def check_sample_args(model: Any, corruption: Any, time_type: Any, *, shape: Any
     _check_generator(where, generator, _device_of(model))
     spec = _spec_of(sampler, registry)
     rule = schema_of(spec.rule, skip=KINDS["sampler"].supplied)
-    check_keys(f"{where}: sampler {spec.name!r} option", dict(options), rule, python=True)
+    check_keys(f"{where}: sampler {spec.name!r}: option", dict(options), rule, python=True)
     _check_family_options(where, corruption, family_options)
 
 
@@ -219,8 +218,12 @@ def _check_family_options(where: str, corruption: Any, family_options: Any) -> N
                           f"{family_options!r}. E.g. family_options={{'temperature': 0.8}}.")
     family = getattr(corruption, "family", None)
     if isinstance(family, str) and family in FAMILIES:
-        check_keys(f"{where}: family_options of the {family!r} family", dict(family_options),
-                   schema_of(FAMILIES[family]), python=True)
+        schema = schema_of(FAMILIES[family])
+        if family_options and not schema.params and not schema.open:
+            raise ConfigError(f"{where}.family_options: the keys must be options of the q_theta family {family!r}, "
+                              f"which takes none; got {sorted(family_options)}. Remove family_options (only some "
+                              f"families take options, e.g. categorical: temperature, top_k, top_p, greedy).")
+        check_keys(f"{where}.family_options", dict(family_options), schema, python=True)
 
 
 def check_train_args(network: Any, corruption: Any, time_type: Any, data: Any, *, steps: Any, batch_size: Any,

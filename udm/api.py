@@ -19,7 +19,7 @@ __all__ = ["sample", "supported_samplers", "resolve_sampler"]
 def supported_samplers(corruption: Any, registry: Registry | None = None) -> list[str]:
     """Names of the registered samplers whose required capabilities ``corruption`` offers."""
     reg = registry or default_registry()
-    return [n for n in reg.names("sampler") if reg.get("sampler", n).supports(corruption)]
+    return [n for n in reg.names("sampler") if reg.supports(n, corruption)]
 
 
 def resolve_sampler(name: str | SamplerSpec, corruption: Any, registry: Registry | None = None) -> SamplerSpec:

@@ -23,15 +23,24 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Iterator, Sequence
 
 from .errors import CapabilityError, ConfigError, PluginError, UdmWarning, UnknownPluginError
 
-__all__ = ["main"]
+__all__ = ["main", "exit_code"]
 
 USAGE_ERRORS = (ConfigError, UnknownPluginError, CapabilityError)
+
+
+def exit_code(exc: BaseException) -> int:
+    """The exit status for an exception: 2 configuration/usage/plugin errors, 130 Ctrl-C, 1 anything else."""
+    if isinstance(exc, (*USAGE_ERRORS, PluginError)):
+        return 2
+    return 130 if isinstance(exc, KeyboardInterrupt) else 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -90,6 +99,35 @@ def _warnings_as_lines(command: str) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Hold Ctrl-C while torch, numpy and the plugins are imported, then raise it.
+
+    An interrupt that lands inside those imports can be swallowed by C code (torch's numpy set-up catches
+    any exception) and leave a half-imported module behind that fails later in strange ways; deferring it
+    by the second or so the imports take keeps them whole, and the command still exits 130 right after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
+def _start_up() -> None:
+    """Import everything a command needs and load the plugins (under :func:`_sigint_deferred`)."""
+    from . import experiment, sampling  # noqa: F401 - torch, numpy, safetensors, yaml
+    from ._registry import registry
+
+    with contextlib.redirect_stdout(sys.stderr):  # what plugins print at import never mixes with our output
+        registry()
+
+
 def _dispatch(args: argparse.Namespace) -> None:
     if args.command == "plugins":
         _plugins(args.json)
@@ -131,23 +169,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     try:
         with _warnings_as_lines(args.command):
+            with _sigint_deferred():
+                _start_up()
             _dispatch(args)
     except USAGE_ERRORS as exc:
         print(f"udm {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return exit_code(exc)
     except PluginError as exc:
         print(f"udm {args.command}: plugin error: {exc}", file=sys.stderr)
-        return 2
+        return exit_code(exc)
     except KeyboardInterrupt as exc:
         run_dir = getattr(exc, "run_dir", None)
         where = f": {exc}" if run_dir is not None else ""
         again = (f" Resume with: udm {args.command} {args.config} --resume --out {run_dir}"
                  + "".join(f" --set {o}" for o in args.overrides) if run_dir is not None else "")
         print(f"udm {args.command}: interrupted{where}{again}", file=sys.stderr)
-        return 130
+        return exit_code(exc)
     except Exception as exc:  # runtime failure: message first, no traceback unless UDM_DEBUG
         if os.environ.get("UDM_DEBUG"):
             raise
         print(f"udm {args.command}: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+        return exit_code(exc)
     return 0

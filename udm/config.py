@@ -28,17 +28,29 @@ from ._registry import Registry
 from ._schema import Param, Schema, schema_of
 from ._validate import check_keys
 from .errors import ConfigError, UnknownPluginError, did_you_mean
-from .hookspecs import KINDS, PluginKind
+from . import hookspecs
+from .hookspecs import PluginKind
 
 __all__ = ["load_config", "parse_config", "apply_overrides", "validate", "plugin_schema", "sampler_schema",
-           "SECTIONS", "REQUIRED", "PLUGIN_SECTIONS"]
+           "plugin_sections", "sections", "required_sections", "OPTION_SECTIONS"]
 
-#: section -> its plugin kind, for every kind configured by a ``{name: ..., keywords}`` section
-PLUGIN_SECTIONS: dict[str, PluginKind] = {k.section: k for k in KINDS.values() if k.section is not None}
 #: section -> the options dataclass its keys are checked against
 OPTION_SECTIONS = {"train": TrainOptions, "sample": SampleOptions, "run": RunOptions}
-SECTIONS = (*PLUGIN_SECTIONS, "train", "sample", "eval", "run", "versions")
-REQUIRED = (*(s for s, k in PLUGIN_SECTIONS.items() if k.section_required), "train")
+
+
+def plugin_sections() -> dict[str, PluginKind]:
+    """Section -> its plugin kind, for every kind configured by a ``{name: ..., keywords}`` section."""
+    return {k.section: k for k in hookspecs.KINDS.values() if k.section is not None}
+
+
+def sections() -> tuple[str, ...]:
+    """Every top-level section an experiment may have."""
+    return (*plugin_sections(), "train", "sample", "eval", "run", "versions")
+
+
+def required_sections() -> tuple[str, ...]:
+    """The sections an experiment must have."""
+    return (*(s for s, k in plugin_sections().items() if k.section_required), "train")
 
 _DATA_FILE = {"file": Param("file", str)}
 
@@ -50,7 +62,7 @@ def parse_config(text: str, source: str = "<config>") -> dict[str, Any]:
     if cfg is None:
         cfg = {}
     if not isinstance(cfg, dict):
-        raise ConfigError(f"{source}: the top level must be a mapping of sections ({', '.join(SECTIONS)}); "
+        raise ConfigError(f"{source}: the top level must be a mapping of sections ({', '.join(sections())}); "
                           f"got {type(cfg).__name__}. Write `section: {{key: value}}` lines.")
     return cfg
 
@@ -103,7 +115,7 @@ def _check_keys(src: str, section: str, body: dict[str, Any], schema: Schema, op
 def plugin_schema(registry: Registry, kind: str, name: str) -> Schema:
     """The config keys of the plugin ``name`` of ``kind``: its options callable's keyword parameters
     (a dataset's ``seed`` included), less what udm supplies itself."""
-    spec = KINDS[kind]
+    spec = hookspecs.KINDS[kind]
     return schema_of(spec.options(registry.get(kind, name)), skip=spec.supplied)
 
 
@@ -114,7 +126,7 @@ def sampler_schema(registry: Registry, name: str) -> Schema:
 
 
 def _plugin_section(src: str, section: str, body: dict[str, Any], registry: Registry) -> None:
-    kind = PLUGIN_SECTIONS[section].name
+    kind = plugin_sections()[section].name
     if section == "data" and "file" in body:
         _check_keys(src, section, body, Schema(_DATA_FILE))
         if not Path(body["file"]).is_file():
@@ -125,26 +137,32 @@ def _plugin_section(src: str, section: str, body: dict[str, Any], registry: Regi
         _fail(src, f"{section}.name", "the key", f"given (a registered {kind})", None,
               f"Add name: <one of {', '.join(registry.names(kind)) or '(none installed)'}>.")
     name = body["name"]
-    if not isinstance(name, str) or name not in registry.names(kind):
-        names = registry.names(kind)
-        try:
-            registry.get(kind, str(name))
-        except UnknownPluginError as exc:  # keeps the note on plugins that failed to load
-            note = str(exc).split(". Available: ", 1)[-1]
-            raise ConfigError(f"{src}: {section}.name: the name must be a registered {kind}; got {name!r}. "
-                              f"Available: {note}") from None
-        _fail(src, f"{section}.name", "the name", f"a registered {kind}", name, f"Available: {', '.join(names)}.")
+    _registered(src, f"{section}.name", "the name", registry, kind, name)
     rest = {k: v for k, v in body.items() if k != "name"}
-    _check_keys(src, section, rest, plugin_schema(registry, kind, name), PLUGIN_SECTIONS[section].injected, kind)
+    _check_keys(src, section, rest, plugin_schema(registry, kind, name), plugin_sections()[section].injected, kind)
+
+
+def _registered(src: str, path: str, what: str, registry: Registry, kind: str, name: Any) -> None:
+    """``name`` must be registered for ``kind``; the error lists the alternatives and keeps the registry's
+    notes (plugins that failed to load, plugin switches in effect)."""
+    if isinstance(name, str) and name in registry.names(kind):
+        return
+    try:
+        registry.get(kind, str(name))
+    except UnknownPluginError as exc:
+        note = str(exc).split(". Available: ", 1)[-1]
+        raise ConfigError(f"{src}: {path}: {what} must be a registered {kind}; got {name!r}. Available: {note}") from None
+    _fail(src, path, what, f"a registered {kind} (a string)", name, f"Available: {', '.join(registry.names(kind))}.")
 
 
 def validate(cfg: dict[str, Any], registry: Registry, source: str = "<config>") -> dict[str, Any]:
     """Check every section and key; return the config with each section's defaults filled in."""
+    known = sections()
     for section in cfg:
-        if section not in SECTIONS:
-            _fail(source, section, "the section", f"one of {', '.join(SECTIONS)}", section,
-                  f"Remove or rename it.{did_you_mean(section, SECTIONS)}")
-    for section in REQUIRED:
+        if section not in known:
+            _fail(source, section, "the section", f"one of {', '.join(known)}", section,
+                  f"Remove or rename it.{did_you_mean(section, known)}")
+    for section in required_sections():
         if section not in cfg:
             _fail(source, section, "the section", "present", None, f"Add a `{section}:` mapping.")
     for section, body in cfg.items():
@@ -152,24 +170,18 @@ def validate(cfg: dict[str, Any], registry: Registry, source: str = "<config>") 
             cfg[section] = body = {}
         if not isinstance(body, dict):
             _fail(source, section, "the section", "a mapping of key: value", body, f"Write {section}: {{key: value}}.")
-    for section in PLUGIN_SECTIONS:
+    for section in plugin_sections():
         if section in cfg:
             _plugin_section(source, section, cfg[section], registry)
     _check_keys(source, "train", cfg["train"], schema_of(TrainOptions))
     sample = cfg.setdefault("sample", {})
-    sampler = sample.get("sampler", "invert")
-    if not isinstance(sampler, str) or sampler not in registry.names("sampler"):
-        names = registry.names("sampler")
-        _fail(source, "sample.sampler", "the name", "a registered sampler", sampler,
-              f"Available: {', '.join(names)}.{did_you_mean(str(sampler), names)}")
+    sampler = sample.get("sampler", SampleOptions.sampler)
+    _registered(source, "sample.sampler", "the name", registry, "sampler", sampler)
     _check_keys(source, "sample", sample, sampler_schema(registry, sampler))
     _check_spacing(source, sample.get("spacing", SampleOptions.spacing), registry, cfg["time"].get("name"))
     _check_keys(source, "run", cfg.setdefault("run", {}), schema_of(RunOptions))
     for metric, kwargs in cfg.setdefault("eval", {}).items():
-        if metric not in registry.names("metric"):
-            names = registry.names("metric")
-            _fail(source, f"eval.{metric}", "the key", "a registered metric", metric,
-                  f"Available: {', '.join(names)}.{did_you_mean(metric, names)}")
+        _registered(source, f"eval.{metric}", "the key", registry, "metric", metric)
         if kwargs is not None and not isinstance(kwargs, dict):
             _fail(source, f"eval.{metric}", "the value", "a mapping of the metric's keywords (or null)", kwargs,
                   f"Write {metric}: {{}}.")
@@ -203,7 +215,7 @@ def _plain(value: Any) -> bool:
 
 def _with_defaults(cfg: dict[str, Any], registry: Registry) -> dict[str, Any]:
     out = copy.deepcopy(cfg)
-    for section, kind in PLUGIN_SECTIONS.items():
+    for section, kind in plugin_sections().items():
         body = out.get(section)
         if body is not None and "name" in body:
             params = plugin_schema(registry, kind.name, body["name"]).params

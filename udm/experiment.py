@@ -35,7 +35,7 @@ from ._options import RunOptions, TrainOptions, fixed_on_resume
 from ._progress import Progress
 from ._registry import Registry, registry as default_registry
 from ._schema import coerce, schema_of
-from .config import PLUGIN_SECTIONS, load_config, validate
+from .config import load_config, plugin_sections, validate
 from .errors import ConfigError, UdmError
 from .training import Trainer
 
@@ -89,13 +89,13 @@ class Experiment:
     # --------------------------------------------------------------- building
     def _kwargs(self, section: str, skip: tuple[str, ...] = ("name",)) -> dict[str, Any]:
         body = self.config[section]
-        kind = PLUGIN_SECTIONS.get(section)
+        kind = plugin_sections().get(section)
         params = schema_of(self.registry.get(kind.name, body["name"])).params if kind and "name" in body else {}
         return {k: coerce(v, params[k].annotation) if k in params else v for k, v in body.items() if k not in skip}
 
     def _create(self, section: str, **kwargs: Any) -> Any:
         """Build the plugin a section names; a failure inside it names the section and its distribution."""
-        kind, name = PLUGIN_SECTIONS[section].name, self.config[section]["name"]
+        kind, name = plugin_sections()[section].name, self.config[section]["name"]
         try:
             return self.registry.create(kind, name, **kwargs)
         except UdmError as exc:
@@ -115,7 +115,7 @@ class Experiment:
 
     def _inject(self, section: str, data_shape: list[int] | None, vocab_size: int | None) -> dict[str, Any]:
         kw = self._kwargs(section)
-        kind = PLUGIN_SECTIONS[section]
+        kind = plugin_sections()[section]
         accepts = schema_of(self.registry.get(kind.name, self.config[section]["name"]))
         given = {"data_shape": data_shape, "vocab_size": vocab_size}
         for key in kind.injected:
@@ -139,8 +139,7 @@ class Experiment:
         _validate.check_device(self.config["run"]["device"], f"{self.source}: run.device")
         dev = torch.device(device or self.config["run"]["device"] or "cpu")
         built = _preflight.build(self, self.config["run"]["seed"], dev)
-        if callable(getattr(built.corruption, "fit", None)):
-            built.corruption.fit(built.data)
+        _preflight.fit(self, built)
         _preflight.sanity_check(self, built, dev)
         return built
 
@@ -153,14 +152,14 @@ class Experiment:
         """The config as run: defaults, injected shapes, and the versions of everything it names; a data
         file is written relative to ``run_dir`` (so that moving the project folder keeps the run valid)."""
         cfg = {k: dict(v) for k, v in self.config.items() if k != "versions"}
-        for section in ("model", "corruption"):
-            if "name" in cfg[section]:
+        for section, kind in plugin_sections().items():
+            if kind.injected and "name" in cfg.get(section, {}):
                 cfg[section] = {"name": cfg[section]["name"], **self._inject(section, data_shape, vocab_size)}
         if "file" in cfg["data"] and run_dir is not None:
             cfg["data"]["file"] = os.path.relpath(Path(cfg["data"]["file"]).resolve(), run_dir.resolve())
         from . import __version__
         plugins = {f"{s}.{cfg[s]['name']}": self.registry.provider(k.name, cfg[s]["name"]).label
-                   for s, k in PLUGIN_SECTIONS.items() if "name" in cfg.get(s, {})}
+                   for s, k in plugin_sections().items() if "name" in cfg.get(s, {})}
         plugins[f"sample.{cfg['sample']['sampler']}"] = self.registry.provider("sampler", cfg["sample"]["sampler"]).label
         cfg["versions"] = {"udm": __version__, "torch": str(torch.__version__), "python": platform.python_version(),
                            "plugins": plugins}
@@ -179,7 +178,7 @@ def _plain(obj: Any) -> Any:
 def _fixed(cfg: dict[str, Any], run_dir: Path | None) -> dict[str, Any]:
     """``section.key -> value`` for everything that may not change on resume."""
     out: dict[str, Any] = {}
-    for section, kind in PLUGIN_SECTIONS.items():
+    for section, kind in plugin_sections().items():
         for key, value in (cfg.get(section) or {}).items():
             if key == "file":  # a moved project keeps its data: compared by content (the checkpoint's hash)
                 continue
@@ -283,8 +282,7 @@ def _run(exp: Experiment, d: distributed.Dist, device: torch.device, run: dict[s
     seed = run["seed"] + distributed.RANK_SEED_STRIDE * d.rank
     _seed_globals(seed)
     built = _preflight.build(exp, run["seed"], device)
-    if callable(getattr(built.corruption, "fit", None)):
-        built.corruption.fit(built.data)  # a resumed run restores the saved statistics below
+    _preflight.fit(exp, built)  # a resumed run restores the saved statistics below
     _preflight.sanity_check(exp, built, device)
     claimed = _claim(exp, out, resume, overwrite) if d.is_main else None
     run_dir = distributed.broadcast(claimed.path if claimed else None, d)

@@ -108,8 +108,10 @@ _KINDS = (
         must_be_callable=True, factory=False, supplied=("samples", "reference", "generator")),
 )
 
-#: kind name -> :class:`PluginKind`, in the order ``udm plugins`` shows them
-KINDS: Mapping[str, PluginKind] = MappingProxyType({k.name: k for k in _KINDS})
+_BY_NAME = {k.name: k for k in _KINDS}
+#: kind name -> :class:`PluginKind`, in the order ``udm plugins`` shows them (read-only; every module reads
+#: it when it needs it, never copies it at import)
+KINDS: Mapping[str, PluginKind] = MappingProxyType(_BY_NAME)
 
 
 def kind_of_hook(hook: str) -> PluginKind | None:
