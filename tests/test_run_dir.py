@@ -291,15 +291,37 @@ def test_the_command_imports_nothing_heavy_before_main_catches_ctrl_c():
     assert out.stdout.strip() == "[]", out.stderr
 
 
-@pytest.mark.parametrize("delay", [0.3, 0.8])
-def test_sigint_during_start_up_exits_130_without_a_traceback(exp, tmp_path, delay):
-    # an interrupt inside torch's import of numpy used to be swallowed by torch's C code, leaving numpy
-    # half-imported: the run then went on and failed with AttributeError/RecursionError (exit 1)
+TRIP = """
+import os, signal, sys
+
+
+class Trip:  # Ctrl-C exactly while torch imports numpy (from its C code, which swallows any exception there)
+    done = False
+
+    def find_spec(self, name, path, target=None):
+        if name == "numpy.linalg" and not Trip.done:
+            Trip.done = True
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+
+sys.meta_path.insert(0, Trip())
+from udm.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("when", ["inside torch's numpy import", "after 0.3 s"])
+def test_ctrl_c_during_start_up_exits_130_without_a_traceback(exp, tmp_path, when):
+    # the interrupt inside torch's import of numpy used to be swallowed by torch's C code, leaving numpy
+    # half-imported: the run went on and failed later with AttributeError or RecursionError (exit 1)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "udm", "run", str(exp), "--out", "r"], cwd=tmp_path, env=env,
+    argv = ["-c", TRIP] if when.startswith("inside") else ["-m", "udm"]
+    proc = subprocess.Popen([sys.executable, *argv, "run", str(exp), "--out", "r"], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(delay)  # importing torch, numpy and the plugins
-    proc.send_signal(signal.SIGINT)
+    if not when.startswith("inside"):
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and err.startswith("udm run: interrupted"), err
