@@ -20,7 +20,7 @@ from udm.experiment import Experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-PAGES = ["index.md", "tutorial.md", "howto-corruption.md", "howto-sampler.md", "howto-time-type.md",
+PAGES = ["index.md", "tutorial.md", "runs.md", "howto-corruption.md", "howto-sampler.md", "howto-time-type.md",
          "howto-publish.md", "reference.md", "explanation.md"]
 
 
