@@ -23,6 +23,14 @@ MASK = (TINY.replace("{name: gaussian, schedule: cosine}", "{name: mask, schedul
         .replace("{name: two_moons, n: 128}", "{name: brackets, n: 64, length: 8}"))
 
 
+def experiment(folder: Path, monkeypatch, text: str = TINY) -> Path:
+    """``folder/tiny.yaml`` holding ``text``, with ``folder`` the working directory."""
+    monkeypatch.chdir(folder)
+    path = folder / "tiny.yaml"
+    path.write_text(text)
+    return path
+
+
 def udm(*args: str) -> int:
     """``udm ARGS`` in process (``--quiet`` added for run/train); the exit code."""
     return main([*args, "--quiet"] if args[0] in ("run", "train") else list(args))

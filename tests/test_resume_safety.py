@@ -16,17 +16,14 @@ from safetensors.torch import load_file
 
 from udm import checkpoint
 
-from _tiny import TINY, udm
+from _tiny import TINY, experiment, udm
 
 TINY = TINY.replace("run: {checkpoint_every: 3, keep: 2,", "run: {checkpoint_every: 2, keep: 5,")
 
 
 @pytest.fixture
 def exp(tmp_path: Path, monkeypatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    path = tmp_path / "tiny.yaml"
-    path.write_text(TINY)
-    return path
+    return experiment(tmp_path, monkeypatch, TINY)
 
 
 def weights(run: Path, step: int, name: str = "model.safetensors") -> dict[str, torch.Tensor]:

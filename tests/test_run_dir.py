@@ -23,14 +23,11 @@ from udm import _rundir, checkpoint
 from udm.cli import main
 from udm.errors import ConfigError
 
-from _tiny import TINY, snapshot, udm as run
+from _tiny import TINY, experiment, snapshot, udm as run
 
 @pytest.fixture
 def exp(tmp_path: Path, monkeypatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    path = tmp_path / "tiny.yaml"
-    path.write_text(TINY)
-    return path
+    return experiment(tmp_path, monkeypatch, TINY)
 
 
 def steps(run_dir: Path) -> list[int]:
