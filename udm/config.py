@@ -1,4 +1,4 @@
-"""Experiment files: YAML that names registered plugins and their keyword arguments (DESIGN.md §6).
+"""Experiment files: YAML that names registered plugins and their keyword arguments (docs/tutorial.md).
 
 ::
 

@@ -1,6 +1,6 @@
 """User-facing errors.
 
-Every message follows one template (DESIGN.md §7)::
+Every message follows one template (docs/runs.md lists the exit codes)::
 
     <where>: <what> must be <rule>; got <value>. <alternatives / how to fix>.
 
