@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
 from einops import pack, unpack
@@ -35,8 +36,9 @@ class MLP(nn.Module):
 
     name = "mlp"
 
-    def __init__(self, data_shape: tuple[int, ...] | list[int] = (2,), width: int = 256, depth: int = 3,
-                 time_dim: int = 64) -> None:
+    def __init__(self, data_shape: tuple[int, ...] | list[int] = (2,), width: Annotated[int, udm.Interval(ge=1)] = 256,
+                 depth: Annotated[int, udm.Interval(ge=0)] = 3,
+                 time_dim: Annotated[int, udm.Interval(ge=2)] = 64) -> None:
         super().__init__()
         self.data_shape = tuple(int(d) for d in data_shape)
         dim = math.prod(self.data_shape)

@@ -95,8 +95,8 @@ def test_refresh_option_errors(gauss):
 
 def test_unknown_solver(gauss, reg):
     corr, time, den = gauss
-    with pytest.raises(ConfigError, match=r"sampler 'ode': solver must be one of euler, heun, rk4; got 'heunn'\. "
-                                          r"Did you mean 'heun'\?"):
+    with pytest.raises(ConfigError, match=r"udm.sample: sampler 'ode': option.solver: the value must be one of 'euler', "
+                                          r"'heun', 'rk4'; got 'heunn'\."):
         udm.sample(den, corr, reg.create("time", "continuous"), shape=(4, 2), sampler="ode", steps=5,
                    solver="heunn", registry=reg)
 

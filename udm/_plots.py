@@ -57,10 +57,12 @@ def png_bytes(fig: Any) -> bytes:
 
 
 def save(fig: Any, path: str | Path) -> Path:
-    """Write ``fig`` as PNG at ``path`` (folders created); returns the path."""
+    """Write ``fig`` as PNG at ``path`` (folders created, written atomically); returns the path."""
+    from ._rundir import atomic_write
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(png_bytes(fig))
+    atomic_write(path, png_bytes(fig))  # a temporary file renamed into place: never written through a link
     return path
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from . import _validate
 from ._registry import Registry, registry as default_registry
 from .denoiser import Denoiser
 from .errors import CapabilityError
@@ -18,7 +19,7 @@ __all__ = ["sample", "supported_samplers", "resolve_sampler"]
 def supported_samplers(corruption: Any, registry: Registry | None = None) -> list[str]:
     """Names of the registered samplers whose required capabilities ``corruption`` offers."""
     reg = registry or default_registry()
-    return [n for n in reg.names("sampler") if reg.get("sampler", n).supports(corruption)]
+    return [n for n in reg.names("sampler") if reg.supports(n, corruption)]
 
 
 def resolve_sampler(name: str | SamplerSpec, corruption: Any, registry: Registry | None = None,
@@ -72,6 +73,8 @@ def sample(model: torch.nn.Module | Callable[..., Any], corruption: Any, time_ty
     Returns:
         x0 samples of ``shape``.
     """
+    _validate.check_sample_args(model, corruption, time_type, shape=shape, sampler=sampler, steps=steps, spacing=spacing,
+                                generator=generator, family_options=family_options, options=options, registry=registry)
     spec = resolve_sampler(sampler, corruption, registry, options)
     if isinstance(model, torch.nn.Module):
         model_device, model_dtype = _model_device_dtype(model)

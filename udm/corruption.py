@@ -1,4 +1,4 @@
-"""The forward-corruption contract, x_t = F_t(x_0, eps) (docs/reference.md, "udm_register_corruptions").
+"""The forward-corruption contract, x_t = F_t(x_0, eps) (docs/reference.md, the corruptions hook).
 
 A corruption is any object with the *required* members of :class:`Corruption`; subclassing it is
 the easy way. Optional capabilities are typed protocols (:data:`PROTOCOLS`), discovered from the object

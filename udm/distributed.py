@@ -26,7 +26,7 @@ import torch.distributed as dist
 from .accelerators import resolve_device
 from .errors import ConfigError
 
-__all__ = ["Dist", "setup", "teardown", "all_mean", "gather"]
+__all__ = ["Dist", "setup", "teardown", "all_mean", "gather", "broadcast"]
 
 RANK_SEED_STRIDE = 1000
 
@@ -102,3 +102,12 @@ def barrier(d: Dist) -> None:
 def teardown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def broadcast(obj: Any, d: Dist) -> Any:
+    """Rank 0's ``obj`` on every rank (small picklable objects only: a path)."""
+    if not d.active:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -1,6 +1,6 @@
 """User-facing errors.
 
-Every message follows one template::
+Every message follows one template (docs/safety.md lists the exit codes)::
 
     <where>: <what> must be <rule>; got <value>. <alternatives / how to fix>.
 
@@ -18,6 +18,7 @@ __all__ = [
     "PluginError",
     "UnknownPluginError",
     "CapabilityError",
+    "UdmWarning",
     "did_you_mean",
 ]
 
@@ -43,6 +44,11 @@ class UnknownPluginError(UdmError, LookupError):
 
 class CapabilityError(UdmError, ValueError):
     """A sampler (or feature) was asked of a corruption that lacks the capability it needs."""
+
+
+class UdmWarning(UserWarning):
+    """Something udm did on the user's behalf that they should know about (a damaged checkpoint skipped,
+    a partial metrics line dropped, data at an extreme scale). The CLI prints it as ``udm CMD: warning: ...``."""
 
 
 def did_you_mean(name: str, candidates: Iterable[str]) -> str:

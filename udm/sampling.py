@@ -7,20 +7,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
-from . import _artifacts, _plots, checkpoint
+from . import _artifacts, _plots, _rundir, checkpoint
 from ._progress import progress_bar
+from ._options import sampler_own_keys
 from ._schema import schema_of
 from .accelerators import accelerate
 from .api import sample
-from .config import sampler_schema
+from .config import load_config, sampler_schema
 from .errors import ConfigError
 from .samplers import SamplerStep
 
 __all__ = ["sample_and_evaluate", "sample_run", "SnapshotRecorder"]
 
-_OWN = ("sampler", "steps", "n", "spacing", "clamp", "seed", "family_options", "precision", "compile")
+_OWN = sampler_own_keys()
 
 
 def _head(x: Any, k: int | None) -> Any:
@@ -110,24 +110,27 @@ def sample_and_evaluate(exp: Any, network: torch.nn.Module, corruption: Any, tim
     record = {"step": step, "sampler": cfg["sampler"], "sample_steps": cfg["steps"], "seed": seed, "eval": metrics}
     if log is not None:
         log.write(record)
-    with (run_dir / "eval.jsonl").open("a") as fh:
-        fh.write(json.dumps(record) + "\n")
+    _rundir.append_line(run_dir / "eval.jsonl", json.dumps(record))
     return x, metrics
 
 
 def sample_run(run_dir: str | Path, *, sampler: str | None = None, steps: int | None = None, n: int | None = None,
                seed: int | None = None, overrides: list[str] | tuple[str, ...] = (), registry: Any = None,
                progress: bool | None = None) -> tuple[Any, dict[str, float]]:
-    """Sample from a trained run directory's newest checkpoint (EMA weights when saved)."""
+    """Sample from a trained run directory's newest intact checkpoint (EMA weights when saved); a damaged
+    newer checkpoint is skipped with a warning naming it (the run directory is not changed)."""
     from .experiment import Experiment
 
     run_dir = Path(run_dir)
     saved = run_dir / "config.yaml"
-    latest = checkpoint.latest_checkpoint(run_dir / "checkpoints")
-    if not saved.is_file() or latest is None:
+    if not saved.is_file() or not _rundir.is_run_dir(run_dir) or not checkpoint.list_checkpoints(run_dir / "checkpoints"):
         raise ConfigError(f"udm sample: RUN_DIR must be a trained run directory (config.yaml and checkpoints/); "
                           f"got {str(run_dir)!r}. Train it first with `udm run EXP.yaml`.")
-    cfg = yaml.safe_load(saved.read_text())
+    for name in _rundir.OUTPUTS:
+        if (run_dir / name).is_symlink():
+            raise ConfigError(f"udm sample: {str(run_dir / name)!r} must not be a symbolic link; got a link to "
+                              f"{str((run_dir / name).readlink())!r}. Remove the link; udm does not write through links.")
+    cfg = load_config(saved)  # the data file is relative to the run directory: the run may have moved
     cfg.pop("versions", None)
     if sampler is not None:  # the old sampler's own options may not apply to the new one
         cfg["sample"] = {k: v for k, v in cfg["sample"].items() if k in _OWN} | {"sampler": sampler}
@@ -137,7 +140,7 @@ def sample_run(run_dir: str | Path, *, sampler: str | None = None, steps: int | 
     from .config import apply_overrides
     exp = Experiment.from_dict(apply_overrides(cfg, overrides), registry, str(saved))
     sampler_schema(exp.registry, exp.config["sample"]["sampler"])
-    ckpt = checkpoint.load_checkpoint(latest)
+    ckpt = checkpoint.newest_intact(run_dir / "checkpoints")
     data_shape = list(ckpt.extra["data_shape"])
     model_cfg = exp.config["model"]
     corruption, time_type, network = exp.build(data_shape, model_cfg.get("vocab_size"), exp.config["run"]["seed"])

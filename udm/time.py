@@ -1,4 +1,4 @@
-"""The time-type contract (docs/reference.md, "udm_register_time_types").
+"""The time-type contract (docs/reference.md, the time-type hook).
 
 A time type decides which t in [0, 1] are used: how training draws t, the decreasing grids that
 samplers walk (always ending at t = 0, where the last step returns x0_hat), and how t is encoded

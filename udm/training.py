@@ -12,8 +12,10 @@ from typing import Any
 
 import torch
 
+from . import _validate
+from ._options import TrainOptions
+from ._schema import schema_of
 from .accelerators import Precision, accelerate, check_precision
-from .errors import ConfigError
 from .losses import diffusion_loss
 
 __all__ = ["Trainer", "TrainResult", "TrainStep", "train"]
@@ -42,13 +44,16 @@ class TrainResult:
         return self.ema if self.ema is not None else self.model
 
 
+_OPTIONS = schema_of(TrainOptions)
+
+
 class Trainer:
     """Holds everything a training run changes: network, EMA copy, optimiser, step and generators.
 
-    Args:
+    Args (defaults and ranges: :class:`udm._options.TrainOptions`, the YAML ``train`` section):
         lr, weight_decay, betas: AdamW settings.
         ema: EMA decay in [0, 1) (0 disables the EMA copy).
-        grad_clip: clip the global gradient norm to this (``None``: no clipping).
+        grad_clip: clip the global gradient norm to this (> 0; ``None``: no clipping).
         warmup: linear learning-rate warm-up steps.
         precision: ``fp32``, or ``bf16`` / ``fp16`` autocast of the network's forward only (the corruption
             and the loss stay in the data's dtype; see :mod:`udm.accelerators`); fp16 scales the loss.
@@ -56,14 +61,15 @@ class Trainer:
         seed: seeds the noise/time generator (on the data's device) and the batch-index generator (CPU).
     """
 
-    def __init__(self, network: torch.nn.Module, corruption: Any, time_type: Any, *, lr: float = 1e-3,
-                 weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999), ema: float = 0.999,
-                 grad_clip: float | None = 1.0, warmup: int = 0, precision: Precision = "fp32",
-                 compile: bool = False, seed: int = 0, device: torch.device | str | None = None) -> None:
-        if not 0 <= ema < 1:
-            raise ConfigError(f"train.ema: must be in [0, 1); got {ema!r}. Use 0 to disable the EMA.")
-        if lr <= 0:
-            raise ConfigError(f"train.lr: must be > 0; got {lr!r}.")
+    def __init__(self, network: torch.nn.Module, corruption: Any, time_type: Any, *, lr: float = TrainOptions.lr,
+                 weight_decay: float = TrainOptions.weight_decay, betas: tuple[float, float] = TrainOptions.betas,
+                 ema: float = TrainOptions.ema, grad_clip: float | None = TrainOptions.grad_clip,
+                 warmup: int = TrainOptions.warmup, precision: Precision = TrainOptions.precision,
+                 compile: bool = TrainOptions.compile, seed: int = 0,
+                 device: torch.device | str | None = None) -> None:
+        _validate.check_keys("udm.Trainer", {"lr": lr, "weight_decay": weight_decay, "betas": betas, "ema": ema,
+                                             "grad_clip": grad_clip, "warmup": warmup, "precision": precision,
+                                             "compile": compile}, _OPTIONS, optional=("steps",), python=True)
         check_precision(precision, "train.precision")
         device = torch.device(device) if device is not None else next(network.parameters()).device
         self.network = network.to(device)
@@ -168,10 +174,7 @@ class Trainer:
     def fit(self, data: torch.Tensor, *, steps: int, batch_size: int,
             callback: Callable[[TrainStep], Any] | None = None) -> TrainResult:
         """Train for ``steps`` more steps on the tensor ``data`` ``(n, ...)``."""
-        if not isinstance(steps, int) or steps < 0:
-            raise ConfigError(f"train.steps: must be an integer >= 0; got {steps!r}.")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigError(f"train.batch_size: must be an integer >= 1; got {batch_size!r}.")
+        _validate.check_keys("udm.Trainer.fit", {"steps": steps, "batch_size": batch_size}, _OPTIONS, python=True)
         start, losses = time.perf_counter(), []
         for _ in range(steps):
             losses.append(self.train_step(self.next_batch(data, batch_size)))
@@ -186,8 +189,11 @@ def train(network: torch.nn.Module, corruption: Any, time_type: Any, data: torch
     """Fit the corruption's statistics (if it has ``fit``), then train ``network`` on ``data``.
 
     ``options`` go to :class:`Trainer` (lr, weight_decay, ema, grad_clip, warmup, precision, compile, seed,
-    device).
+    device). Every argument is checked first (data kind, finiteness and shape against the network; option
+    names, types and ranges), with the same messages as the YAML ``train`` section.
     """
+    _validate.check_train_args(network, corruption, time_type, data, steps=steps, batch_size=batch_size,
+                               options=options)
     if callable(getattr(corruption, "fit", None)):
         corruption.fit(data)
     trainer = Trainer(network, corruption, time_type, **options)
