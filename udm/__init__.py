@@ -15,7 +15,8 @@ from .linear_gaussian import LinearGaussian, Marginal
 from .parameterization import Parameterization
 from .plugin_spec import PluginSpec, build_plugin
 from .variance import VarianceTable
-from .errors import CapabilityError, ConfigError, PluginError, UdmError, UnknownPluginError
+from .errors import (CapabilityError, ConfigError, IllConditionedWarning, PluginError, UdmError, UdmWarning,
+                     UnknownPluginError)
 from .families import Categorical, Family, Gaussian, Laplace, get_family
 from .hookspecs import hookimpl
 from .losses import LossOutput, diffusion_loss
@@ -80,4 +81,6 @@ __all__ = [
     "PluginError",
     "UnknownPluginError",
     "CapabilityError",
+    "UdmWarning",
+    "IllConditionedWarning",
 ]
