@@ -175,12 +175,13 @@ def test_sampling_reuses_a_prediction_only_for_an_unchanged_state_of_a_time_inva
     x = torch.full((3, 4), 2, dtype=torch.long)  # all [MASK] (vocab 2)
     den = Counting()
     run = S.Sampling(den, MaskCorruption(2), times, x)
-    first = run.predict(x, 0)
-    assert run.predict(x.clone(), 1) is first and (run.nfe, run.reused, den.calls) == (1, 1, 1)
+    run.predict(x, 0)
+    first = run.predict(x, 0)  # a second prediction at the same time and state is a new draw: a call
+    assert run.predict(x.clone(), 1) is first and (run.nfe, run.reused, den.calls) == (2, 1, 2)
     x[0, 0] = 1  # changed in place: detected (the state is copied at each call)
-    assert run.predict(x, 2) is not first and (run.nfe, run.reused) == (2, 1)
+    assert run.predict(x, 2) is not first and (run.nfe, run.reused) == (3, 1)
     done = torch.ones(3, 4, dtype=torch.long)  # nothing masked: x0_hat = x_t without a call
-    assert torch.equal(run.predict(done, 3).x0_hat, done) and (run.nfe, run.reused, den.calls) == (2, 2, 2)
+    assert torch.equal(run.predict(done, 3).x0_hat, done) and (run.nfe, run.reused, den.calls) == (3, 2, 3)
     for corruption, reuse in ((TimeDependent(2), None), (MaskCorruption(2), False)):
         den = Counting()
         run = S.Sampling(den, corruption, times, x, reuse=reuse)

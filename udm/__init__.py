@@ -24,6 +24,7 @@ from .samplers import SamplerSpec, SamplerStep
 from .schedule import AffineSchedule, Schedule
 from .sequences import Sequences
 from .time import TimeType, check_grid
+from .noise_level import NoiseLevelTime
 from .training import Trainer, TrainResult, TrainStep, train
 from .experiment import Experiment, RunResult, TrainingError, run_experiment
 
@@ -41,6 +42,7 @@ __all__ = [
     "capabilities",
     "TimeType",
     "check_grid",
+    "NoiseLevelTime",
     "Family",
     "Gaussian",
     "Laplace",

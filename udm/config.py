@@ -7,7 +7,8 @@
     model:      {name: mlp, width: 256, depth: 4}         # data_shape / vocab_size filled in from the data
     data:       {name: two_moons, n: 20000}               # or {file: points.npy} (.npy, .safetensors, .txt)
     train:      {steps: 3000, batch_size: 512, lr: 2.0e-3, ema: 0.999}   # udm.Trainer's keywords
-    sample:     {sampler: invert, steps: 50, n: 4096}     # + the sampler's own options (eta, solver, ...)
+    sample:     {sampler: invert, steps: 50, n: 4096}     # or nfe: 10 (model calls) instead of steps; + the
+                                                          # sampler's own options (eta, solver, ...)
     eval:       {sliced_wasserstein: {projections: 256}}  # metric name -> its keywords
     run:        {out: runs/moons, seed: 0, checkpoint_every: 500, keep: 3}
 
@@ -40,7 +41,8 @@ INJECTED = {"model": ("data_shape", "vocab_size"), "corruption": ("vocab_size",)
 
 _TRAIN_EXTRA = {"steps": Param("steps", int), "batch_size": Param("batch_size", int, 256)}
 _SAMPLE = {
-    "sampler": Param("sampler", str, "invert"), "steps": Param("steps", int, 50), "n": Param("n", int, 1024),
+    "sampler": Param("sampler", str, "invert"), "steps": Param("steps", int, 50),
+    "nfe": Param("nfe", int | None, None), "n": Param("n", int, 1024),
     "spacing": Param("spacing", str, "uniform"), "clamp": Param("clamp", bool, False),
     "seed": Param("seed", int | None, None), "family_options": Param("family_options", dict, None),
 }
@@ -202,6 +204,9 @@ def validate(cfg: dict[str, Any], registry: Registry, source: str = "<config>") 
         _fail(source, "sample.sampler", "the name", "a registered sampler", sampler,
               f"Available: {', '.join(names)}.{did_you_mean(str(sampler), names)}")
     _check_keys(source, "sample", sample, sampler_schema(registry, sampler))
+    if sample.get("nfe") is not None and sample.get("steps") is not None:
+        _fail(source, "sample.nfe", "the key", "given without sample.steps (a budget of model calls sets the steps)",
+              sample["nfe"], f"Remove steps: {sample['steps']} or nfe: {sample['nfe']}.")
     _check_keys(source, "run", cfg.setdefault("run", {}), Schema(_RUN))
     for metric, kwargs in cfg.setdefault("eval", {}).items():
         if metric not in registry.names("metric"):
@@ -219,7 +224,7 @@ def validate(cfg: dict[str, Any], registry: Registry, source: str = "<config>") 
 
 def _positive(src: str, cfg: dict[str, Any]) -> None:
     for section, key, low in (("train", "steps", 0), ("train", "batch_size", 1), ("sample", "steps", 1),
-                              ("sample", "n", 1), ("run", "checkpoint_every", 0), ("run", "keep", 1),
+                              ("sample", "nfe", 1), ("sample", "n", 1), ("run", "checkpoint_every", 0), ("run", "keep", 1),
                               ("run", "log_every", 1)):
         value = cfg[section].get(key)
         if isinstance(value, int) and value < low:
@@ -250,6 +255,7 @@ def _with_defaults(cfg: dict[str, Any], registry: Registry, train: Schema) -> di
             params = plugin_schema(registry, kind, body["name"]).params
             out[section] = {"name": body["name"], **_defaults(body, params, INJECTED[section])}
     out["train"] = _defaults(out["train"], train.params)
-    out["sample"] = _defaults(out["sample"], {k: v for k, v in _SAMPLE.items() if k != "family_options"})
+    budget = ("steps",) if out["sample"].get("nfe") is not None else ()  # nfe sets the steps
+    out["sample"] = _defaults(out["sample"], {k: v for k, v in _SAMPLE.items() if k != "family_options"}, budget)
     out["run"] = _defaults(out["run"], _RUN)
     return out

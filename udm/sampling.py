@@ -12,13 +12,13 @@ import yaml
 from . import _artifacts, checkpoint
 from ._progress import Progress
 from ._schema import schema_of
-from .api import sample
+from .api import model_device_dtype, resolve_sampler, resolve_steps, sample
 from .config import sampler_schema
 from .errors import ConfigError
 
 __all__ = ["sample_and_evaluate", "sample_run"]
 
-_OWN = ("sampler", "steps", "n", "spacing", "clamp", "seed", "family_options")
+_OWN = ("sampler", "steps", "nfe", "n", "spacing", "clamp", "seed", "family_options")
 
 
 def _reference(exp: Any, data: torch.Tensor | None, n: int) -> torch.Tensor:
@@ -32,28 +32,39 @@ def _reference(exp: Any, data: torch.Tensor | None, n: int) -> torch.Tensor:
 def sample_and_evaluate(exp: Any, network: torch.nn.Module, corruption: Any, time_type: Any,
                         data: torch.Tensor | None, run_dir: Path, *, data_shape: list[int] | None = None,
                         log: Any = None, progress: bool | None = None, step: int = 0) -> tuple[Any, dict[str, float]]:
-    """Draw ``sample.n`` samples with ``sample.sampler``, write them under ``samples/``, score ``eval``."""
+    """Draw ``sample.n`` samples with ``sample.sampler`` (``sample.steps`` steps, or the most that fit
+    ``sample.nfe`` model calls), write them under ``samples/``, score ``eval``; the record in ``eval.jsonl``
+    has the steps run and the model calls made (``nfe``)."""
     cfg, run = exp.config["sample"], exp.config["run"]
     seed = cfg["seed"] if cfg.get("seed") is not None else run["seed"]
     shape = (cfg["n"], *(data_shape if data_shape is not None else data.shape[1:]))
     options = {k: v for k, v in cfg.items() if k not in _OWN}
-    device = next(network.parameters()).device
+    spec = resolve_sampler(cfg["sampler"], corruption, exp.registry, options)
+    steps = resolve_steps(spec, cfg.get("steps"), cfg.get("nfe"), options, where="sample")
+    device = model_device_dtype(network)[0]
     generator = torch.Generator(device=device).manual_seed(seed)
-    with Progress(cfg["steps"], "sample", enabled=progress) as bar:
-        x = sample(network, corruption, time_type, shape=shape, sampler=cfg["sampler"], steps=cfg["steps"],
+    last: list = []
+
+    with Progress(steps, "sample", enabled=progress) as bar:
+        def callback(s):
+            bar.update(s.index + 1)
+            last[:] = [s]
+
+        x = sample(network, corruption, time_type, shape=shape, sampler=spec, steps=steps,
                    spacing=cfg["spacing"], generator=generator, registry=exp.registry, clamp=cfg["clamp"],
-                   family_options=cfg.get("family_options"), callback=lambda s: bar.update(s.index + 1), **options)
+                   family_options=cfg.get("family_options"), callback=callback, **options)
     reference = None
     two_d = len(shape) == 2 and shape[1] == 2
     if exp.config["eval"] or two_d:
         reference = _reference(exp, data, max(cfg["n"], 1)).to(device)
-    stem = f"{cfg['sampler']}-{cfg['steps']}steps-seed{seed}"
+    stem = f"{cfg['sampler']}-{steps}steps-seed{seed}"
     _artifacts.write_samples(run_dir / "samples", stem, x, data_kind=getattr(corruption, "data_kind", "continuous"),
                              reference=reference, value_range=getattr(corruption, "data_range", None))
     metrics = {}
     for name, kwargs in exp.config["eval"].items():
         metrics[name] = float(exp.registry.get("metric", name)(x, reference, **(kwargs or {})))
-    record = {"step": step, "sampler": cfg["sampler"], "sample_steps": cfg["steps"], "seed": seed, "eval": metrics}
+    record = {"step": step, "sampler": cfg["sampler"], "sample_steps": steps, "nfe": last[0].nfe if last else 0,
+              "seed": seed, "eval": metrics}
     if log is not None:
         log.write(record)
     with (run_dir / "eval.jsonl").open("a") as fh:
@@ -63,8 +74,9 @@ def sample_and_evaluate(exp: Any, network: torch.nn.Module, corruption: Any, tim
 
 def sample_run(run_dir: str | Path, *, sampler: str | None = None, steps: int | None = None, n: int | None = None,
                seed: int | None = None, overrides: list[str] | tuple[str, ...] = (), registry: Any = None,
-               progress: bool | None = None) -> tuple[Any, dict[str, float]]:
-    """Sample from a trained run directory's newest checkpoint (EMA weights when saved)."""
+               progress: bool | None = None, nfe: int | None = None) -> tuple[Any, dict[str, float]]:
+    """Sample from a trained run directory's newest checkpoint (EMA weights when saved). ``steps`` or ``nfe``
+    (a budget of model calls) replaces the saved config's steps or budget."""
     from .experiment import Experiment
 
     run_dir = Path(run_dir)
@@ -77,7 +89,10 @@ def sample_run(run_dir: str | Path, *, sampler: str | None = None, steps: int | 
     cfg.pop("versions", None)
     if sampler is not None:  # the old sampler's own options may not apply to the new one
         cfg["sample"] = {k: v for k, v in cfg["sample"].items() if k in _OWN} | {"sampler": sampler}
-    for key, value in (("steps", steps), ("n", n), ("seed", seed)):
+    if steps is not None or nfe is not None:  # a new grid size replaces the saved one, whichever way it was given
+        cfg["sample"].pop("steps", None)
+        cfg["sample"].pop("nfe", None)
+    for key, value in (("steps", steps), ("nfe", nfe), ("n", n), ("seed", seed)):
         if value is not None:
             cfg["sample"][key] = value
     from .config import apply_overrides

@@ -18,8 +18,8 @@ A rule may keep any history between iterations, call :meth:`Sampling.predict` se
 
 Steps that change nothing cost no model call (docs/howto-sampler.md, "Model calls"): when the corruption
 declares ``time_invariant_posterior`` (q(x_0 | x_t) is the same function of x_t at every t, as for masking)
-and the state has not changed since the last prediction, :meth:`Sampling.predict` returns that prediction
-again; when the corruption's ``uncorrupted(x_t)`` says no row carries any corruption, x0_hat = x_t. Neither
+and the state has not changed since the last prediction (made at another time), :meth:`Sampling.predict`
+returns that prediction again; when the corruption's ``uncorrupted(x_t)`` says no row carries any corruption, x0_hat = x_t. Neither
 counts in ``run.nfe`` (model calls); ``run.reused`` counts the predictions served without one.
 """
 
@@ -128,7 +128,7 @@ class Sampling:
         declared = bool(getattr(corruption, "time_invariant_posterior", False))
         self._reuse = (declared if reuse is None else bool(reuse)) and isinstance(x_init, torch.Tensor)
         self._uncorrupted = getattr(corruption, "uncorrupted", None) if self._reuse else None
-        self._last: tuple[Any, Prediction] | None = None  # (state, prediction) of the last model call
+        self._last: tuple[Any, float, Prediction] | None = None  # (state, time, prediction) of the last call
         warn_if_ill_conditioned(self)
 
     # ---------------------------------------------------------------- grid
@@ -167,20 +167,23 @@ class Sampling:
     def predict(self, x: Any, where: int | Point) -> Prediction:
         """x0_hat at grid point ``where`` (an index) or a :class:`Point`: one model call, or none when the state
         is unchanged since the last call or uncorrupted (with reuse on; see the module docstring)."""
+        time = self._p(where).value
         if self._reuse:
-            again = self._again(x)
+            again = self._again(x, time)
             if again is not None:
                 self.reused += 1
                 return again
         pred = self._call(x, where)
         if self._reuse:
-            self._last = (x.clone(), pred)
+            self._last = (x.clone(), time, pred)
         return pred
 
-    def _again(self, x: Any) -> Prediction | None:
-        """The prediction for ``x`` that needs no model call, if any."""
-        if self._last is not None and self._last[0].shape == x.shape and torch.equal(self._last[0], x):
-            return self._last[1]
+    def _again(self, x: Any, time: float) -> Prediction | None:
+        """The prediction for ``x`` at ``time`` that needs no model call, if any: the last call's, made at another
+        time on the same state (a second prediction at the same time and state is a new call, a new draw)."""
+        if self._last is not None and self._last[1] != time and self._last[0].shape == x.shape \
+                and torch.equal(self._last[0], x):
+            return self._last[2]
         if self._uncorrupted is not None and bool(self._uncorrupted(x).all()):
             return Prediction(x.clone())
         return None
