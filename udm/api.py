@@ -63,8 +63,7 @@ def model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtyp
 
 def sample(model: torch.nn.Module | Callable[..., Any], corruption: Any, time_type: Any, *, shape: tuple[int, ...],
            sampler: str | SamplerSpec = "invert", steps: int | None = None, nfe: int | None = None,
-           spacing: str = "uniform",
-           generator: torch.Generator | None = None, registry: Registry | None = None,
+           spacing: str = "uniform", generator: torch.Generator | None = None, registry: Registry | None = None,
            callback: Callable[[SamplerStep], Any] | None = None, clamp: bool = False,
            family_options: dict[str, Any] | None = None, dtype: torch.dtype | None = None,
            device: torch.device | str | None = None, variance: Any = None, **options: Any) -> Any:
@@ -100,7 +99,8 @@ def sample(model: torch.nn.Module | Callable[..., Any], corruption: Any, time_ty
         if nfe is None:
             raise
         per, last = spec.per_step(options)
-        raise ConfigError(f"udm.sample: nfe must give a grid the time type accepts; got nfe={nfe}, i.e. {steps} steps "
-                          f"of {spec.name!r} ({per} model call(s) a step, {last} on the last). Lower nfe. ({exc})") from None
+        raise ConfigError(f"udm.sample: nfe must give a grid the time type accepts; got nfe={nfe}, i.e. {steps} "
+                          f"steps of {spec.name!r} ({per} model call(s) a step, {last} on the last). Lower nfe. "
+                          f"({exc})") from None
     x_init = corruption.sample_prior(tuple(shape), generator, device=device, dtype=dtype)
     return spec(model, corruption, times, x_init, generator=generator, callback=callback, clamp=clamp, **options)

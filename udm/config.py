@@ -224,8 +224,8 @@ def validate(cfg: dict[str, Any], registry: Registry, source: str = "<config>") 
 
 def _positive(src: str, cfg: dict[str, Any]) -> None:
     for section, key, low in (("train", "steps", 0), ("train", "batch_size", 1), ("sample", "steps", 1),
-                              ("sample", "nfe", 1), ("sample", "n", 1), ("run", "checkpoint_every", 0), ("run", "keep", 1),
-                              ("run", "log_every", 1)):
+                              ("sample", "nfe", 1), ("sample", "n", 1), ("run", "checkpoint_every", 0),
+                              ("run", "keep", 1), ("run", "log_every", 1)):
         value = cfg[section].get(key)
         if isinstance(value, int) and value < low:
             _fail(src, f"{section}.{key}", "the value", f"an integer >= {low}", value, f"Set {key} >= {low}.")

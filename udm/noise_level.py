@@ -49,8 +49,9 @@ class NoiseLevelTime(TimeType):
                               f"{did_you_mean(str(encoding), ENCODINGS)}")
         if not callable(getattr(corruption, "schedule", None)):
             cname = getattr(corruption, "name", type(corruption).__name__)
-            raise CapabilityError(f"NoiseLevelTime: the corruption must offer an affine schedule(t) (alpha_t, sigma_t); "
-                                  f"got {cname!r}, which has none. Condition on time (the time type's own encode).")
+            raise CapabilityError(f"NoiseLevelTime: the corruption must offer an affine schedule(t) (alpha_t, "
+                                  f"sigma_t); got {cname!r}, which has none. Condition on time (the time type's own "
+                                  f"encode).")
         if not clip > 0 or not scale > 0:
             raise ConfigError(f"NoiseLevelTime: clip and scale must be > 0; got clip={clip!r}, scale={scale!r}.")
         self.base, self.corruption, self.encoding = base, corruption, encoding

@@ -23,25 +23,25 @@ __all__ = ["ALPHA_MIN", "warn_if_ill_conditioned"]
 ALPHA_MIN = 1e-4
 
 
-def warn_if_ill_conditioned(run: Any) -> None:
-    """Issue :class:`~udm.IllConditionedWarning` when ``run`` (a :class:`~udm.samplers.Sampling`) converts a
-    network's eps or score output at its first grid point, where some coefficient has a < ``ALPHA_MIN``,
-    and x0_hat is not clamped to a data range."""
-    if run.table is None or run._range is not None or getattr(run.denoiser, "network", None) is None:
+def warn_if_ill_conditioned(denoiser: Any, corruption: Any, table: Any, start: float, clamped: bool) -> None:
+    """Issue :class:`~udm.IllConditionedWarning` when a run starting at time ``start`` converts a network's eps
+    or score output (``denoiser``: a :class:`~udm.Denoiser`) where some coefficient of the grid's first row of
+    ``table`` (a :class:`~udm.Marginal`, float64) has a < ``ALPHA_MIN``, and x0_hat is not ``clamped``."""
+    if table is None or clamped or getattr(denoiser, "network", None) is None:
         return
-    param = getattr(getattr(run.denoiser, "corruption", None), "parameterization", None)
+    param = getattr(getattr(denoiser, "corruption", None), "parameterization", None)
     if param is None or param.prediction not in ("eps", "score"):
         return
-    a, s = run.table.a64[:1], run.table.s64[:1]
+    a, s = table.a64[:1], table.s64[:1]
     if float(a.min()) >= ALPHA_MIN:
         return
     gain = float(abs(param.x0_coefficients(a, s)[1]).max())
-    name = getattr(run.corruption, "name", type(run.corruption).__name__)
+    name = getattr(corruption, "name", type(corruption).__name__)
     warnings.warn(IllConditionedWarning(
         f"sampling with corruption {name!r}: the amplitude alpha where a network predicting "
         f"{param.prediction} starts must be >= {ALPHA_MIN:g} (x0_hat multiplies the network's error by "
         f"{'sigma/alpha' if param.prediction == 'eps' else 'sigma^2/alpha'}); got alpha = {float(a.min()):.3g} at "
-        f"t = {run.values[0]:g}, an error gain of {gain:.3g}. Clamp x0_hat (clamp=True with the corruption's "
+        f"t = {start:g}, an error gain of {gain:.3g}. Clamp x0_hat (clamp=True with the corruption's "
         f"data_range), start the grid where alpha >= {ALPHA_MIN:g}, or train with prediction v or x0."),
         stacklevel=_caller_level())
 

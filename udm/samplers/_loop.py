@@ -19,8 +19,9 @@ A rule may keep any history between iterations, call :meth:`Sampling.predict` se
 Steps that change nothing cost no model call (docs/howto-sampler.md, "Model calls"): when the corruption
 declares ``time_invariant_posterior`` (q(x_0 | x_t) is the same function of x_t at every t, as for masking)
 and the state has not changed since the last prediction (made at another time), :meth:`Sampling.predict`
-returns that prediction again; when the corruption's ``uncorrupted(x_t)`` says no row carries any corruption, x0_hat = x_t. Neither
-counts in ``run.nfe`` (model calls); ``run.reused`` counts the predictions served without one.
+returns that prediction again; when the corruption's ``uncorrupted(x_t)`` says no row carries any
+corruption, x0_hat = x_t. Neither counts in ``run.nfe`` (model calls); ``run.reused`` counts the predictions
+served without one.
 """
 
 from __future__ import annotations
@@ -129,7 +130,7 @@ class Sampling:
         self._reuse = (declared if reuse is None else bool(reuse)) and isinstance(x_init, torch.Tensor)
         self._uncorrupted = getattr(corruption, "uncorrupted", None) if self._reuse else None
         self._last: tuple[Any, float, Prediction] | None = None  # (state, time, prediction) of the last call
-        warn_if_ill_conditioned(self)
+        warn_if_ill_conditioned(denoiser, corruption, self.table, self.values[0], self._range is not None)
 
     # ---------------------------------------------------------------- grid
     def __iter__(self) -> Iterator[int]:
