@@ -181,3 +181,35 @@ def test_sampling_returns_the_clean_batch_on_the_last_step_for_every_rule():
         out = reg.get("sampler", name)(FixedDenoiser(x0), c, grid, c.sample_prior(x0.shape, gen(0), dtype=x0.dtype),
                                        generator=gen(1), **opts)
         assert torch.equal(out, x0), name
+
+
+# ----------------------------------------------------------- refresh at the schedule's end (issue 18)
+def test_one_ddpm_step_on_diffusers_cosine_table_matches_float64_issue_18(reg):
+    """Issue 18, item 4: from n = 1000 to 750 on diffusers' cosine table, SNR_t / SNR_s = 1.4e-8, so the kept
+    fraction of eps_hat, sqrt(1 - a^2) with a = sqrt(1 - SNR_t/SNR_s), cancels to 0 in float32 instead of
+    sqrt(SNR_t/SNR_s) = 1.2e-4. One float32 ``ddpm`` step must match the float64 hand computation of
+    x_s = alpha_s x0 + sigma_s (sqrt(rho) eps_hat + sqrt(1 - rho) z) to float32 rounding."""
+    c = reg.create("corruption", "gaussian", schedule={"name": "table", "beta_schedule": "squaredcos_cap_v2"})
+    times = Discrete(1000).grid(4)
+    n = 4096
+    den = lambda x, t, g=None: 0.5 * torch.tanh(x)  # noqa: E731 - any deterministic x0_hat
+    steps = []
+    reg.get("sampler", "ddpm")(den, c, times, c.sample_prior((n, 2), gen(0)), generator=gen(1), callback=steps.append)
+    x_s = steps[0].x
+    # by hand, float64, the same draws: the prior's eps (seed 0), the refresh's z (seed 1)
+    eps1, z = torch.randn(n, 2, generator=gen(0)).double(), torch.randn(n, 2, generator=gen(1)).double()
+    sch = c.schedule(times[:2])
+    (a_t, a_s), (s_t, s_s) = sch.alpha.tolist(), sch.sigma.tolist()
+    x_t = (eps1 * s_t).float().double()  # the prior was drawn in float32
+    x0 = 0.5 * torch.tanh(x_t.float()).double()
+    eps_hat = (x_t - a_t * x0) / s_t
+    rho = (a_t * s_s) ** 2 / (a_s * s_t) ** 2
+    want = a_s * x0 + s_s * (math.sqrt(rho) * eps_hat + math.sqrt(1 - rho) * z)
+    err = float((x_s.double() - want).abs().max())
+    # what the float32 formula sqrt(1 - a^2), a = sqrt(1 - rho), gave before
+    a32 = torch.tensor(1 - rho, dtype=torch.float32).sqrt()
+    old = a_s * x0 + s_s * (float((1 - a32 * a32).clamp_min(0).sqrt()) * eps_hat + float(a32) * z)
+    old_err = float((old - want).abs().max())
+    print(f"rho {rho:.3g}; error {err:.2e}, the float32 formula's {old_err:.2e}")
+    assert 1e-8 < rho < 6e-8
+    assert err < 2e-6 < old_err / 100

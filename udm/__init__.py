@@ -39,7 +39,8 @@ _EXPORTS = {
     "run_experiment": "experiment",
     "append_dims": "_tensor",
     "UdmError": "errors", "ConfigError": "errors", "PluginError": "errors", "UnknownPluginError": "errors",
-    "CapabilityError": "errors", "UdmWarning": "errors",
+    "CapabilityError": "errors", "UdmWarning": "errors", "IllConditionedWarning": "errors",
+    "NoiseLevelTime": "noise_level",
     "Interval": "_schema",
 }
 
@@ -78,12 +79,14 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from .api import resolve_sampler, sample, supported_samplers
     from .corruption import Corruption, GaussianNoise, capabilities
     from .denoiser import Denoiser, Prediction
-    from .errors import CapabilityError, ConfigError, PluginError, UdmError, UdmWarning, UnknownPluginError
+    from .errors import (CapabilityError, ConfigError, IllConditionedWarning, PluginError, UdmError, UdmWarning,
+                         UnknownPluginError)
     from .experiment import Experiment, RunResult, TrainingError, run_experiment
     from .families import Categorical, Family, Gaussian, Laplace, get_family
     from .hookspecs import hookimpl
     from .losses import LossOutput, diffusion_loss
     from .samplers import SamplerSpec, SamplerStep
     from .sequences import Sequences
+    from .noise_level import NoiseLevelTime
     from .time import TimeType, check_grid
     from .training import Trainer, TrainResult, TrainStep, train

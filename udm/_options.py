@@ -54,12 +54,14 @@ class TrainOptions:
 class SampleOptions:
     """``sample``: which registered sampler, on how many grid steps, how many samples, and how.
 
-    ``spacing`` is one of the time type's grid spacings; ``seed`` defaults to ``run.seed``;
+    ``nfe`` asks for a budget of model calls instead of ``steps`` (the most steps that fit; give one of the
+    two); ``spacing`` is one of the time type's grid spacings; ``seed`` defaults to ``run.seed``;
     ``family_options`` go to the q_theta family (e.g. ``temperature`` for categorical).
     """
 
     sampler: str = "invert"
     steps: Annotated[int, Interval(ge=1)] = 50
+    nfe: Annotated[int, Interval(ge=1)] | None = None  # a budget of model calls instead of steps
     n: Annotated[int, Interval(ge=1)] = 1024
     spacing: str = "uniform"
     clamp: bool = False

@@ -71,15 +71,21 @@ def fit(exp: Any, b: Built) -> None:
 
 def sanity_check(exp: Any, b: Built, device: torch.device) -> None:
     """A training loss on two examples and two steps of the configured sampler (see the module docstring)."""
-    from .api import sample
+    from .api import resolve_sampler, resolve_steps, sample
     from .losses import diffusion_loss
 
     cfg, src = exp.config["sample"], exp.source
     options = {k: v for k, v in cfg.items() if k not in sampler_own_keys()}
+    steps = cfg.get("steps")
+    if cfg.get("nfe") is not None:  # a budget of model calls sets the steps
+        spec = _attempt(f"{src}: sample", f"resolve sampler {cfg['sampler']!r}",
+                        lambda: resolve_sampler(cfg["sampler"], b.corruption, exp.registry, options),
+                        "Choose a sampler the corruption supports")
+        steps = resolve_steps(spec, steps, cfg["nfe"], options, where=f"{src}: sample")
     x0 = b.data[torch.arange(min(SANITY_BATCH, len(b.data)))].to(device)
     g = torch.Generator(device=device).manual_seed(0)
     _validate.check_sample_args(b.network, b.corruption, b.time_type, shape=(len(x0), *b.data_shape),
-                                sampler=cfg["sampler"], steps=cfg["steps"], spacing=cfg["spacing"], generator=g,
+                                sampler=cfg["sampler"], steps=steps, spacing=cfg["spacing"], generator=g,
                                 family_options=cfg.get("family_options"), options=options, registry=exp.registry,
                                 where=f"{src}: sample")
     training = b.network.training
@@ -90,12 +96,12 @@ def sanity_check(exp: Any, b: Built, device: torch.device) -> None:
                      lambda: diffusion_loss(b.network, b.corruption, b.time_type, x0, g),
                      "Check that the data, corruption and model fit together (shape, dtype, vocabulary)")
             _attempt(f"{src}: sample.steps", "give a valid sampling grid",
-                     lambda: b.time_type.grid(cfg["steps"], spacing=cfg["spacing"], corruption=b.corruption),
+                     lambda: b.time_type.grid(steps, spacing=cfg["spacing"], corruption=b.corruption),
                      "Check sample.steps and sample.spacing against the time type")
             _attempt(f"{src}: sample", f"run sampler {cfg['sampler']!r} for {SANITY_STEPS} steps on the untrained "
                      f"network", lambda: sample(
                          b.network, b.corruption, b.time_type, shape=(len(x0), *b.data_shape),
-                         sampler=cfg["sampler"], steps=min(cfg["steps"], SANITY_STEPS), spacing=cfg["spacing"],
+                         sampler=cfg["sampler"], steps=min(steps, SANITY_STEPS), spacing=cfg["spacing"],
                          generator=g, registry=exp.registry, clamp=cfg["clamp"],
                          family_options=cfg.get("family_options"), **options),
                      "Check the sample section against the sampler's options")
@@ -103,10 +109,11 @@ def sanity_check(exp: Any, b: Built, device: torch.device) -> None:
             b.network.train(training)
 
 
-def _attempt(where: str, what: str, fn: Any, fix: str) -> None:
-    """Run ``fn``; any failure becomes a :class:`ConfigError` naming ``where`` (udm's own errors keep their text)."""
+def _attempt(where: str, what: str, fn: Any, fix: str) -> Any:
+    """Run ``fn`` and return its value; any failure becomes a :class:`ConfigError` naming ``where`` (udm's own
+    errors keep their text)."""
     try:
-        fn()
+        return fn()
     except UdmError as exc:
         raise ConfigError(f"{where}: {exc}") from None
     except Exception as exc:  # a plugin's or torch's error: keep its text, say where it came from

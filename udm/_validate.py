@@ -160,8 +160,9 @@ def check_sample_args(model: Any, corruption: Any, time_type: Any, *, shape: Any
             and tuple(shape[1:]) != want:
         raise ConfigError(f"{where}: shape must be (n, *data_shape) = (n, {', '.join(map(str, want))}) for this "
                           f"model; got {tuple(shape)}. Use shape=({shape[0]}, {', '.join(map(str, want))}).")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ConfigError(f"{where}: steps must be an integer >= 1; got {steps!r}.")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise ConfigError(f"{where}: steps must be an integer >= 1; got {steps!r}. Leave it unset for 50 steps, "
+                          f"or give nfe for a budget of model calls.")
     offered = getattr(time_type, "spacings", None)
     if isinstance(offered, (tuple, list)) and spacing not in offered:
         raise ConfigError(f"{where}: spacing must be one of {', '.join(map(repr, offered))} (what "

@@ -10,10 +10,10 @@ import torch
 from . import _validate
 from ._registry import Registry, registry as default_registry
 from .denoiser import Denoiser
-from .errors import CapabilityError
+from .errors import CapabilityError, ConfigError
 from .samplers import SamplerSpec, SamplerStep
 
-__all__ = ["sample", "supported_samplers", "resolve_sampler"]
+__all__ = ["sample", "supported_samplers", "resolve_sampler", "resolve_steps"]
 
 
 def supported_samplers(corruption: Any, registry: Registry | None = None) -> list[str]:
@@ -43,7 +43,19 @@ def resolve_sampler(name: str | SamplerSpec, corruption: Any, registry: Registry
     return spec
 
 
-def _model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype | None]:
+def resolve_steps(spec: SamplerSpec, steps: int | None, nfe: int | None, options: dict[str, Any] | None = None,
+                  where: str = "udm.sample") -> int:
+    """The number of steps to run: ``steps``, or the most steps whose model calls fit the budget ``nfe``
+    (:meth:`SamplerSpec.steps_for`), or 50 when neither is given."""
+    if steps is not None and nfe is not None:
+        raise ConfigError(f"{where}: steps and nfe must not both be given (nfe sets the steps); got steps={steps!r}, "
+                          f"nfe={nfe!r}. Give steps for a grid, or nfe for a budget of model calls.")
+    if nfe is not None:
+        return spec.steps_for(nfe, options)
+    return 50 if steps is None else steps
+
+
+def model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype | None]:
     """The device and floating dtype of a network's first parameter or buffer (CPU / None if it has none)."""
     for tensor in (*model.parameters(), *model.buffers()):
         return tensor.device, (tensor.dtype if tensor.dtype.is_floating_point else None)
@@ -51,8 +63,8 @@ def _model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dty
 
 
 def sample(model: torch.nn.Module | Callable[..., Any], corruption: Any, time_type: Any, *, shape: tuple[int, ...],
-           sampler: str | SamplerSpec = "invert", steps: int = 50, spacing: str = "uniform",
-           generator: torch.Generator | None = None, registry: Registry | None = None,
+           sampler: str | SamplerSpec = "invert", steps: int | None = None, nfe: int | None = None,
+           spacing: str = "uniform", generator: torch.Generator | None = None, registry: Registry | None = None,
            callback: Callable[[SamplerStep], Any] | None = None, clamp: bool = False,
            family_options: dict[str, Any] | None = None, dtype: torch.dtype | None = None,
            device: torch.device | str | None = None, variance: Any = None, x_init: Any = None,
@@ -63,7 +75,10 @@ def sample(model: torch.nn.Module | Callable[..., Any], corruption: Any, time_ty
         model: a trained network (wrapped in :class:`Denoiser`) or a denoiser ``(x_t, t, g) -> x0_hat``.
         shape: ``(n, *data_shape)`` for the prior.
         sampler: a registered sampler name (``invert``, ``ddim``, ``ddpm``, ``heun``, ...) or a spec.
-        steps, spacing: the time type's sampling grid.
+        steps, spacing: the time type's sampling grid (default 50 steps).
+        nfe: instead of ``steps``, a budget of model calls: the most steps whose calls fit it
+            (:meth:`SamplerSpec.calls`: Heun makes 2 steps - 1, RK4 4 steps - 3). The calls a run made are
+            ``SamplerStep.nfe`` of the last step (steps that change nothing may cost none).
         dtype: the prior's (and so the run's) dtype; default: the network's parameter dtype, else float32.
         device: where to sample; default: the network's device, else the generator's, else the CPU.
         variance: q_theta's variance source (see :class:`Denoiser`); ``None``: the mean.
@@ -77,13 +92,22 @@ def sample(model: torch.nn.Module | Callable[..., Any], corruption: Any, time_ty
                                 generator=generator, family_options=family_options, options=options, registry=registry)
     spec = resolve_sampler(sampler, corruption, registry, options)
     if isinstance(model, torch.nn.Module):
-        model_device, model_dtype = _model_device_dtype(model)
+        model_device, model_dtype = model_device_dtype(model)
         device = device if device is not None else model_device
         dtype = dtype or model_dtype
         model = Denoiser(model.eval(), corruption, time_type, variance=variance, **(family_options or {}))
     elif device is None:
         device = generator.device if generator is not None else torch.device("cpu")
-    times = time_type.grid(steps, spacing=spacing, corruption=corruption)
+    steps = resolve_steps(spec, steps, nfe, options)
+    try:
+        times = time_type.grid(steps, spacing=spacing, corruption=corruption)
+    except ConfigError as exc:
+        if nfe is None:
+            raise
+        per, last = spec.per_step(options)
+        raise ConfigError(f"udm.sample: nfe must give a grid the time type accepts; got nfe={nfe}, i.e. {steps} "
+                          f"steps of {spec.name!r} ({per} model call(s) a step, {last} on the last). Lower nfe. "
+                          f"({exc})") from None
     if x_init is None:
         x_init = corruption.sample_prior(tuple(shape), generator, device=device, dtype=dtype)
     return spec(model, corruption, times, x_init, generator=generator, callback=callback, clamp=clamp, **options)

@@ -8,7 +8,8 @@
     data:       {name: two_moons, n: 20000}               # or {file: points.npy} (.npy, .safetensors, .txt)
                                                           # + quantisation: {bins: 256, range: [-1, 1]} (images)
     train:      {steps: 3000, batch_size: 512, lr: 2.0e-3, ema: 0.999}   # udm.Trainer's keywords
-    sample:     {sampler: invert, steps: 50, n: 4096}     # + the sampler's own options (eta, solver, ...)
+    sample:     {sampler: invert, steps: 50, n: 4096}     # or nfe: 10 (model calls) instead of steps; + the
+                                                          # sampler's own options (eta, solver, ...)
     eval:       {sliced_wasserstein: {projections: 256}}  # metric name -> its keywords
     run:        {out: runs/moons, seed: 0, checkpoint_every: 500, keep: 3}
 
@@ -187,6 +188,9 @@ def validate(cfg: dict[str, Any], registry: Registry, source: str = "<config>") 
     _check_keys(source, "sample", sample, sampler_schema(registry, sampler))
     _check_spacing(source, sample.get("spacing", SampleOptions.spacing), registry, cfg["time"].get("name"))
     _check_keys(source, "run", cfg.setdefault("run", {}), schema_of(RunOptions))
+    if sample.get("nfe") is not None and sample.get("steps") is not None:
+        _fail(source, "sample.nfe", "the key", "given without sample.steps (a budget of model calls sets the steps)",
+              sample["nfe"], f"Remove steps: {sample['steps']} or nfe: {sample['nfe']}.")
     check_log(cfg["run"].get("log", ["jsonl"]), f"{source}: run.log")
     if cfg["run"].get("plots", True):
         require_matplotlib(f"{source}: run.plots")
@@ -231,5 +235,6 @@ def _with_defaults(cfg: dict[str, Any], registry: Registry) -> dict[str, Any]:
             params = plugin_schema(registry, kind.name, body["name"]).params
             out[section] = {"name": body["name"], **_defaults(body, params, kind.injected)}
     for section, options in OPTION_SECTIONS.items():
-        out[section] = _defaults(out[section], schema_of(options).params, ("family_options",))
+        skip = ("family_options",) + (("steps",) if section == "sample" and out[section].get("nfe") is not None else ())
+        out[section] = _defaults(out[section], schema_of(options).params, skip)  # nfe sets the steps
     return out

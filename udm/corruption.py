@@ -26,6 +26,11 @@ vector_space        ``data_kind == "continuous"`` (x_t + a - b makes sense)     
                     F is not differentiable in t, e.g. masking: velocity = 0)
 ==================  ===========================================================  ==================
 
+Two optional hints let samplers skip model calls that cannot change anything (docs/howto-sampler.md,
+"Model calls"): ``time_invariant_posterior = True`` declares that q(x_0 | x_t) is the same function of x_t
+at every t (masking: only the visible tokens carry information), so a state that did not change keeps its
+prediction; ``uncorrupted(x_t) -> (batch,) bool`` names rows with nothing corrupted (x_0 = x_t).
+
 Conventions: ``t`` is a float tensor of shape ``(batch,)`` in [0, 1] (samplers may pass ``(1,)``,
 which must broadcast); data at t = 0, F_0(x_0, .) = x_0; every draw takes an explicit generator.
 """
@@ -55,12 +60,15 @@ class Corruption(ABC):
         family: the q_theta(x_0 | x_t) family, which fixes the loss: ``"gaussian"`` (squared
             error), ``"laplace"`` (L1) or ``"categorical"`` (cross-entropy).
         data_range: ``(low, high)`` for optional clamping of x0_hat, or ``None``.
+        time_invariant_posterior: ``True`` when q(x_0 | x_t) does not depend on t given x_t (samplers then
+            reuse a prediction while the state is unchanged, without a model call).
     """
 
     name: ClassVar[str] = ""
     data_kind: ClassVar[str] = "continuous"
     family: str = "gaussian"
     data_range: tuple[float, float] | None = None
+    time_invariant_posterior: ClassVar[bool] = False
 
     # ---------------------------------------------------------------- required
     @abstractmethod

@@ -19,6 +19,7 @@ __all__ = [
     "UnknownPluginError",
     "CapabilityError",
     "UdmWarning",
+    "IllConditionedWarning",
     "did_you_mean",
 ]
 
@@ -47,8 +48,14 @@ class CapabilityError(UdmError, ValueError):
 
 
 class UdmWarning(UserWarning):
-    """Something udm did on the user's behalf that they should know about (a damaged checkpoint skipped,
-    a partial metrics line dropped, data at an extreme scale). The CLI prints it as ``udm CMD: warning: ...``."""
+    """Base class of every warning udm issues on purpose (filter them with ``category=udm.UdmWarning``): something
+    udm did on the user's behalf that they should know about (a damaged checkpoint skipped, a partial metrics
+    line dropped, data at an extreme scale). The CLI prints it as ``udm CMD: warning: ...``."""
+
+
+class IllConditionedWarning(UdmWarning):
+    """A computation runs where it amplifies errors by orders of magnitude (e.g. an eps-predicting network
+    converted to x0_hat where alpha is nearly 0); the message says by how much and how to avoid it."""
 
 
 def did_you_mean(name: str, candidates: Iterable[str]) -> str:

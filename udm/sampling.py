@@ -13,7 +13,7 @@ from ._progress import progress_bar
 from ._options import sampler_own_keys
 from ._schema import schema_of
 from .accelerators import accelerate
-from .api import sample
+from .api import model_device_dtype, resolve_sampler, resolve_steps, sample
 from .config import load_config, sampler_schema
 from .errors import ConfigError
 from .samplers import SamplerStep
@@ -68,12 +68,16 @@ def _reference(exp: Any, data: torch.Tensor | None, n: int) -> torch.Tensor:
 def sample_and_evaluate(exp: Any, network: torch.nn.Module, corruption: Any, time_type: Any,
                         data: torch.Tensor | None, run_dir: Path, *, data_shape: list[int] | None = None,
                         log: Any = None, progress: bool | None = None, step: int = 0) -> tuple[Any, dict[str, float]]:
-    """Draw ``sample.n`` samples with ``sample.sampler``, write them under ``samples/``, score ``eval``."""
+    """Draw ``sample.n`` samples with ``sample.sampler`` (``sample.steps`` steps, or the most that fit
+    ``sample.nfe`` model calls), write them under ``samples/``, score ``eval``; the record in ``eval.jsonl``
+    has the steps run and the model calls made (``nfe``)."""
     cfg, run = exp.config["sample"], exp.config["run"]
     seed = cfg["seed"] if cfg.get("seed") is not None else run["seed"]
     shape = (cfg["n"], *(data_shape if data_shape is not None else data.shape[1:]))
     options = {k: v for k, v in cfg.items() if k not in _OWN}
-    device = next(network.parameters()).device
+    spec = resolve_sampler(cfg["sampler"], corruption, exp.registry, options)
+    steps = resolve_steps(spec, cfg.get("steps"), cfg.get("nfe"), options, where="sample")
+    device = model_device_dtype(network)[0]
     generator = torch.Generator(device=device).manual_seed(seed)
     net = accelerate(network.eval(), precision=cfg.get("precision", "fp32"), compile=cfg.get("compile", False),
                      where="sample.precision")
@@ -82,10 +86,14 @@ def sample_and_evaluate(exp: Any, network: torch.nn.Module, corruption: Any, tim
     plots = run.get("plots", True)
     kind = getattr(corruption, "data_kind", "continuous")
     strips = plots and (kind != "continuous" or two_d or len(shape) in (3, 4))  # tokens, 2-D points, images
-    with progress_bar(cfg["steps"], "sample", enabled=progress) as bar:
-        callback = lambda s: bar.update(1)  # noqa: E731
-        recorder = SnapshotRecorder(x_init, cfg["steps"], examples=None if two_d else 4, then=callback)
-        x = sample(net, corruption, time_type, shape=shape, sampler=cfg["sampler"], steps=cfg["steps"],
+    last: list = []
+    with progress_bar(steps, "sample", enabled=progress) as bar:
+        def callback(s: SamplerStep) -> None:
+            bar.update(1)
+            last[:] = [s]
+
+        recorder = SnapshotRecorder(x_init, steps, examples=None if two_d else 4, then=callback)
+        x = sample(net, corruption, time_type, shape=shape, sampler=spec, steps=steps,
                    spacing=cfg["spacing"], generator=generator, registry=exp.registry, clamp=cfg["clamp"],
                    family_options=cfg.get("family_options"), callback=recorder if strips else callback,
                    x_init=x_init, **options)
@@ -95,8 +103,9 @@ def sample_and_evaluate(exp: Any, network: torch.nn.Module, corruption: Any, tim
     metrics = {}
     for name, kwargs in exp.config["eval"].items():
         metrics[name] = float(exp.registry.get("metric", name)(x, reference, **(kwargs or {})))
-    stem = f"{cfg['sampler']}-{cfg['steps']}steps-seed{seed}"
-    caption = f"{cfg['sampler']}, {cfg['steps']} steps, seed {seed} (trained {step} steps)" + (
+    nfe = last[0].nfe if last else 0
+    stem = f"{cfg['sampler']}-{steps}steps-seed{seed}"
+    caption = f"{cfg['sampler']}, {steps} steps ({nfe} model calls), seed {seed} (trained {step} steps)" + (
         "\n" + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()) if metrics else "")
     quant = exp.quantisation()  # images: drawn over the declared range, and their levels saved
     value_range = quant.range if quant is not None else getattr(corruption, "data_range", None)
@@ -107,7 +116,8 @@ def sample_and_evaluate(exp: Any, network: torch.nn.Module, corruption: Any, tim
                                       title=f"reverse process x_t -> x0_hat: {caption}",
                                       vocab_size=getattr(corruption, "vocab_size", None))
         _plots.save(fig, run_dir / "samples" / f"{stem}-denoising.png")
-    record = {"step": step, "sampler": cfg["sampler"], "sample_steps": cfg["steps"], "seed": seed, "eval": metrics}
+    record = {"step": step, "sampler": cfg["sampler"], "sample_steps": steps, "nfe": nfe, "seed": seed,
+              "eval": metrics}
     if log is not None:
         log.write(record)
     _rundir.append_line(run_dir / "eval.jsonl", json.dumps(record))
@@ -116,9 +126,10 @@ def sample_and_evaluate(exp: Any, network: torch.nn.Module, corruption: Any, tim
 
 def sample_run(run_dir: str | Path, *, sampler: str | None = None, steps: int | None = None, n: int | None = None,
                seed: int | None = None, overrides: list[str] | tuple[str, ...] = (), registry: Any = None,
-               progress: bool | None = None) -> tuple[Any, dict[str, float]]:
+               progress: bool | None = None, nfe: int | None = None) -> tuple[Any, dict[str, float]]:
     """Sample from a trained run directory's newest intact checkpoint (EMA weights when saved); a damaged
-    newer checkpoint is skipped with a warning naming it (the run directory is not changed)."""
+    newer checkpoint is skipped with a warning naming it (the run directory is not changed). ``steps`` or
+    ``nfe`` (a budget of model calls) replaces the saved config's steps or budget."""
     from .experiment import Experiment
 
     run_dir = Path(run_dir)
@@ -134,7 +145,10 @@ def sample_run(run_dir: str | Path, *, sampler: str | None = None, steps: int | 
     cfg.pop("versions", None)
     if sampler is not None:  # the old sampler's own options may not apply to the new one
         cfg["sample"] = {k: v for k, v in cfg["sample"].items() if k in _OWN} | {"sampler": sampler}
-    for key, value in (("steps", steps), ("n", n), ("seed", seed)):
+    if steps is not None or nfe is not None:  # a new grid size replaces the saved one, whichever way it was given
+        cfg["sample"].pop("steps", None)
+        cfg["sample"].pop("nfe", None)
+    for key, value in (("steps", steps), ("nfe", nfe), ("n", n), ("seed", seed)):
         if value is not None:
             cfg["sample"][key] = value
     from .config import apply_overrides

@@ -1,7 +1,7 @@
 """Samplers: plain functions sharing one signature, written on :class:`Sampling` (see :mod:`udm.samplers._rules`)."""
 
 from ._loop import Point, SamplerStep, Sampling, StepContext, require, sample_loop
-from ._requires import Requirements, requirements_of, requires
+from ._requires import Requirements, calls_per_step, calls_per_step_of, requirements_of, requires
 from ._rules import CALLS_PER_STEP, RULES, SOLVERS, invert, ode, posterior, refresh, renoise, residual
 from ._spec import SamplerSpec
 
@@ -16,6 +16,8 @@ __all__ = [
     "requires",
     "Requirements",
     "requirements_of",
+    "calls_per_step",
+    "calls_per_step_of",
     "renoise",
     "invert",
     "refresh",
