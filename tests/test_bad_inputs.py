@@ -143,8 +143,8 @@ sets("yaml-width-bool", ["model.width=true"], 2, r"model\.width: the value must 
 sets("yaml-width-float", ["model.width=16.5"], 2, r"model\.width: the value must be an integer >= 1; got 16\.5")
 sets("yaml-corruption-unknown", ["corruption.name=gausian"], 2, r"corruption\.name: .*Did you mean 'gaussian'\?")
 sets("yaml-schedule-unknown", ["corruption.schedule=cosin"], 2,
-     r"corruption: corruption gaussian: schedule: schedule 'cosin': name must be a registered schedule; got "
-     r"'cosin'\. Available: .*Did you mean 'cosine'\?")
+     r"exp\.yaml: corruption\.schedule: the name must be a registered schedule; got 'cosin'\. Available: .*"
+     r"Did you mean 'cosine'\?")
 sets("yaml-prediction-unknown", ["corruption.prediction=noise"], 2,
      r"corruption\.prediction: the value must be one of 'x0', 'eps', 'v', 'score', 'flow'; got 'noise'")
 sets("yaml-time-steps-zero", ["time.steps=0"], 2, r"time: time discrete: steps must be an integer >= 1; got 0")

@@ -111,6 +111,13 @@ _KINDS = (
         "metric", "udm_register_metrics",
         "Register metrics: callables ``(samples, reference, *, generator=None, **kwargs) -> float``.",
         must_be_callable=True, factory=False, supplied=("samples", "reference", "generator")),
+    PluginKind(
+        "encoder", "udm_register_encoders",
+        "Register encoders: subclasses of :class:`udm.Encoder` (an ``nn.Module`` mapping data to a latent and "
+        "back), named inside a ``latent`` corruption's keywords (``encoder: {name: embedding, dim: 16}``).",
+        section=None, required=("encode", "decode", "round", "latent_shape"),
+        signatures={"encode": ("x0",), "decode": ("z", "std"), "round": ("z",), "latent_shape": ("shape",)},
+        injected=("vocab_size",)),
 )
 
 _BY_NAME = {k.name: k for k in _KINDS}

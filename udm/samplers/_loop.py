@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from ..batch import batch_device, batch_size
 from ..denoiser import Prediction
 from ..errors import CapabilityError
 from ..time import check_grid
@@ -66,7 +67,7 @@ class Point:
 
 def require(corruption: Any, rule: str, *caps: str) -> None:
     """Raise :class:`CapabilityError` when ``corruption`` lacks any of ``caps``."""
-    from ..corruption import capabilities
+    from ..corruption import capabilities, describe_missing
 
     have = capabilities(corruption)
     missing = [c for c in caps if c not in have]
@@ -74,15 +75,13 @@ def require(corruption: Any, rule: str, *caps: str) -> None:
         name = getattr(corruption, "name", type(corruption).__name__)
         raise CapabilityError(
             f"sampler rule {rule!r}: corruption {name!r} must offer {', '.join(caps)}; "
-            f"it lacks {', '.join(missing)}. Choose a sampler the corruption supports "
+            f"it lacks {describe_missing(corruption, missing)}. Choose a sampler the corruption supports "
             f"(`udm plugins` lists them per corruption) or implement the missing method."
         )
 
 
 def _batch(x: Any) -> tuple[int, torch.device]:
-    if isinstance(x, torch.Tensor):
-        return x.shape[0], x.device
-    return len(x), x.device
+    return batch_size(x), batch_device(x)
 
 
 class Sampling:
@@ -129,6 +128,7 @@ class Sampling:
         declared = bool(getattr(corruption, "time_invariant_posterior", False))
         self._reuse = (declared if reuse is None else bool(reuse)) and isinstance(x_init, torch.Tensor)
         self._uncorrupted = getattr(corruption, "uncorrupted", None) if self._reuse else None
+        self._to_data = getattr(corruption, "to_data", None)
         self._last: tuple[Any, float, Prediction] | None = None  # (state, time, prediction) of the last call
         warn_if_ill_conditioned(denoiser, corruption, self.table, self.values[0], self._range is not None)
 
@@ -204,10 +204,12 @@ class Sampling:
                 pred.mean = pred.mean.clamp(*self._range)
         return pred
 
-    @staticmethod
-    def final(pred: Prediction) -> Any:
-        """What the last step returns: q_theta's mean where it has one (no draw), else x0_hat."""
-        return pred.mean if pred.mean is not None else pred.x0_hat
+    def final(self, pred: Prediction) -> Any:
+        """What the last step returns: q_theta's mean where it has one (no draw), else x0_hat; mapped to the data
+        by the corruption's ``to_data`` when its states are not data (a latent corruption rounds its latent
+        x0_hat to tokens here, and only here)."""
+        x0 = pred.mean if pred.mean is not None else pred.x0_hat
+        return self._to_data(x0) if self._to_data is not None else x0
 
     def report(self, i: int, x: Any, pred: Prediction | Any) -> None:
         if self.callback is not None:

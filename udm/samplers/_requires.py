@@ -40,7 +40,7 @@ def requires(*always: str, **when: tuple[str, ...] | str) -> Callable[[Callable[
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
         def rule(denoiser, corruption, times, x_init, **options):
-            from ..corruption import capabilities
+            from ..corruption import capabilities, describe_missing
 
             needed = req.for_options(options)
             missing = [c for c in needed if c not in capabilities(corruption)]
@@ -48,7 +48,7 @@ def requires(*always: str, **when: tuple[str, ...] | str) -> Callable[[Callable[
                 name = getattr(corruption, "name", type(corruption).__name__)
                 raise CapabilityError(
                     f"sampler rule {fn.__name__!r}: corruption {name!r} must offer {', '.join(needed)}; it lacks "
-                    f"{', '.join(missing)}. Choose a sampler the corruption supports (`udm plugins` lists them per "
+                    f"{describe_missing(corruption, missing)}. Choose a sampler the corruption supports (`udm plugins` lists them per "
                     f"corruption) or implement the missing method.")
             return fn(denoiser, corruption, times, x_init, **options)
 
