@@ -22,18 +22,9 @@ import udm
 from udm.errors import ConfigError
 from udm.nn import timestep_embedding
 
+from .mlp import _Block  # the residual block of the mlp model, time-conditioned
+
 __all__ = ["JointMLP"]
-
-
-class _Block(nn.Module):
-    def __init__(self, width: int) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(width)
-        self.fc1 = nn.Linear(width, width)
-        self.fc2 = nn.Linear(width, width)
-
-    def forward(self, h: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
-        return h + self.fc2(F.silu(self.fc1(F.silu(self.norm(h))) + temb))
 
 
 class JointMLP(nn.Module):
