@@ -72,6 +72,10 @@ def _common_basis(parts: list[Any]) -> tuple[Any, str | None]:
     if other:
         return None, (f"part {other[0]!r} is not linear-Gaussian, so the chain is not: its state given x_0 is not "
                       f"Gaussian")
+    mapped = [p.name for p in parts if getattr(p, "data_kind", "continuous") != "continuous"]
+    if mapped:
+        return None, (f"part {mapped[0]!r} does not take continuous data, so the chain is not linear-Gaussian in the "
+                      f"data (a latent corruption's inner corruption may be a chain instead)")
     bases = [p.basis for p in parts if not _isotropic(p)]
     for b in bases[1:]:
         if not _same_basis(b, bases[0]):
@@ -93,6 +97,9 @@ class Chain(Composite):
     """
 
     name = "chain"
+    #: configurations ``udm plugins`` reports (a chain needs its parts to say what it supports)
+    examples = ({"parts": [{"name": "blur", "sigma": 0.0}, {"name": "gaussian", "schedule": "cosine"}]},
+                {"parts": ["mask_pixels", "gaussian"]})
 
     def __new__(cls, *args: Any, **kwargs: Any) -> "Chain":
         if not args and not kwargs:  # copy.copy, copy.deepcopy and unpickling rebuild an existing chain
@@ -214,7 +221,8 @@ class LinearChain(udm.LinearGaussian, Chain):
             if a is None:
                 a, da, var, dvar, lim = p_a, p_da, p_s * p_s, 2 * p_s * p_ds, p_ds * p_ds
                 continue
-            dvar = dvar * p_a * p_a + var * 2 * p_a * p_da + 2 * p_s * p_ds
+            carried = torch.where(var > 0, var * 2 * p_a * p_da, torch.zeros_like(var))  # 0, not 0 * inf, at var = 0
+            dvar = dvar * p_a * p_a + carried + 2 * p_s * p_ds
             var = var * p_a * p_a + p_s * p_s
             lim = lim * p_a * p_a + p_ds * p_ds
             da = da * p_a + a * p_da

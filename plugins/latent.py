@@ -84,6 +84,8 @@ class LatentCorruption(Composite):
     """
 
     name = "latent"
+    #: a configuration ``udm plugins`` reports
+    examples = ({"encoder": {"name": "embedding", "vocab_size": 16, "dim": 16}, "inner": "gaussian"},)
     data_kind = "tokens"  #: the encoder's data kind (set per instance from the encoder; the built-in one: tokens)
     state_kind = "continuous"
     family = "gaussian"

@@ -62,6 +62,8 @@ class Product(Composite):
     """
 
     name = "product"
+    #: a configuration ``udm plugins`` reports
+    examples = ({"parts": {"point": "gaussian", "label": {"name": "mask", "vocab_size": 4}}, "times": "independent"},)
     data_kind = "parts"
     state_kind = "parts"
     family = "product"

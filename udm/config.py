@@ -41,7 +41,7 @@ from ._plots import require_matplotlib
 from .quantisation import Quantisation
 
 __all__ = ["load_config", "parse_config", "apply_overrides", "validate", "plugin_schema", "sampler_schema",
-           "plugin_sections", "sections", "required_sections", "nested_specs", "OPTION_SECTIONS"]
+           "plugin_sections", "sections", "required_sections", "nested_specs", "check_plugin_section", "OPTION_SECTIONS"]
 
 _schema_origin = typing.get_origin
 
@@ -134,6 +134,11 @@ def sampler_schema(registry: Registry, name: str) -> Schema:
     """The sample section's keys: :class:`SampleOptions` plus the sampler rule's keyword options."""
     rule = plugin_schema(registry, "sampler", name)
     return Schema({**schema_of(SampleOptions).params, **rule.params}, rule.open)
+
+
+def check_plugin_section(src: str, section: str, body: dict[str, Any], registry: Registry) -> None:
+    """Check one plugin section's keys (nested plugin specs included), as :func:`validate` does."""
+    _plugin_section(src, section, body, registry)
 
 
 def _plugin_section(src: str, section: str, body: dict[str, Any], registry: Registry) -> None:
