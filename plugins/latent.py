@@ -126,7 +126,8 @@ class LatentCorruption(Composite):
                 "linear_gaussian" not in udm.capabilities(self.inner):
             raise ConfigError(f"{where}: inner must be a linear-Gaussian corruption of continuous data (the bound is "
                               f"per latent entry); got {name!r}. Use gaussian (any schedule).")
-        m = self.inner.marginal(torch.tensor([0.5, self.recon_time], dtype=torch.float64), torch.zeros(2, 1))
+        like = torch.zeros(2, *getattr(self.inner, "nominal_shape", (1,)))
+        m = self.inner.marginal(torch.tensor([0.5, self.recon_time], dtype=torch.float64), like)
         if m.a64[0].numel() != 1 or m.s64[0].numel() != 1:
             raise ConfigError(f"{where}: inner must have one amplitude pair per time (isotropic noise on the latents); "
                               f"got {name!r} with per-coefficient amplitudes. Use gaussian.")
