@@ -97,6 +97,7 @@ class Chain(Composite):
     """
 
     name = "chain"
+    data_kind = None  #: the first part's (set per instance; the class cannot say which data it takes)
     #: configurations ``udm plugins`` reports (a chain needs its parts to say what it supports)
     examples = ({"parts": [{"name": "blur", "sigma": 0.0}, {"name": "gaussian", "schedule": "cosine"}]},
                 {"parts": ["mask_pixels", "gaussian"]})
@@ -213,9 +214,9 @@ class LinearChain(udm.LinearGaussian, Chain):
         return self._flat(a), self._flat(var.sqrt())
 
     def amplitude_derivatives(self, t: torch.Tensor, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(a', s') in closed form: a' by the product rule; (s^2)' from the recursion s_k^2 = s_{k-1}^2 a_k^2 + s_k'^2
-        over the parts, s' = (s^2)' / 2s, and where s = 0 (the data end) its one-sided limit
-        sqrt(sum_i s_i'^2 prod_{j > i} a_j^2)."""
+        """(a', s') in closed form: a' by the product rule; the variance after k parts v_k = v_{k-1} a_k^2 + s_k^2 has
+        v_k' = v_{k-1}' a_k^2 + 2 v_{k-1} a_k a_k' + 2 s_k s_k', s' = v' / 2s, and where s = 0 (the data end) s' is
+        its one-sided limit sqrt(sum_i s_i'^2 prod_{j > i} a_j^2)."""
         a = var = da = dvar = lim = None
         for p_a, p_s, p_da, p_ds in self._parts_at(t.to(torch.float64), shape, True):
             if a is None:
