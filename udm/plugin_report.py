@@ -138,7 +138,7 @@ def _flow(config: dict[str, Any]) -> str:
     """``{parts: [blur, gaussian]}`` as YAML flow style, on one line."""
     import yaml
 
-    return yaml.safe_dump(config, default_flow_style=True, width=10**6).strip()
+    return yaml.safe_dump(config, default_flow_style=True, width=10**6, sort_keys=False).strip()
 
 
 def _corruptions(registry: Registry, name: str) -> list[CorruptionEntry]:
@@ -153,9 +153,11 @@ def _corruptions(registry: Registry, name: str) -> list[CorruptionEntry]:
 
 def corruption_entry(registry: Registry, config: dict[str, Any]) -> CorruptionEntry:
     """The entry of the corruption a config mapping ``{name: ..., **keywords}`` builds (``udm plugins
-    --corruption``)."""
+    --corruption``); a configuration that does not build raises its error."""
     config = dict(config)
-    return _corruption(registry, config.pop("name"), config)
+    name = config.pop("name")
+    registry.create("corruption", name, **config)
+    return _corruption(registry, name, config)
 
 
 def _corruption(registry: Registry, name: str, config: dict[str, Any] | None = None) -> CorruptionEntry:
