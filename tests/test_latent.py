@@ -206,3 +206,23 @@ def test_bad_latent_corruptions_are_clear_errors(reg):
                                                                 "prediction": "x0"})
     with pytest.raises(ConfigError, match=r"encoder embedding: shape must be \(batch, length\) for tokens"):
         reg.create("corruption", "latent", encoder=enc).sample_prior((2, 3, 4, 5), None)
+
+
+def test_a_variance_source_and_the_grid_tables_of_the_inner_corruption_apply(reg):
+    """q_theta with a variance (Analytic-DPM) and the per-grid coefficient tables run on the latent corruption as on
+    its inner Gaussian: the same draws, step by step, given the same network output and generator."""
+    latent, net, time = _tiny("frozen")
+    gauss = latent.inner
+    table = udm.VarianceTable([0.0, 0.5, 1.0], [0.0, 0.01, 0.04], interpolate=True)
+    z1 = latent.sample_prior((6, 4), torch.Generator().manual_seed(11))
+    run = udm.samplers.Sampling(udm.Denoiser(net, latent, time), latent, time.grid(5), z1)
+    assert run.linear_gaussian and run.table is not None  # the fast path: coefficients of the whole grid at once
+    seen: list = []
+    got = udm.sample(net, latent, time, x_init=z1, shape=(6, 4), sampler="ddpm", steps=5, variance=table,
+                     generator=torch.Generator().manual_seed(12), callback=lambda s: seen.append(s.x0_hat))
+    plain: list = []
+    last = udm.sample(net, gauss, time, x_init=z1, shape=(6, 4, 4), sampler="ddpm", steps=5, variance=table,
+                      generator=torch.Generator().manual_seed(12), callback=lambda s: plain.append(s.x0_hat))
+    for a, b in zip(seen, plain):
+        torch.testing.assert_close(a, b)
+    assert len(seen) == 5 and torch.equal(got, latent.to_data(last))  # the mean of the last step, rounded

@@ -26,6 +26,10 @@ vector_space        ``data_kind == "continuous"`` (x_t + a - b makes sense)     
                     F is not differentiable in t, e.g. masking: velocity = 0)
 ==================  ===========================================================  ==================
 
+Wrappers built from other corruptions (chains, products, latent corruptions: :mod:`udm.composition`) report what
+they offer with ``capabilities()`` and why they lack the rest with ``capability_notes()`` (:func:`capability_notes`;
+``udm plugins`` and capability errors show the reasons).
+
 Two optional hints let samplers skip model calls that cannot change anything (docs/howto-sampler.md,
 "Model calls"): ``time_invariant_posterior = True`` declares that q(x_0 | x_t) is the same function of x_t
 at every t (masking: only the visible tokens carry information), so a state that did not change keeps its

@@ -12,6 +12,10 @@ and the last step, which returns the prediction's mean (docs/math.md, "The last 
         x = run.final(pred) if run.last(i) else run.forward(pred.x0_hat, run.noise(x, pred.x0_hat, i), i + 1)
         run.report(i, x, pred)
 
+States may be tensors or mappings of parts (a product's; the batch size is read with :mod:`udm.batch`). The last
+step maps the prediction to data with the corruption's ``to_data`` when it has one (a latent corruption rounds its
+latent x0_hat to tokens there, and only there).
+
 A rule may keep any history between iterations, call :meth:`Sampling.predict` several times per step
 (at grid points or, with :meth:`Sampling.point`, anywhere), and reads ``run.nfe`` for the calls made.
 :func:`sample_loop` runs a memoryless one-step rule ``step(ctx, x_t, x0_hat, t, s) -> x_s`` on it.
