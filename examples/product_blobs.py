@@ -38,6 +38,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--samples", type=int, default=4000)
     ap.add_argument("--sample-steps", type=int, default=50)
+    ap.add_argument("--ema", type=float, default=0.999)
+    ap.add_argument("--sampler", default="ddim")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -52,12 +54,12 @@ def main() -> None:
     net = reg.create("model", "joint_mlp", data_shape={"point": [2], "label": [1]},
                      vocab_size={"point": None, "label": 4}, width=128, depth=3)
     start = time.perf_counter()
-    run = udm.train(net, product, time_type, data, steps=args.steps, batch_size=256, lr=2e-3, ema=0.99, warmup=100)
+    run = udm.train(net, product, time_type, data, steps=args.steps, batch_size=256, lr=2e-3, ema=args.ema, warmup=100)
     print(f"trained {args.steps} steps in {time.perf_counter() - start:.0f} s; loss "
           f"{sum(run.losses[:100]) / 100:.3f} -> {sum(run.losses[-100:]) / 100:.3f}")
     n = args.samples
     shape = {"point": (n, 2), "label": (n, 1)}
-    x = udm.sample(run.ema, product, time_type, shape=shape, sampler="ddim", steps=args.sample_steps,
+    x = udm.sample(run.ema, product, time_type, shape=shape, sampler=args.sampler, steps=args.sample_steps,
                    generator=torch.Generator().manual_seed(1))
     expected = n * weights.repeat_interleave(4) / 4
     chi2 = float(((joint_cells(x, centres) - expected) ** 2 / expected).sum())
@@ -69,7 +71,7 @@ def main() -> None:
     m = n // 4
     for k in range(4):
         held = product.condition(label=torch.tensor([[k]]))
-        xk = udm.sample(run.ema, held, time_type, shape={"point": (m, 2), "label": (m, 1)}, sampler="ddim",
+        xk = udm.sample(run.ema, held, time_type, shape={"point": (m, 2), "label": (m, 1)}, sampler=args.sampler,
                         steps=args.sample_steps, generator=torch.Generator().manual_seed(10 + k))
         truth = lambda: centres[k].float() + std * torch.randn(m, 2, generator=g)  # noqa: E731
         floor = torch.tensor([energy(truth(), truth()) for _ in range(20)])

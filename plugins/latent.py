@@ -19,8 +19,10 @@ with the encoder inside it), in nats per data position:
 
 with z_t = a_t E(x_0) + s_t eps, SNR = a^2/s^2, the **reconstruction** term at ``recon_time`` t_r (the encoder's
 ``decode(z_r / a_r, s_r / a_r)``: the exact posterior of each token given its noisy embedding under a uniform
-prior), the **diffusion** term (one t per sample: weight (1 - t_r)(-SNR'(t))/2 for t >= t_r, exact in mean when
-t ~ U(t_r, 1), the ``continuous`` time type with ``t_min = recon_time``) and the **prior** term
+prior), the **diffusion** term (one t per sample, drawn by the corruption itself uniformly in the log-SNR between
+t_r and 1 and weighted by the inverse of that density: an unbiased estimate of the integral whose integrand,
+SNR |x0_hat - E(x_0)|^2, stays of order one, where a uniform t would weight the few samples near t_r by up to
+-SNR' ~ 1e7) and the **prior** term
 1/2 SNR(1) |E(x_0)|^2. The reconstruction term keeps the embeddings from collapsing (tokens closer than the
 noise at t_r cannot be told apart); the prior term keeps them from blowing up (it grows with |E(x_0)|^2 where
 SNR(1) > 0, e.g. the ``linear`` and ``vp`` schedules). ``loss: simple`` is Diffusion-LM's L_simple: the inner
@@ -55,6 +57,8 @@ __all__ = ["LatentCorruption", "LatentBound"]
 _PASSED = ("noise_posterior", "refresh_noise", "posterior", "schedule", "linear_gaussian", "vector_space", "fit")
 #: members of the inner corruption exposed as the latent corruption's own (beyond the linear-Gaussian layer)
 _ALSO = ("parameterization", "schedule")
+#: points of the log-SNR table the diffusion term's times are drawn from, and its floor where SNR(1) = 0
+TABLE_POINTS, LAMBDA_MIN = 4097, -30.0
 
 
 @dataclass
@@ -252,9 +256,48 @@ class LatentCorruption(Composite):
         a, s, da, ds = self._amplitudes(t, like)
         return -2 * a * (da * s - a * ds) / s**3
 
+    # ------------------------------------------- the diffusion term's times
+    def _lambda_table(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(t, lambda(t)) on a fine grid of [t_r, 1] (float64, CPU; lambda decreasing, clipped below at
+        ``LAMBDA_MIN`` where SNR(1) = 0); computed once."""
+        if self.__dict__.get("_table") is None:
+            t = torch.linspace(self.recon_time, 1.0, TABLE_POINTS, dtype=torch.float64)
+            self._table = (t, self._log_snr(t, torch.zeros(1, 1)).clamp_min(LAMBDA_MIN))
+        return self._table
+
+    def times_of(self, u: torch.Tensor) -> torch.Tensor:
+        """Times in [t_r, 1] for uniforms ``u`` ``(n,)``: uniform in the log-SNR (piecewise linear between the
+        table's points), the importance sampling of the diffusion term that :meth:`training_loss` weights for."""
+        t, lam = self._lambda_table()
+        target = lam[-1] + (lam[0] - lam[-1]) * u.double().cpu()
+        i = torch.searchsorted(-lam, -target).clamp(1, len(t) - 1)
+        w = (lam[i - 1] - target) / (lam[i - 1] - lam[i])
+        return t[i - 1] + w.clamp(0, 1) * (t[i] - t[i - 1])
+
+    def diffusion_weight(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """w(t) ``(n, 1, ..., 1)`` float64 with E_u[w(t) |x0_hat - E(x_0)|^2] the diffusion term when t = times_of(u),
+        u ~ U(0, 1): 1/2 (-SNR'(t)) / p(t), p(t) = |lambda~'(t)| / (lambda(t_r) - lambda(1)) the density of those
+        times (lambda~: the table's piecewise-linear log-SNR); 0 outside [t_r, 1]."""
+        grid, lam = self._lambda_table()
+        t = torch.as_tensor(t, dtype=torch.float64).reshape(-1)
+        i = torch.searchsorted(grid, t.cpu()).clamp(1, len(grid) - 1)
+        slope = (lam[i - 1] - lam[i]) / (grid[i] - grid[i - 1])
+        inside = (t.cpu() >= self.recon_time) & (t.cpu() <= 1)
+        w = torch.where(inside, 0.5 * (lam[0] - lam[-1]) / slope, torch.zeros_like(slope)).to(like.device)
+        return w.reshape(-1, *([1] * (like.ndim - 1))) * self.snr_slope(t, like)
+
+    def train_times(self, time_type: Any, batch: int, generator: torch.Generator | None, device: Any = None) -> Any:
+        """Training times: for ``loss: elbo`` uniform in the log-SNR over [t_r, 1] (:meth:`times_of`; the time type
+        then only sets the sampling grids), which keeps the bound's estimate of low variance; else the time type's."""
+        if self.loss != "elbo":
+            return time_type.sample_train(batch, generator, device=device)
+        u = torch.rand(batch, generator=generator, dtype=torch.float64, device=device)
+        return self.times_of(u).to(u.device)
+
     def training_loss(self, output, x0, eps, x_t, t) -> torch.Tensor:
         """Per-sample loss ``(batch,)`` in nats per data position (module docstring): reconstruction + diffusion
-        + prior for ``elbo``; the inner loss + (reconstruction + prior) per position for ``simple``."""
+        (at times drawn by :meth:`train_times`) + prior for ``elbo``; the inner loss + (reconstruction + prior)
+        per position for ``simple``."""
         z0 = self.latent_of(x0)
         positions = self._data(x0, z0)[0].numel()
         extra = self.reconstruction(x0, z0, eps) + self.prior_term(z0)
@@ -262,50 +305,33 @@ class LatentCorruption(Composite):
             return per_sample_loss(self.inner, output, z0, eps, x_t, t) + extra / positions
         z0_hat = self.inner.to_x0(output, x_t, t)
         t = torch.as_tensor(t, dtype=torch.float64).expand(z0.shape[0])
-        weight = 0.5 * (1 - self.recon_time) * self.snr_slope(t, z0) * (t >= self.recon_time).reshape(-1, 1, 1)
-        err = (z0_hat - z0).pow(2) * weight.reshape(-1, *([1] * (z0.ndim - 1))).to(z0.dtype)
+        err = (z0_hat - z0).pow(2) * self.diffusion_weight(t, z0).to(z0.dtype)
         return (err.reshape(z0.shape[0], -1).sum(1) + extra) / positions
 
     @torch.no_grad()
     def nelbo(self, denoiser: Any, x0: torch.Tensor, generator: torch.Generator | None = None, *,
-              times: int = 16, lambda_min: float = -30.0) -> LatentBound:
+              times: int = 16) -> LatentBound:
         """The bound on -log p(x_0) for each sequence of ``x0`` (nats, ``(batch,)`` per term) with ``denoiser``
         ``(z_t, t, generator) -> x0_hat`` (a :class:`udm.Denoiser` of the trained network). The diffusion term is
-        estimated with ``times`` stratified log-SNR values per sequence, lambda ~ U(lambda(1), lambda(t_r)):
-        1/2 int e^lambda E|x0_hat - E(x_0)|^2 dlambda, each t found by bisection; where SNR(1) = 0 the integral
-        starts at ``lambda_min`` (the rest is below e^lambda_min |E(x_0)|^2 / 2)."""
+        the mean over ``times`` stratified times per sequence, uniform in the log-SNR (:meth:`times_of`), of the
+        weighted error (:meth:`diffusion_weight`). Where SNR(1) = 0 the integral starts at lambda = ``LAMBDA_MIN``
+        (the rest is below e^LAMBDA_MIN |E(x_0)|^2 / 2)."""
         z0 = self.latent_of(x0)
         eps = torch.randn(z0.shape, generator=generator, device=z0.device, dtype=z0.dtype)
         rec, prior = self.reconstruction(x0, z0, eps), self.prior_term(z0)
-        lam = self._log_snr(torch.tensor([self.recon_time, 1.0], dtype=torch.float64), z0)
-        hi, lo = float(lam[0]), max(float(lam[1]), lambda_min)
         b = z0.shape[0]
         jitter = torch.rand(b, times, generator=generator, dtype=torch.float64, device=z0.device).cpu()
-        u = (torch.arange(times, dtype=torch.float64) + jitter) / times
-        target = (lo + (hi - lo) * u).reshape(-1)
-        t = self._t_of_log_snr(target, z0)
+        t = self.times_of(((torch.arange(times, dtype=torch.float64) + jitter) / times).reshape(-1)).to(z0.device)
         zz = z0.repeat_interleave(times, 0)
         noise = torch.randn(zz.shape, generator=generator, device=z0.device, dtype=z0.dtype)
-        tt = t.to(z0.device)
-        z_t = self.inner.forward(zz, noise, tt)
-        z_hat = denoiser(z_t, tt, generator)
-        lam_t = self._log_snr(t, z0).to(z0.device)
-        err = (z_hat.double() - zz.double()).pow(2).reshape(zz.shape[0], -1).sum(1)
-        diffusion = (0.5 * (hi - lo) * torch.exp(lam_t) * err).reshape(b, times).mean(1)
+        z_hat = denoiser(self.inner.forward(zz, noise, t), t, generator)
+        err = (z_hat.double() - zz.double()).pow(2) * self.diffusion_weight(t, zz)
+        diffusion = err.reshape(b, times, -1).sum(-1).mean(1)
         return LatentBound(rec.double(), diffusion, prior.double())
 
     def _log_snr(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         a, s, _, _ = self._amplitudes(t, like[:1])
         return (2 * (torch.log(a) - torch.log(s))).reshape(-1).cpu()
-
-    def _t_of_log_snr(self, lam: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """t in [t_r, 1] with log-SNR ``lam`` (which decreases in t), by 60 bisection steps."""
-        lo, hi = torch.full_like(lam, self.recon_time), torch.ones_like(lam)
-        for _ in range(60):
-            mid = (lo + hi) / 2
-            above = self._log_snr(mid, like) > lam
-            lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
-        return (lo + hi) / 2
 
     @torch.no_grad()
     def rounding_accuracy(self, denoiser: Any, x0: torch.Tensor, t: float,

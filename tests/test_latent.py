@@ -78,16 +78,19 @@ def test_the_bound_of_the_exact_denoiser_lies_between_the_entropy_and_entropy_pl
 
 @pytest.mark.parametrize("schedule", SCHEDULES, ids=["linear", "vp"])
 def test_the_training_loss_is_the_same_bound_in_nats_per_position(schedule):
-    """E over t ~ U(t_r, 1) and eps of the per-position training loss (the exact denoiser's output as the x0
-    target the network would predict) times L is the bound: the loss is a valid ELBO, not a surrogate."""
+    """E over the corruption's training times (uniform in the log-SNR) and eps of the per-position training loss
+    (the exact denoiser's output as the x0 target the network would predict) times L is the bound: the loss is a
+    valid ELBO, not a surrogate."""
     latent = _latent(schedule)
     oracle = LatentOracle(CHAIN, latent)
     g = torch.Generator().manual_seed(2)
     x0 = CHAIN.sample(6000, g)
-    t = latent.recon_time + (1 - latent.recon_time) * torch.rand(len(x0), generator=g, dtype=torch.float64)
+    t = udm.time.train_times(latent, udm.registry().create("time", "discrete"), len(x0), g)
+    assert float(t.min()) >= latent.recon_time and not bool((t * 1000 == (t * 1000).round()).all())  # its own times
     eps = latent.sample_noise(x0, g)
     x_t = latent.forward(x0, eps, t)
     per = latent.training_loss(oracle(x_t, t), x0, eps, x_t, t) * CHAIN.length
+    assert float(latent.diffusion_weight(torch.tensor([1e-4]), x0[:1, :, None].double())) == 0.0
     mean, se = float(per.mean()), float(per.std() / math.sqrt(len(per)))
     ref = latent.nelbo(oracle, x0[:3000], torch.Generator().manual_seed(3), times=8).total
     assert abs(mean - float(ref.mean())) < 4 * math.hypot(se, float(ref.std()) / math.sqrt(3000)), (mean, ref.mean())

@@ -163,7 +163,7 @@ MUTANTS: list[Mutant] = [
       "        for part in self.parts[1:1]:\n            x = part.forward(x, part.sample_noise(x, generator), one)",
       "tests/test_chain.py", "-k", "prior"),
     M("latent-bound-drops-the-half", "plugins/latent.py",
-      "diffusion = (0.5 * (hi - lo) * torch.exp(lam_t) * err)", "diffusion = ((hi - lo) * torch.exp(lam_t) * err)",
+      "w = torch.where(inside, 0.5 * (lam[0] - lam[-1]) / slope", "w = torch.where(inside, (lam[0] - lam[-1]) / slope",
       "tests/test_latent.py", "-k", "exact_denoiser"),
     M("latent-snr-slope-sign", "plugins/latent.py",
       "return -2 * a * (da * s - a * ds) / s**3", "return 2 * a * (da * s - a * ds) / s**3",
