@@ -15,9 +15,9 @@ from _tiny import experiment, udm as run_udm
 def test_encoding_fingerprints_the_network_input(reg):
     d100, d1000 = reg.create("time", "discrete", steps=100), reg.create("time", "discrete", steps=1000)
     c1000 = reg.create("time", "continuous")
-    assert d100.encoding() == [0.0, 0.1, 25.0, 50.0, 75.0, 100.0]
-    assert d1000.encoding() == pytest.approx(c1000.encoding())  # the shared scale: t * 1000
-    assert d100.encoding() != d1000.encoding()
+    assert d100.encoding_fingerprint() == [0.0, 0.1, 25.0, 50.0, 75.0, 100.0]
+    assert d1000.encoding_fingerprint() == pytest.approx(c1000.encoding_fingerprint())  # the shared scale: t * 1000
+    assert d100.encoding_fingerprint() != d1000.encoding_fingerprint()
 
 
 def test_sampling_a_run_with_another_encoding_is_refused(tmp_path, monkeypatch):

@@ -42,10 +42,10 @@ class TimeType(ABC):
     def encode(self, t: torch.Tensor) -> torch.Tensor:
         """The model's time input for ``t`` ``(batch,)``: float ``(batch,)``."""
 
-    #: the times at which :meth:`encoding` records what the network sees
+    #: the times at which :meth:`encoding_fingerprint` records what the network sees
     ENCODING_PROBES: ClassVar[tuple[float, ...]] = (0.0, 0.001, 0.25, 0.5, 0.75, 1.0)
 
-    def encoding(self) -> list[float]:
+    def encoding_fingerprint(self) -> list[float]:
         """What the network is fed at :attr:`ENCODING_PROBES`: a fingerprint of the time encoding, saved with a
         run's checkpoints so that sampling it with a time type that encodes t differently (e.g.
         ``discrete(steps=500)`` for a model trained with ``continuous(scale=1000)``) is refused instead of
@@ -82,10 +82,10 @@ def check_grid(times: torch.Tensor) -> torch.Tensor:
 
 
 def check_encoding(time_type: Any, saved: list[float] | None, where: str) -> None:
-    """Refuse a time type whose encoding differs from ``saved`` (a checkpoint's :meth:`TimeType.encoding`)."""
+    """Refuse a time type whose encoding differs from ``saved`` (a checkpoint's :meth:`TimeType.encoding_fingerprint`)."""
     if saved is None:  # checkpoints written before encodings were recorded
         return
-    now = time_type.encoding()
+    now = time_type.encoding_fingerprint()
     if len(now) != len(saved) or any(abs(a - b) > 1e-9 * max(1.0, abs(b)) for a, b in zip(now, saved)):
         probes = ", ".join(f"{p:g}" for p in TimeType.ENCODING_PROBES)
         raise ConfigError(
