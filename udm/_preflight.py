@@ -62,6 +62,7 @@ def build(exp: Any, seed: int, device: torch.device) -> Built:
     corruption, time_type, network = exp.build(data_shape, vocab, seed)
     if is_parts(data) or getattr(corruption, "data_kind", None) != getattr(declared, "data_kind", None):
         _validate.check_data(data, corruption, where)  # what the built instance takes: its parts, its encoder's kind
+    _validate.check_expectations(network, corruption, time_type, f"{exp.source}: model")
     return Built(data, data_shape, vocab, corruption, time_type, network.to(device))
 
 

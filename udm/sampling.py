@@ -17,6 +17,7 @@ from .api import model_device_dtype, resolve_sampler, resolve_steps, sample
 from .batch import example_shape, is_parts, shape_for
 from .config import load_config, sampler_schema
 from .errors import ConfigError
+from .time import check_encoding
 from .samplers import SamplerStep
 
 __all__ = ["sample_and_evaluate", "sample_run", "SnapshotRecorder"]
@@ -164,6 +165,7 @@ def sample_run(run_dir: str | Path, *, sampler: str | None = None, steps: int | 
     data_shape = dict(saved_shape) if isinstance(saved_shape, dict) else list(saved_shape)
     model_cfg = exp.config["model"]
     corruption, time_type, network = exp.build(data_shape, model_cfg.get("vocab_size"), exp.config["run"]["seed"])
+    check_encoding(time_type, ckpt.extra.get("time_encoding"), "udm sample: time")
     network.load_state_dict(ckpt.trainer["ema"] if ckpt.trainer["ema"] is not None else ckpt.trainer["network"])
     if callable(getattr(corruption, "load_state_dict", None)):
         corruption.load_state_dict(ckpt.corruption)
