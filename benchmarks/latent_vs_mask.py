@@ -77,6 +77,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", choices=["mask", "joint", "frozen"], nargs="+", default=["mask", "joint", "frozen"])
     ap.add_argument("--loss", choices=["elbo", "simple"], default="elbo", help="the latent corruption's loss")
+    ap.add_argument("--prediction", choices=["x0", "eps", "v"], default="v", help="the inner corruption's target")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -115,7 +116,7 @@ def main() -> None:
             continue
         latent = reg.create("corruption", "latent", mode=mode, loss=args.loss, encoder={"name": "embedding", "vocab_size": V,
                                                                         "dim": args.dim, "seed": args.seed},
-                            inner={"name": "gaussian", "schedule": "linear"})
+                            inner={"name": "gaussian", "schedule": "linear", "prediction": args.prediction})
         time_type = reg.create("time", "continuous", t_min=latent.recon_time)
         net = transformer(input_dim=args.dim)
         trainer, curve, seconds = train(net, latent, time_type, data, args, record=lambda: embedding_stats(latent))
