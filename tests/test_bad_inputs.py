@@ -182,7 +182,7 @@ sets("yaml-solver-unknown", ["sample.sampler=ode", "sample.solver=midpoint"], 2,
      r"sample\.solver: the value must be one of 'euler', 'heun', 'rk4'; got 'midpoint'")
 sets("yaml-option-of-other-sampler", ["sample.solver=heun"], 2, r"sample\.solver: the key must be one of")
 sets("yaml-spacing-unknown", ["sample.spacing=cubic"], 2,
-     r"sample\.spacing: the value must be one of 'uniform', 'quadratic' \(the spacings time 'discrete' offers\); "
+     r"sample\.spacing: the value must be one of 'uniform', 'quadratic', 'optimal' \(the spacings time 'discrete' offers\); "
      r"got 'cubic'")
 sets("yaml-spacing-logsnr-discrete", ["sample.spacing=logsnr"], 2, r"sample\.spacing: the value must be one of")
 sets("yaml-spacing-logsnr-needs-schedule", ["sample.spacing=logsnr"], 2,
@@ -376,7 +376,7 @@ api("api-sample-option-type", lambda r: sample(r, sampler="refresh", eta="high")
 api("api-sample-option-of-other-sampler", lambda r: sample(r, solver="heun"), 2,
     r"sampler 'ddim': option\.solver: the key must be one of \(none\); got 'solver'")
 api("api-sample-spacing", lambda r: sample(r, spacing="cubic"), 2,
-    r"udm\.sample: spacing must be one of 'uniform', 'quadratic' \(what Discrete offers\); got 'cubic'")
+    r"udm\.sample: spacing must be one of 'uniform', 'quadratic', 'optimal' \(what Discrete offers\); got 'cubic'")
 api("api-sample-sampler-unknown", lambda r: sample(r, sampler="dimm"), 2,
     r"sampler 'dimm': name must be a registered sampler; got 'dimm'.*Did you mean 'ddim'\?")
 api("api-sample-sampler-type", lambda r: sample(r, sampler=3), 2,
