@@ -150,25 +150,25 @@ def su_refresh_amount(corruption: Any, law: Literal["small", "large"]):
     * ``large``: sigma = min(s_{t|s}, s_s): DDPM's beta_t with the guard sigma_t <= s_s (beta_t > beta_bar_{t-1}
       happens on strided grids and always on the step to t = 0, where sqrt(s_s^2 - sigma^2) is not real).
 
-    For corruptions with one amplitude pair per time (``refresh`` draws one amount per sample)."""
+    For corruptions with one affine ``schedule(t)`` (alpha_t, sigma_t) per time (``refresh`` draws one amount per
+    sample)."""
     if law not in CLOSED_FORMS:
         raise ConfigError(f"su_refresh_amount: law must be one of {', '.join(CLOSED_FORMS)}; got {law!r}.")
+    if not callable(getattr(corruption, "schedule", None)):
+        raise CapabilityError(f"su_refresh_amount: corruption {getattr(corruption, 'name', corruption)!r} must have an "
+                              f"affine schedule(t) (one amplitude pair per time); got none. Use the variance sources "
+                              f"'small'/'large' (ClosedFormVariance), which work per basis coefficient.")
 
     def amount(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        ref = torch.zeros(t.shape[0], 1, dtype=torch.float64, device=t.device)
-        mt, ms = corruption.marginal(t, ref, derivatives=False), corruption.marginal(s, ref, derivatives=False)
-        if mt.a64[0].numel() != 1 or mt.s64[0].numel() != 1:
-            raise CapabilityError(f"su_refresh_amount: corruption {getattr(corruption, 'name', corruption)!r} must "
-                                  f"have one amplitude pair per time; got per-coefficient amplitudes. Use the "
-                                  f"variance sources 'small'/'large' (ClosedFormVariance), which work per coefficient.")
-        at, st, as_, ss = (v.reshape(-1) for v in (mt.a64, mt.s64, ms.a64, ms.s64))
+        sch_t, sch_s = corruption.schedule(t.to(torch.float64)), corruption.schedule(s.to(torch.float64))
+        at, st, as_, ss = sch_t.alpha, sch_t.sigma, sch_s.alpha, sch_s.sigma
         ratio = torch.where(as_ > 0, at / torch.where(as_ > 0, as_, torch.ones_like(as_)), torch.zeros_like(at))
         s_ts = (st * st - ratio * ratio * ss * ss).clamp_min(0).sqrt()
-        safe_ss = torch.where(ss > 0, ss, torch.ones_like(ss))
         if law == "small":
             r = torch.where(st > 0, s_ts / torch.where(st > 0, st, torch.ones_like(st)), torch.zeros_like(st))
         else:
-            r = torch.where(ss > 0, torch.minimum(s_ts, ss) / safe_ss, torch.zeros_like(ss))
+            r = torch.where(ss > 0, torch.minimum(s_ts, ss) / torch.where(ss > 0, ss, torch.ones_like(ss)),
+                            torch.zeros_like(ss))
         return r.clamp(0, 1)
 
     return amount

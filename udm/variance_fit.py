@@ -52,6 +52,7 @@ class VarianceFit:
         samples: data examples per time; per_coefficient: one value per basis coefficient.
         data_variance: the data's variance per basis coefficient ``shape``.
         grid: how the times were chosen (``{"times": M}``, ``{"steps": K, "spacing": ...}`` or ``{"dense": M}``).
+        coefficient_stderr: ``(M, *shape)`` each coefficient's standard error (``per_coefficient``), else ``None``.
     """
 
     source: str
@@ -64,6 +65,7 @@ class VarianceFit:
     per_coefficient: bool
     data_variance: torch.Tensor
     grid: dict[str, Any]
+    coefficient_stderr: torch.Tensor | None = None
 
     @property
     def times(self) -> torch.Tensor:
@@ -165,8 +167,10 @@ class _Moments:
         self.s1, self.s2 = self.s1 + u.sum(0), self.s2 + (u * u).sum(0)
         self.g.append(u.flatten(1).mean(1))
 
-    def coefficient(self) -> torch.Tensor:
-        return self.s1 / self.n
+    def coefficient(self) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = self.s1 / self.n
+        var = ((self.s2 - self.n * mean * mean) / max(self.n - 1, 1)).clamp_min(0)
+        return mean, (var / self.n).sqrt()
 
     def scalar(self) -> tuple[float, float]:
         g = torch.cat(self.g)
@@ -264,11 +268,12 @@ def _statistic(source, corruption, oracle, mean, m, x0, x_t, tt, g, v, gam: _Mom
 def _finish(source, grid, interpolate, desc, moments, gammas, corruption, x0_all, v, samples, per_coefficient):
     like = x0_all[:1].to(torch.float64).cpu()
     table = corruption.grid_table(grid.cpu(), like, derivatives=False)
-    bounds, raws, ses, values = [], [], [], []
+    bounds, raws, ses, values, coef_ses = [], [], [], [], []
     for i, mom in enumerate(moments):
         m = table.rows(i, i + 1)
         bound_k = mmse_bound(m, v.cpu())[0].expand(v.shape)
-        raw_k = mom.coefficient().cpu()
+        raw_k, se_k = (v.cpu() for v in mom.coefficient())
+        coef_ses.append(se_k)
         raw, se = mom.scalar()
         scalar_amplitudes = m.a64[0].numel() == 1 and m.s64[0].numel() == 1
         if source == "analytic":
@@ -283,9 +288,12 @@ def _finish(source, grid, interpolate, desc, moments, gammas, corruption, x0_all
     gamma = torch.tensor([gm.scalar()[0] for gm in gammas], dtype=torch.float64) if source == "analytic" else None
     fit = VarianceFit(source, VarianceTable(grid.cpu(), torch.stack(values), interpolate=interpolate),
                       torch.tensor(raws, dtype=torch.float64), torch.tensor(ses, dtype=torch.float64),
-                      torch.tensor(bounds, dtype=torch.float64), gamma, samples, per_coefficient, v.cpu(), desc)
+                      torch.tensor(bounds, dtype=torch.float64), gamma, samples, per_coefficient, v.cpu(), desc,
+                      torch.stack(coef_ses) if per_coefficient else None)
     order = grid.cpu().argsort()  # the table sorts its times increasing; keep every per-time array aligned with it
     fit.raw, fit.stderr, fit.bound = fit.raw[order], fit.stderr[order], fit.bound[order]
+    if fit.coefficient_stderr is not None:
+        fit.coefficient_stderr = fit.coefficient_stderr[order]
     if fit.gamma is not None:
         fit.gamma = fit.gamma[order]
     flagged = fit.flagged

@@ -68,7 +68,9 @@ class VarianceHeadNetwork(nn.Module):
     """A frozen mean network plus a second head: ``forward(x_t, time) -> (mean output, head output)``.
 
     Args:
-        mean: the trained mean network (its weights are frozen and it stays in eval mode).
+        mean: the trained mean network (its weights are frozen and it stays in eval mode; its output layer is
+            wrapped in place so that the head can read that layer's input, which renames the layer's state-dict
+            keys ``<layer>.weight`` -> ``<layer>.layer.weight``: load first-stage weights before wrapping).
         kind: ``sn`` or ``npr`` (see the module docstring).
         data_variance: the data's variance per basis coefficient ``shape`` (the clip's bound), saved with the head.
     """
