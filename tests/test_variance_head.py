@@ -92,3 +92,25 @@ def test_feature_layer_errors():
         VarianceHeadNetwork(NoParams(), "sn", torch.ones(2))
     with pytest.raises(ConfigError, match=r"variance head: kind must be one of sn, npr; got 'big'"):
         VarianceHeadNetwork(torch.nn.Linear(2, 2), "big", torch.ones(2))
+
+
+@pytest.mark.parametrize("kind", ["sn", "npr"])
+def test_head_loss_targets(parts, kind):
+    """The loss is the head's squared error to eps^2 (sn) or (eps - eps_hat)^2 (npr), eps_hat from the frozen mean,
+    with the same draws of t and eps as the mean's loss (replayed here from the seed)."""
+    corr, time, mean = parts
+    net = VarianceHeadNetwork(mean, kind, torch.ones(2))
+    x0 = torch.randn(32, 2, generator=gen(6))
+    got = head_loss(kind)(net, corr, time, x0, gen(7))
+    g = gen(7)
+    t = time.sample_train(32, g)
+    eps = corr.sample_noise(x0, g)
+    x_t = corr.forward(x0, eps, t)
+    with torch.no_grad():
+        out, h = net(x_t, time.encode(t))
+        sch = corr.schedule(t)
+        a, s = sch.alpha[:, None].float(), sch.sigma[:, None].float()
+        e_hat = (x_t - a * ((x_t - s * out) / a)) / s  # eps-prediction: eps_hat = the network's output
+        target = eps**2 if kind == "sn" else (eps - e_hat) ** 2
+    torch.testing.assert_close(got.loss.detach(), ((h - target) ** 2).mean(), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(got.t, t)
