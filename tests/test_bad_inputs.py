@@ -370,6 +370,8 @@ sets("yaml-variance-on-mask", ["sample.variance=analytic"], 2,
 sets("yaml-optimal-without-variance", ["sample.spacing=optimal"], 2,
      r"sample\.spacing: 'optimal' must come with a fitted variance \(sample\.variance: analytic or residual\); got "
      r"variance None")
+sets("yaml-sn-variance-without-head", ["sample.variance=sn"], 2,
+     r"sample\.variance: variance 'sn' needs train\.stage: variance_head with train\.head: sn; got stage 'mean'")
 sets("yaml-head-stage-without-init", ["train.stage=variance_head"], 2,
      r"train\.init: the first stage's run directory must be a trained run .*; got None")
 

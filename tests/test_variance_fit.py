@@ -134,8 +134,8 @@ def test_per_frequency_analytic_under_blur_matches_the_exact_variance():
 
 
 def test_clip_and_flag(vp, discrete):
-    """A model whose eps_hat is too large (Gamma_t > 1) gets Sigma = 0 and a warning naming the times; one whose
-    eps_hat is 0 gets at most the linear-MMSE bound v s^2 / (a^2 v + s^2) (not s^2/a^2)."""
+    """A model whose eps_hat is too large (Gamma_t > 1, a failed estimate) gets the bound and a warning naming the
+    times; one whose eps_hat is 0 gets at most the linear-MMSE bound v s^2 / (a^2 v + s^2) (not s^2/a^2)."""
     data = torch.randn(500, 2, generator=gen(0), dtype=torch.float64) * 0.5
 
     def loud(x, t, g):  # x0_hat such that eps_hat = 1.5 x_t / s: Gamma ~ 2.25 Var[x_t] / s^2 > 1
@@ -146,7 +146,8 @@ def test_clip_and_flag(vp, discrete):
     with pytest.warns(UdmWarning, match=r"fit_variance: Gamma_t = E\|\|eps_hat\|\|\^2/d must be <= 1; got > 1 at 3 of "
                                          r"3 times \(t = 0\.1, 0\.5, 0\.9\)"):
         fit = udm.fit_variance(loud, vp, discrete, data, times=[0.1, 0.5, 0.9], samples=500)
-    assert fit.flagged == [0.1, 0.5, 0.9] and torch.equal(fit.table.values, torch.zeros(3, dtype=torch.float64))
+    assert fit.flagged == [0.1, 0.5, 0.9] and torch.equal(fit.table.values, fit.bound)
+    assert bool((fit.raw < 0).all())
     quiet = udm.fit_variance(lambda x, t, g: x / vp.schedule(t).alpha[:, None], vp, discrete, data,
                              times=[0.1, 0.5, 0.9], samples=500)
     torch.testing.assert_close(quiet.table.values, quiet.bound)

@@ -62,7 +62,9 @@ def test_head_output_becomes_sigma_by_the_closed_forms(parts):
     torch.testing.assert_close(npr, torch.minimum(s * s / (a * a) * head, bound.expand(4, 2)))
     sn = HeadVariance(corr, "sn", v).from_head(head + 1.0, x_t, t, mean)
     e_hat = (x_t - a * mean) / s
-    torch.testing.assert_close(sn, (s * s / (a * a) * (head + 1.0 - e_hat**2)).clamp_min(0).minimum(bound))
+    raw = s * s / (a * a) * (head + 1.0 - e_hat**2)
+    assert bool((raw < 0).any()) and bool((raw > 0).any())  # both branches: a failed moment -> the bound
+    torch.testing.assert_close(sn, torch.where(raw < 0, bound.expand(4, 2), raw.minimum(bound)))
     with pytest.raises(ConfigError, match=r"variance 'sn': the variance must come from the network's second head"):
         HeadVariance(corr, "sn", v)(t, x_t)
 

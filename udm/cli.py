@@ -106,7 +106,7 @@ def _fit_variance(args: argparse.Namespace, progress: bool | None) -> None:
     fit, path = fit_run(args.run_dir, source=args.source, samples=args.samples, steps=args.steps,
                         spacing=args.spacing, dense=args.dense, per_coefficient=args.per_coefficient,
                         batch_size=args.batch_size, seed=args.seed, overrides=args.overrides, progress=progress)
-    flagged = f"; Gamma_t > 1 (clipped) at {len(fit.flagged)} times" if fit.flagged else ""
+    flagged = f"; Gamma_t > 1 (set to the bound) at {len(fit.flagged)} times" if fit.flagged else ""
     print(f"variance table written to {path} ({fit.source}, {len(fit.times)} times, {fit.samples} samples{flagged})")
 
 

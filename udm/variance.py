@@ -40,11 +40,14 @@ class VarianceTable:
             broadcastable to the data's per-sample shape. Non-negative.
         interpolate: between tabulated times, interpolate linearly in t (``True``) or refuse (``False``,
             the default: a table fitted on one grid must not be silently used on another).
+        upper: optional upper confidence values, shaped like ``values`` (a Monte-Carlo fit's value + 3 standard
+            errors): the optimal trajectory's costs use them (:func:`udm.variance_trajectory.optimal_grid`).
     """
 
     times: torch.Tensor
     values: torch.Tensor
     interpolate: bool = False
+    upper: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         self.times = torch.as_tensor(self.times, dtype=torch.float64).reshape(-1)
@@ -57,6 +60,8 @@ class VarianceTable:
                               f"{float(self.values.min()):.3g}. Clip the estimate into [0, its bound].")
         order = self.times.argsort()
         self.times, self.values = self.times[order], self.values[order]
+        if self.upper is not None:
+            self.upper = torch.as_tensor(self.upper, dtype=torch.float64)[order]
 
     def lookup(self, t: torch.Tensor) -> torch.Tensor:
         """Values at ``t`` ``(batch,)``: ``(batch, *cshape)`` float64."""

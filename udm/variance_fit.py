@@ -9,7 +9,11 @@ For a linear-Gaussian corruption, per basis coefficient k, x_t = a x_0 + s eps a
 
 * ``analytic``: Gamma by Monte Carlo over training data and fresh noise with the trained (EMA) mean
   model; Sigma clipped into [0, v s^2 / (a^2 v + s^2)] (the best affine estimate's error, v = the data's
-  variance per coefficient); Gamma_t > 1 (a failed estimate) is flagged with a warning.
+  variance per coefficient). Gamma_t > 1 (Sigma < 0: the Monte-Carlo error exceeds the signal 1 - Gamma_t,
+  which happens where a^2/s^2 is small and Var[x_0 | x_t] is close to the bound) is flagged with a warning
+  and Sigma_t set to the bound there (Bao et al.'s code clamps it to 0: a "small" variance where nothing is
+  known, which costs far more NELBO than erring large, and which the optimal trajectory would read as free
+  steps).
 * ``residual``: Sigma = E[(B x_0 - B x0_hat)_k^2], the maximum-likelihood variance of a Gaussian around
   an imperfect mean (Bao et al. 2022b, "Extended Analytic-DPM", eq. 9).
 * ``exact``: the exact E[diag Cov[x_0 | x_t]] of an oracle (:class:`udm.testing.GaussianMixture`).
@@ -35,6 +39,8 @@ __all__ = ["FitSource", "FIT_SOURCES", "VarianceFit", "fit_variance", "fit_times
 
 FitSource = Literal["analytic", "residual", "exact"]
 FIT_SOURCES = ("analytic", "residual", "exact")
+#: standard errors above the estimate of a table's ``upper`` values (the optimal trajectory's costs)
+CONFIDENCE = 3.0
 
 
 @dataclass
@@ -80,7 +86,7 @@ class VarianceFit:
 
     @property
     def flagged(self) -> list[float]:
-        """The times where Gamma_t > 1 (a failed ``analytic`` estimate, clipped to 0)."""
+        """The times where Gamma_t > 1 (a failed ``analytic`` estimate, replaced by its bound)."""
         if self.gamma is None:
             return []
         return [float(t) for t, g in zip(self.times, self.gamma) if g > 1]
@@ -239,36 +245,60 @@ def fit_variance(model: Any, corruption: Any, time_type: Any = None, data: torch
                 m = corruption.marginal(tt[:1], x0, derivatives=False)
                 eps = torch.randn(x0.shape, generator=g, dtype=x0.dtype).to(device)
                 x_t = corruption.apply(m, x0, eps)
-                mom.add(_statistic(source, corruption, oracle, mean, m, x0, x_t, tt, g, v, gam))
+                mom.add(STATISTICS[source](_Draw(corruption, m, x0, x_t, tt, g, v, mean, oracle), gam))
             moments.append(mom)
             gammas.append(gam)
             bar.update(1)
     return _finish(source, grid, interpolate, desc, moments, gammas, corruption, x0_all, v, samples, per_coefficient)
 
 
-def _statistic(source, corruption, oracle, mean, m, x0, x_t, tt, g, v, gam: _Moments) -> torch.Tensor:
-    """u ``(b, *shape)`` float64 whose mean over draws is Sigma_{t,k} (also feeds Gamma's sums for analytic)."""
-    if source == "exact":
-        return oracle.posterior(x_t, corruption, marginal=m).variance.to(torch.float64)
-    mu = mean(x_t, tt, g, m).to(torch.float64)
-    if source == "residual":
-        return corruption.to_basis(x0.to(torch.float64) - mu) ** 2
-    a64, s64 = m.a64.to(x_t.device), m.s64.to(x_t.device)
-    c_t, c_0 = corruption.to_basis(x_t.to(torch.float64)), corruption.to_basis(mu)
+@dataclass
+class _Draw:
+    """One Monte-Carlo batch at one time: x_0, x_t = F_t(x_0, eps) and what the statistics need."""
+
+    corruption: Any
+    m: Any  #: the corruption's coefficients at t
+    x0: torch.Tensor
+    x_t: torch.Tensor
+    t: torch.Tensor
+    generator: torch.Generator
+    data_variance: torch.Tensor
+    mean: Any  #: ``(x_t, t, generator, marginal) -> E_q[x_0]``, or ``None`` (``exact``)
+    oracle: Any
+
+    def mu(self) -> torch.Tensor:
+        return self.mean(self.x_t, self.t, self.generator, self.m).to(torch.float64)
+
+
+def _exact(d: _Draw, gamma: _Moments) -> torch.Tensor:
+    return d.oracle.posterior(d.x_t, d.corruption, marginal=d.m).variance.to(torch.float64)
+
+
+def _residual(d: _Draw, gamma: _Moments) -> torch.Tensor:
+    return d.corruption.to_basis(d.x0.to(torch.float64) - d.mu()) ** 2
+
+
+def _analytic(d: _Draw, gamma: _Moments) -> torch.Tensor:
+    dev = d.x_t.device
+    a64, s64 = d.m.a64.to(dev), d.m.s64.to(dev)
+    c_t, c_0 = d.corruption.to_basis(d.x_t.to(torch.float64)), d.corruption.to_basis(d.mu())
     safe = torch.where(s64 > 0, s64, torch.ones_like(s64))
     e2 = torch.where(s64 > 0, (c_t - a64 * c_0) / safe, torch.zeros_like(c_t)) ** 2  # eps_hat_k^2 per coefficient
-    gam.add(e2)
-    scale = x0_scale(m).to(x_t.device)
-    bound = mmse_bound(m, v).to(x_t.device).expand_as(e2)
+    gamma.add(e2)
+    scale = x0_scale(d.m).to(dev)
+    bound = mmse_bound(d.m, d.data_variance).to(dev).expand_as(e2)
     # a = 0: x_t says nothing about the coefficient, Sigma = the data's variance (the bound); s = 0: Sigma = 0
-    u = torch.where(torch.isinf(scale), bound, torch.where(s64 > 0, scale, torch.zeros_like(scale)) * (1 - e2))
-    return u
+    return torch.where(torch.isinf(scale), bound, torch.where(s64 > 0, scale, torch.zeros_like(scale)) * (1 - e2))
+
+
+#: source -> u ``(b, *shape)`` float64 whose mean over the draws is Sigma_{t,k} (analytic also sums Gamma's)
+STATISTICS = {"analytic": _analytic, "residual": _residual, "exact": _exact}
 
 
 def _finish(source, grid, interpolate, desc, moments, gammas, corruption, x0_all, v, samples, per_coefficient):
     like = x0_all[:1].to(torch.float64).cpu()
     table = corruption.grid_table(grid.cpu(), like, derivatives=False)
-    bounds, raws, ses, values, coef_ses = [], [], [], [], []
+    bounds, raws, ses, values, coef_ses, uppers = [], [], [], [], [], []
     for i, mom in enumerate(moments):
         m = table.rows(i, i + 1)
         bound_k = mmse_bound(m, v.cpu())[0].expand(v.shape)
@@ -276,17 +306,22 @@ def _finish(source, grid, interpolate, desc, moments, gammas, corruption, x0_all
         coef_ses.append(se_k)
         raw, se = mom.scalar()
         scalar_amplitudes = m.a64[0].numel() == 1 and m.s64[0].numel() == 1
-        if source == "analytic":
-            per = raw_k.clamp_min(0).minimum(bound_k)
-            one = min(max(raw, 0.0), float(bound_k.mean())) if scalar_amplitudes else float(per.mean())
+        if source == "analytic":  # Gamma > 1 (raw < 0): no information left in the estimate -> the bound
+            per = torch.where(raw_k < 0, bound_k, raw_k.minimum(bound_k))
+            bound = float(bound_k.mean())
+            one = (bound if raw < 0 else min(raw, bound)) if scalar_amplitudes else float(per.mean())
         else:
             per, one = raw_k, raw
+        cap = bound_k if source == "analytic" else torch.full_like(bound_k, float("inf"))
+        upper = (per + CONFIDENCE * se_k).minimum(cap) if per_coefficient else \
+            torch.tensor(min(one + CONFIDENCE * se, float(cap.mean())), dtype=torch.float64)
+        uppers.append(upper)
         bounds.append(float(bound_k.mean()))
         raws.append(raw)
         ses.append(se)
         values.append(per if per_coefficient else torch.tensor(one, dtype=torch.float64))
     gamma = torch.tensor([gm.scalar()[0] for gm in gammas], dtype=torch.float64) if source == "analytic" else None
-    fit = VarianceFit(source, VarianceTable(grid.cpu(), torch.stack(values), interpolate=interpolate),
+    fit = VarianceFit(source, VarianceTable(grid.cpu(), torch.stack(values), interpolate, torch.stack(uppers)),
                       torch.tensor(raws, dtype=torch.float64), torch.tensor(ses, dtype=torch.float64),
                       torch.tensor(bounds, dtype=torch.float64), gamma, samples, per_coefficient, v.cpu(), desc,
                       torch.stack(coef_ses) if per_coefficient else None)
@@ -301,6 +336,6 @@ def _finish(source, grid, interpolate, desc, moments, gammas, corruption, x0_all
         shown = ", ".join(f"{t:.4g}" for t in flagged[:5]) + (", ..." if len(flagged) > 5 else "")
         warnings.warn(UdmWarning(
             f"fit_variance: Gamma_t = E||eps_hat||^2/d must be <= 1; got > 1 at {len(flagged)} of {len(grid)} times "
-            f"(t = {shown}), where the Monte-Carlo error exceeds 1 - Gamma_t and Sigma_t was clipped to 0. Raise "
-            f"samples for a better estimate there."), stacklevel=2)
+            f"(t = {shown}), where the Monte-Carlo error exceeds 1 - Gamma_t; Sigma_t is its upper bound there. Raise "
+            f"samples for a better estimate."), stacklevel=2)
     return fit

@@ -9,8 +9,8 @@ training noise and eps_hat the noise posterior at the frozen mean:
 * ``sn``:  h_k -> E[eps_k^2 | x_t]                 (loss (h - eps^2)^2),            Sigma_k = s^2/a^2 (h_k - eps_hat_k^2)
 * ``npr``: h_k -> E[(eps_k - eps_hat_k)^2 | x_t]     (loss (h - (eps - eps_hat)^2)^2), Sigma_k = s^2/a^2 h_k
 
-clipped into [0, v s^2 / (a^2 v + s^2)] (v: the data's variance per coefficient). A YAML run trains it as a
-second stage::
+at most v s^2 / (a^2 v + s^2) (v: the data's variance per coefficient), and that bound where the moment comes
+out negative (a failed estimate, as Gamma_t > 1 for ``analytic``). A YAML run trains it as a second stage::
 
     train: {stage: variance_head, head: sn, init: runs/moons, steps: 500}   # init: the first stage's run
     sample: {sampler: ddpm, steps: 10, variance: sn}
@@ -135,7 +135,10 @@ class HeadVariance:
         scale = x0_scale(m).to(h.device)
         bound = mmse_bound(m, self.data_variance.to(device=h.device, dtype=torch.float64)).to(h.device)
         sigma = torch.where(torch.isinf(scale), bound, torch.where(m.s64.to(h.device) > 0, scale, 0.0) * h)
-        return sigma.clamp_min(0).minimum(bound.expand_as(sigma)).to(x_t.dtype)
+        # a negative moment (h < 0, or h < eps_hat^2 for sn) is a failed estimate, as Gamma_t > 1 for analytic:
+        # nothing is known there, so the bound (docs/math.md, "Failed estimates")
+        bound = bound.expand_as(sigma)
+        return torch.where(sigma < 0, bound, sigma.minimum(bound)).to(x_t.dtype)
 
     def __call__(self, t: torch.Tensor, x_t: torch.Tensor) -> Any:
         raise ConfigError(f"variance {self.kind!r}: the variance must come from the network's second head; got a "

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,8 @@ from .errors import CapabilityError, ConfigError
 from .variance import CLOSED_FORMS, ClosedFormVariance, VarianceTable
 from .variance_fit import FIT_SOURCES, VarianceFit, fit_variance
 
-__all__ = ["FOLDER", "save_fit", "load_fit", "fit_run", "variance_for_run", "check_variance_name", "TABLE_SOURCES"]
+__all__ = ["FOLDER", "save_fit", "load_fit", "fit_run", "variance_for_run", "check_variance_name", "check_head_name",
+           "TABLE_SOURCES"]
 
 FOLDER = "variance"
 #: the names whose variance is a table fitted into the run (``exact`` needs an oracle: Python only)
@@ -42,6 +44,15 @@ def check_variance_name(name: str, corruption: Any, where: str) -> None:
         raise CapabilityError(f"{where}: variance {name!r} needs a linear-Gaussian corruption with a Gaussian q_theta; "
                               f"got {cname!r} (family {getattr(corruption, 'family', None)!r}). Drop the variance (a "
                               f"point estimate), or use gaussian, blur or another udm.LinearGaussian corruption.")
+
+
+def check_head_name(name: str, train: dict[str, Any], where: str) -> None:
+    """``sn``/``npr`` need a run whose ``train`` section trains that head (checked before training starts)."""
+    if name in ("sn", "npr") and (train.get("stage") != "variance_head" or train.get("head") != name):
+        raise ConfigError(f"{where}: variance {name!r} needs train.stage: variance_head with train.head: {name}; got "
+                          f"stage {train.get('stage', 'mean')!r}, head {train.get('head')!r}. Train the head as a "
+                          f"second stage (train: {{stage: variance_head, head: {name}, init: <first run>}}), or "
+                          f"sample with analytic.")
 
 
 def _paths(run_dir: Path, source: str) -> tuple[Path, Path]:
@@ -69,6 +80,7 @@ def save_fit(run_dir: str | Path, fit: VarianceFit, *, step: int, corruption: An
                           f"{str(folder.readlink())!r}. Remove the link; udm does not write through links.")
     folder.mkdir(exist_ok=True)
     tensors = {"times": fit.table.times, "values": fit.table.values}
+    tensors |= {"upper": fit.table.upper} if fit.table.upper is not None else {}
     tensors |= {k: getattr(fit, k) for k in _TENSORS if getattr(fit, k) is not None}
     raw = save_bytes({k: v.detach().to(torch.float64).cpu().contiguous() for k, v in tensors.items()})
     from . import __version__
@@ -100,7 +112,7 @@ def load_fit(run_dir: str | Path, source: str, where: str) -> tuple[VarianceFit,
     except (ValueError, KeyError, TypeError, SafetensorError) as exc:
         raise ConfigError(f"{where}: the variance table {str(st_path)!r} must be intact; got {exc}. Refit it with "
                           f"`{_refit(run_dir, source)}`.") from None
-    table = VarianceTable(t["times"], t["values"], interpolate=bool(meta["interpolate"]))
+    table = VarianceTable(t["times"], t["values"], interpolate=bool(meta["interpolate"]), upper=t.get("upper"))
     fit = VarianceFit(meta["source"], table, t["raw"], t["stderr"], t["bound"], t.get("gamma"), int(meta["samples"]),
                       bool(meta["per_coefficient"]), t["data_variance"], meta["grid"])
     return fit, meta
@@ -171,6 +183,77 @@ def fit_run(run_dir: str | Path, *, source: str = "analytic", samples: int = 100
     return fit, path
 
 
+@dataclass
+class _Request:
+    """What resolving a variance name for a run needs."""
+
+    name: str
+    run_dir: Path
+    mean: torch.nn.Module  #: the mean network
+    head: Any  #: the run's :class:`~udm.variance_head.VarianceHeadNetwork`, or ``None``
+    corruption: Any
+    time_type: Any
+    step: int
+    steps: int
+    spacing: str
+    where: str
+    data: torch.Tensor | None
+    progress: bool | None
+
+
+def _no_optimal(req: _Request) -> None:
+    if req.spacing == "optimal":
+        raise ConfigError(f"{req.where}: spacing 'optimal' needs a fitted table (variance analytic or residual); got "
+                          f"variance {req.name!r}. Use another spacing with it.")
+
+
+def _from_head(req: _Request) -> tuple[torch.nn.Module, Any]:
+    from .variance_head import HeadVariance
+
+    if req.head is None or req.head.kind != req.name:
+        got = f"a {req.head.kind!r} head" if req.head is not None else "a run without a variance head"
+        raise ConfigError(f"{req.where}: variance {req.name!r} needs a run trained with train.stage: variance_head and "
+                          f"head: {req.name}; got {got}. Train the head as a second stage (train: {{stage: "
+                          f"variance_head, head: {req.name}, init: {req.run_dir}}}).")
+    _no_optimal(req)
+    return req.head, HeadVariance.of(req.head, req.corruption)
+
+
+def _closed_form(req: _Request) -> tuple[torch.nn.Module, Any]:
+    _no_optimal(req)
+    return req.mean, ClosedFormVariance(req.corruption, req.name)
+
+
+def _fitted(req: _Request) -> tuple[torch.nn.Module, Any]:
+    """The run's table for ``req.name``, checked against what is sampled; fitted now when ``req.data`` is given."""
+    optimal = req.spacing == "optimal"
+    dense = getattr(req.time_type, "steps", 200) if optimal else None
+    flags = f"--dense {dense}" if optimal else f"--steps {req.steps} --spacing {req.spacing}"
+    try:
+        fit, meta = load_fit(req.run_dir, req.name, req.where)
+        _check_fitted_for(meta, req.run_dir, req.where, req.corruption, req.time_type, req.step)
+        if not optimal:
+            grid = req.time_type.grid(req.steps, spacing=req.spacing, corruption=req.corruption)
+            _check_covers(fit, meta, grid, req.run_dir, req.where, f"{req.steps} {req.spacing} steps", flags)
+        elif not fit.table.interpolate:
+            raise ConfigError(f"{req.where}: spacing 'optimal' needs a dense variance table; got {req.name!r} fitted "
+                              f"for {json.dumps(meta['grid'])}. Refit it with "
+                              f"`{_refit(req.run_dir, req.name, fit.samples, flags)}`.")
+    except ConfigError:
+        if req.data is None:
+            raise
+        fit = fit_variance(req.mean, req.corruption, req.time_type, req.data, source=req.name, dense=dense,
+                           steps=None if optimal else req.steps, spacing="uniform" if optimal else req.spacing,
+                           progress=req.progress)
+        save_fit(req.run_dir, fit, step=req.step, corruption=req.corruption, time_type=req.time_type)
+    return req.mean, fit.table
+
+
+#: variance name -> how a run provides it
+_RESOLVERS = {"sn": _from_head, "npr": _from_head, **{n: _closed_form for n in CLOSED_FORMS},
+              **{n: _fitted for n in TABLE_SOURCES}}
+
+
 def variance_for_run(name: str | None, run_dir: Path, *, network: torch.nn.Module, corruption: Any, time_type: Any,
                      step: int, steps: int, spacing: str, where: str, data: torch.Tensor | None = None,
                      progress: bool | None = None) -> tuple[torch.nn.Module, Any]:
@@ -178,7 +261,7 @@ def variance_for_run(name: str | None, run_dir: Path, *, network: torch.nn.Modul
 
     ``data`` given (``udm run``, right after training): a missing or stale table is fitted now (1000 samples,
     on the sampling grid, or dense for spacing 'optimal') and written into the run."""
-    from .variance_head import HeadVariance, VarianceHeadNetwork
+    from .variance_head import VarianceHeadNetwork
 
     head = network if isinstance(network, VarianceHeadNetwork) else None
     mean = head.mean_network if head is not None else network
@@ -188,37 +271,5 @@ def variance_for_run(name: str | None, run_dir: Path, *, network: torch.nn.Modul
                               f"residual); got none. Set sample.variance (--variance analytic).")
         return mean, None
     check_variance_name(name, corruption, where)
-    if name in ("sn", "npr"):
-        if head is None or head.kind != name:
-            got = f"a {head.kind!r} head" if head is not None else "a run without a variance head"
-            raise ConfigError(f"{where}: variance {name!r} needs a run trained with train.stage: variance_head and "
-                              f"head: {name}; got {got}. Train the head as a second stage (train: {{stage: "
-                              f"variance_head, head: {name}, init: {run_dir}}}).")
-        if spacing == "optimal":
-            raise ConfigError(f"{where}: spacing 'optimal' needs a fitted table (variance analytic or residual); got "
-                              f"variance {name!r}. Use another spacing with the head's variance.")
-        return head, HeadVariance.of(head, corruption)
-    if name in CLOSED_FORMS:
-        if spacing == "optimal":
-            raise ConfigError(f"{where}: spacing 'optimal' needs a fitted table (variance analytic or residual); got "
-                              f"variance {name!r}. Use another spacing with the closed forms.")
-        return mean, ClosedFormVariance(corruption, name)
-    dense = getattr(time_type, "steps", 200) if spacing == "optimal" else None
-    flags = f"--dense {dense}" if dense else f"--steps {steps} --spacing {spacing}"
-    grid = None if spacing == "optimal" else time_type.grid(steps, spacing=spacing, corruption=corruption)
-    try:
-        fit, meta = load_fit(run_dir, name, where)
-        _check_fitted_for(meta, run_dir, where, corruption, time_type, step)
-        if grid is not None:
-            _check_covers(fit, meta, grid, run_dir, where, f"{steps} {spacing} steps", flags)
-        elif not fit.table.interpolate:
-            raise ConfigError(f"{where}: spacing 'optimal' needs a dense variance table; got {name!r} fitted for "
-                              f"{json.dumps(meta['grid'])}. Refit it with `{_refit(run_dir, name, fit.samples, flags)}`.")
-    except ConfigError:
-        if data is None:
-            raise
-        fit = fit_variance(mean, corruption, time_type, data, source=name, dense=dense,
-                           steps=None if dense else steps, spacing=spacing if not dense else "uniform",
-                           progress=progress)
-        save_fit(run_dir, fit, step=step, corruption=corruption, time_type=time_type)
-    return mean, fit.table
+    return _RESOLVERS[name](_Request(name, Path(run_dir), mean, head, corruption, time_type, step, steps, spacing,
+                                     where, data, progress))
