@@ -80,7 +80,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    warnings.simplefilter("ignore", udm.UdmWarning)  # Gamma_t > 1 near t = 1: expected, set to the bound (counted below)
+    warnings.simplefilter("ignore", udm.UdmWarning)  # Gamma_t > 1 near t = 1: set to the bound (counted below)
     reg = udm.registry()
     corr = reg.create("corruption", "gaussian", schedule="linear", prediction="eps")
     time_type = reg.create("time", "discrete", steps=T)
@@ -116,8 +116,8 @@ def main() -> None:
                 "posterior": ("posterior", grid)}
         gaps = {}
         for name, (var, times) in rows.items():
-            r = udm.discrete_nelbo(mix.q_theta(corr, var), corr, times, test, generator=torch.Generator().manual_seed(7),
-                                   decoder_variance=dec)
+            r = udm.discrete_nelbo(mix.q_theta(corr, var), corr, times, test, decoder_variance=dec,
+                                   generator=torch.Generator().manual_seed(7))
             gaps[name] = (r.nats_per_dim - h, r.stderr)
         cells = " | ".join(f"{gaps[k][0]:.3f} +- {gaps[k][1]:.3f}" for k in ("small", "large", "analytic", "exact",
                                                                              "optimal", "posterior"))

@@ -169,8 +169,8 @@ def test_fit_variance_bad_input(vp, discrete, reg):
     with pytest.raises(ConfigError, match=r"fit_variance: spacing must be a fixed grid spacing .*got 'optimal'"):
         udm.fit_variance(lambda x, t, g: x, vp, discrete, data, steps=4, spacing="optimal")
     mask = reg.create("corruption", "mask", vocab_size=4)
-    with pytest.raises(CapabilityError, match=r"fit_variance: corruption must be linear-Gaussian with a Gaussian "
-                                              r"q_theta to have an optimal reverse variance; got 'mask'"):
+    with pytest.raises(CapabilityError, match=r"fit_variance: variance 'analytic' needs a linear-Gaussian corruption "
+                                              r"with a Gaussian q_theta; got 'mask'"):
         udm.fit_variance(lambda x, t, g: x, mask, discrete, data, steps=4)
 
 

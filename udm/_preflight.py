@@ -77,7 +77,8 @@ def sanity_check(exp: Any, b: Built, device: torch.device) -> None:
     cfg, src = exp.config["sample"], exp.source
     options = {k: v for k, v in cfg.items() if k not in sampler_own_keys()}
     if cfg.get("variance") is not None:  # a variance needs a linear-Gaussian corruption (udm.variance_store)
-        from .variance_store import check_variance_name, check_head_name
+        from .variance import check_variance_name
+        from .variance_store import check_head_name
         check_variance_name(cfg["variance"], b.corruption, f"{src}: sample.variance")
         check_head_name(cfg["variance"], exp.config["train"], f"{src}: sample.variance")
     if cfg["spacing"] == "optimal":  # chosen from the variance fitted after training: check the rest on a uniform grid

@@ -112,8 +112,11 @@ def sample_and_evaluate(exp: Any, network: torch.nn.Module, corruption: Any, tim
     for name, kwargs in exp.config["eval"].items():
         metrics[name] = float(exp.registry.get("metric", name)(x, reference, **(kwargs or {})))
     nfe = last[0].nfe if last else 0
-    stem = f"{cfg['sampler']}-{steps}steps-seed{seed}" + (f"-{cfg['variance']}" if cfg.get("variance") else "")
-    caption = f"{cfg['sampler']}" + (f" + variance {cfg['variance']}" if cfg.get("variance") else "") + f", {steps} steps ({nfe} model calls), seed {seed} (trained {step} steps)" + (
+    record = {"step": step, "sampler": cfg["sampler"], "sample_steps": steps, "nfe": nfe, "seed": seed,
+              "eval": metrics} | ({"variance": cfg["variance"]} if cfg.get("variance") else {})
+    stem = _artifacts.samples_stem(record)
+    with_variance = f" + variance {cfg['variance']}" if cfg.get("variance") else ""
+    caption = f"{cfg['sampler']}{with_variance}, {steps} steps ({nfe} model calls), seed {seed} (trained {step} steps)" + (
         "\n" + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()) if metrics else "")
     quant = exp.quantisation()  # images: drawn over the declared range, and their levels saved
     value_range = quant.range if quant is not None else getattr(corruption, "data_range", None)
@@ -124,8 +127,6 @@ def sample_and_evaluate(exp: Any, network: torch.nn.Module, corruption: Any, tim
                                       title=f"reverse process x_t -> x0_hat: {caption}",
                                       vocab_size=getattr(corruption, "vocab_size", None))
         _plots.save(fig, run_dir / "samples" / f"{stem}-denoising.png")
-    record = {"step": step, "sampler": cfg["sampler"], "sample_steps": steps, "nfe": nfe, "seed": seed,
-              "eval": metrics} | ({"variance": cfg["variance"]} if cfg.get("variance") else {})
     if log is not None:
         log.write(record)
     _rundir.append_line(run_dir / "eval.jsonl", json.dumps(record))

@@ -27,7 +27,7 @@ from ._tensor import append_dims
 from .errors import CapabilityError, ConfigError
 
 __all__ = ["VarianceTable", "ClosedFormVariance", "check_variance_source", "mmse_bound", "x0_scale",
-           "su_refresh_amount", "CLOSED_FORMS"]
+           "su_refresh_amount", "CLOSED_FORMS", "check_variance_name"]
 
 
 @dataclass
@@ -177,3 +177,12 @@ def su_refresh_amount(corruption: Any, law: Literal["small", "large"]):
         return r.clamp(0, 1)
 
     return amount
+
+
+def check_variance_name(name: str, corruption: Any, where: str) -> None:
+    """A named variance needs a linear-Gaussian corruption with a Gaussian q_theta."""
+    cname = getattr(corruption, "name", type(corruption).__name__)
+    if getattr(corruption, "family", None) != "gaussian" or not callable(getattr(corruption, "grid_table", None)):
+        raise CapabilityError(f"{where}: variance {name!r} needs a linear-Gaussian corruption with a Gaussian q_theta; "
+                              f"got {cname!r} (family {getattr(corruption, 'family', None)!r}). Drop the variance (a "
+                              f"point estimate), or use gaussian, blur or another udm.LinearGaussian corruption.")

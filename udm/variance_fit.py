@@ -32,8 +32,8 @@ from typing import Any, Literal
 import torch
 
 from ._progress import progress_bar
-from .errors import CapabilityError, ConfigError, UdmWarning
-from .variance import VarianceTable, mmse_bound, x0_scale
+from .errors import ConfigError, UdmWarning
+from .variance import VarianceTable, check_variance_name, mmse_bound, x0_scale
 
 __all__ = ["FitSource", "FIT_SOURCES", "VarianceFit", "fit_variance", "fit_times", "data_variance"]
 
@@ -153,15 +153,6 @@ def _mean_predictor(model: Any, corruption: Any, time_type: Any):
                       f"(x_t, t, generator) -> x0_hat; got {type(model).__name__}.")
 
 
-def _check_corruption(corruption: Any) -> None:
-    name = getattr(corruption, "name", type(corruption).__name__)
-    if getattr(corruption, "family", None) != "gaussian" or not callable(getattr(corruption, "grid_table", None)):
-        raise CapabilityError(f"fit_variance: corruption must be linear-Gaussian with a Gaussian q_theta to have an "
-                              f"optimal reverse variance; got {name!r} (family {getattr(corruption, 'family', None)!r}"
-                              f"). Variances apply to gaussian, blur (family gaussian) and udm.LinearGaussian "
-                              f"subclasses.")
-
-
 class _Moments:
     """Running sums of a per-sample, per-coefficient statistic u ``(b, *shape)`` over the Monte-Carlo draws."""
 
@@ -208,7 +199,7 @@ def fit_variance(model: Any, corruption: Any, time_type: Any = None, data: torch
     if source not in FIT_SOURCES:
         raise ConfigError(f"fit_variance: source must be one of {', '.join(FIT_SOURCES)}; got {source!r}. The "
                           f"closed forms small/large need no fit; sn/npr are trained heads (train.stage).")
-    _check_corruption(corruption)
+    check_variance_name(source, corruption, "fit_variance")
     if not isinstance(samples, int) or isinstance(samples, bool) or samples < 2:
         raise ConfigError(f"fit_variance: samples must be an integer >= 2; got {samples!r}.")
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:

@@ -6,8 +6,8 @@ The head is a fresh copy of the mean network's last layer, fed the features that
 the whole backbone; only the head trains (the mean's weights never change). Per basis coefficient k, with eps the
 training noise and eps_hat the noise posterior at the frozen mean:
 
-* ``sn``:  h_k -> E[eps_k^2 | x_t]                 (loss (h - eps^2)^2),            Sigma_k = s^2/a^2 (h_k - eps_hat_k^2)
-* ``npr``: h_k -> E[(eps_k - eps_hat_k)^2 | x_t]     (loss (h - (eps - eps_hat)^2)^2), Sigma_k = s^2/a^2 h_k
+* ``sn``:  h_k -> E[eps_k^2 | x_t]               (loss (h - eps^2)^2),            Sigma_k = s^2/a^2 (h - eps_hat^2)
+* ``npr``: h_k -> E[(eps_k - eps_hat_k)^2 | x_t]   (loss (h - (eps - eps_hat)^2)^2), Sigma_k = s^2/a^2 h
 
 at most v s^2 / (a^2 v + s^2) (v: the data's variance per coefficient), and that bound where the moment comes
 out negative (a failed estimate, as Gamma_t > 1 for ``analytic``). A YAML run trains it as a second stage::
@@ -54,7 +54,8 @@ def feature_layer(network: nn.Module) -> tuple[nn.Module, str, nn.Module]:
     (a dotted path) or else the last module with parameters of its own (e.g. the final Linear / Conv)."""
     path = getattr(network, "variance_head_layer", None)
     if path is None:
-        leaves = [n for n, mod in network.named_modules() if n and next(mod.parameters(recurse=False), None) is not None]
+        leaves = [n for n, mod in network.named_modules()
+                  if n and next(mod.parameters(recurse=False), None) is not None]
         if not leaves:
             raise ConfigError(f"variance head: the mean network must have a layer with parameters to copy; got "
                               f"{type(network).__name__} with none. Set its variance_head_layer attribute.")

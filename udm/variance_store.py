@@ -24,26 +24,17 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_bytes, save as save_bytes
 
 from . import _rundir
-from .errors import CapabilityError, ConfigError
-from .variance import CLOSED_FORMS, ClosedFormVariance, VarianceTable
+from .errors import ConfigError
+from .variance import CLOSED_FORMS, ClosedFormVariance, VarianceTable, check_variance_name
 from .variance_fit import FIT_SOURCES, VarianceFit, fit_variance
 
-__all__ = ["FOLDER", "save_fit", "load_fit", "fit_run", "variance_for_run", "check_variance_name", "check_head_name",
+__all__ = ["FOLDER", "save_fit", "load_fit", "fit_run", "variance_for_run", "check_head_name",
            "TABLE_SOURCES"]
 
 FOLDER = "variance"
 #: the names whose variance is a table fitted into the run (``exact`` needs an oracle: Python only)
 TABLE_SOURCES = tuple(s for s in FIT_SOURCES if s != "exact")
 _TENSORS = ("raw", "stderr", "bound", "gamma", "data_variance")
-
-
-def check_variance_name(name: str, corruption: Any, where: str) -> None:
-    """A named variance needs a linear-Gaussian corruption with a Gaussian q_theta."""
-    cname = getattr(corruption, "name", type(corruption).__name__)
-    if getattr(corruption, "family", None) != "gaussian" or not callable(getattr(corruption, "grid_table", None)):
-        raise CapabilityError(f"{where}: variance {name!r} needs a linear-Gaussian corruption with a Gaussian q_theta; "
-                              f"got {cname!r} (family {getattr(corruption, 'family', None)!r}). Drop the variance (a "
-                              f"point estimate), or use gaussian, blur or another udm.LinearGaussian corruption.")
 
 
 def check_head_name(name: str, train: dict[str, Any], where: str) -> None:
@@ -169,9 +160,9 @@ def fit_run(run_dir: str | Path, *, source: str = "analytic", samples: int = 100
     if dense is None and steps is None:
         steps = cfg.get("steps")
         if cfg.get("spacing") == "optimal" or steps is None:
-            raise ConfigError(f"{where}: the grid must be given when the run samples with spacing 'optimal' or a budget "
-                              f"(nfe); got neither --steps nor --dense. Pass --dense M (spacing 'optimal' chooses "
-                              f"its steps from a dense table) or --steps K.")
+            raise ConfigError(f"{where}: the grid must be given when the run samples with spacing 'optimal' or a "
+                              f"budget (nfe); got neither --steps nor --dense. Pass --dense M (spacing 'optimal' "
+                              f"chooses its steps from a dense table) or --steps K.")
     spacing = spacing or (cfg.get("spacing", "uniform") if steps is not None else "uniform")
     data = run.exp.build_data()
     device = next(run.network.parameters()).device
