@@ -116,3 +116,22 @@ def test_head_loss_targets(parts, kind):
         target = eps**2 if kind == "sn" else (eps - e_hat) ** 2
     torch.testing.assert_close(got.loss.detach(), ((h - target) ** 2).mean(), rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(got.t, t)
+
+
+def test_clamp_moves_the_draw_with_the_clamped_mean():
+    """clamp=True with a variance clamps q_theta's mean (as Analytic-DPM clamps x0_pred) and keeps the draw's noise:
+    clamping the draw itself would cut the variance's noise in half where the data sits on its range's edge."""
+    reg = udm.registry()
+    corr = reg.create("corruption", "gaussian", schedule="linear", prediction="x0", data_range=[-1.0, 1.0])
+    time = reg.create("time", "discrete", steps=100)
+
+    class Edge(torch.nn.Module):  # predicts x_0 = -1.2 everywhere (outside the range)
+        def forward(self, x, t):
+            return torch.full_like(x, -1.2)
+
+    den = udm.Denoiser(Edge(), corr, time, variance=udm.VarianceTable([0.5], [0.04]))
+    seen = []
+    udm.samplers.RULES["invert"](den, corr, torch.tensor([0.5, 0.0], dtype=torch.float64), torch.zeros(20000, 1),
+                                 generator=gen(8), clamp=True, callback=lambda st: seen.append(st.x0_hat))
+    drawn = seen[0]
+    assert abs(float(drawn.mean()) + 1.0) < 0.01 and abs(float(drawn.std()) - 0.2) < 0.01  # N(-1, 0.2^2), not cut
