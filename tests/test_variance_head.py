@@ -60,10 +60,10 @@ def test_head_output_becomes_sigma_by_the_closed_forms(parts):
     bound = v * s * s / (a * a * v + s * s)
     npr = HeadVariance(corr, "npr", v).from_head(head, x_t, t, mean)
     torch.testing.assert_close(npr, torch.minimum(s * s / (a * a) * head, bound.expand(4, 2)))
-    sn = HeadVariance(corr, "sn", v).from_head(head + 1.0, x_t, t, mean)
-    e_hat = (x_t - a * mean) / s
-    raw = s * s / (a * a) * (head + 1.0 - e_hat**2)
-    assert bool((raw < 0).any()) and bool((raw > 0).any())  # both branches: a failed moment -> the bound
+    signed = head - 0.01
+    sn = HeadVariance(corr, "sn", v).from_head(signed, x_t, t, mean)
+    raw = s * s / (a * a) * signed
+    assert bool((raw < 0).any()) and bool((raw > 0).any())  # both branches: a negative variance -> the bound
     torch.testing.assert_close(sn, torch.where(raw < 0, bound.expand(4, 2), raw.minimum(bound)))
     with pytest.raises(ConfigError, match=r"variance 'sn': the variance must come from the network's second head"):
         HeadVariance(corr, "sn", v)(t, x_t)
@@ -98,8 +98,9 @@ def test_feature_layer_errors():
 
 @pytest.mark.parametrize("kind", ["sn", "npr"])
 def test_head_loss_targets(parts, kind):
-    """The loss is the head's squared error to eps^2 (sn) or (eps - eps_hat)^2 (npr), eps_hat from the frozen mean,
-    with the same draws of t and eps as the mean's loss (replayed here from the seed)."""
+    """The loss is the head's squared error to eps^2 - eps_hat^2 (sn: SN-DPM's E[eps^2 | x_t] less the known
+    eps_hat^2) or (eps - eps_hat)^2 (npr), eps_hat from the frozen mean, with the same draws of t and eps as the
+    mean's loss (replayed here from the seed)."""
     corr, time, mean = parts
     net = VarianceHeadNetwork(mean, kind, torch.ones(2))
     x0 = torch.randn(32, 2, generator=gen(6))
@@ -113,7 +114,7 @@ def test_head_loss_targets(parts, kind):
         sch = corr.schedule(t)
         a, s = sch.alpha[:, None].float(), sch.sigma[:, None].float()
         e_hat = (x_t - a * ((x_t - s * out) / a)) / s  # eps-prediction: eps_hat = the network's output
-        target = eps**2 if kind == "sn" else (eps - e_hat) ** 2
+        target = eps**2 - e_hat**2 if kind == "sn" else (eps - e_hat) ** 2
     torch.testing.assert_close(got.loss.detach(), ((h - target) ** 2).mean(), rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(got.t, t)
 

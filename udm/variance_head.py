@@ -6,8 +6,12 @@ The head is a fresh copy of the mean network's last layer, fed the features that
 the whole backbone; only the head trains (the mean's weights never change). Per basis coefficient k, with eps the
 training noise and eps_hat the noise posterior at the frozen mean:
 
-* ``sn``:  h_k -> E[eps_k^2 | x_t]               (loss (h - eps^2)^2),            Sigma_k = s^2/a^2 (h - eps_hat^2)
-* ``npr``: h_k -> E[(eps_k - eps_hat_k)^2 | x_t]   (loss (h - (eps - eps_hat)^2)^2), Sigma_k = s^2/a^2 h
+* ``sn``:  h_k -> E[eps_k^2 | x_t] - eps_hat_k^2     (loss (h - (eps^2 - eps_hat^2))^2),  Sigma_k = s^2/a^2 h
+* ``npr``: h_k -> E[(eps_k - eps_hat_k)^2 | x_t]     (loss (h - (eps - eps_hat)^2)^2),    Sigma_k = s^2/a^2 h
+
+SN-DPM's head learns E[eps^2 | x_t] and subtracts eps_hat^2 afterwards; udm's learns the difference, which
+has the same minimiser but spares a head that is linear in the features from reproducing eps_hat^2, a
+quadratic function of them (docs/math.md, "A second head: SN and NPR").
 
 at most v s^2 / (a^2 v + s^2) (v: the data's variance per coefficient), and that bound where the moment comes
 out negative (a failed estimate, as Gamma_t > 1 for ``analytic``). A YAML run trains it as a second stage::
@@ -126,17 +130,15 @@ class HeadVariance:
 
     def from_head(self, head: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, mean: torch.Tensor,
                   marginal: Any = None) -> torch.Tensor:
-        """Sigma ``(batch, *shape)`` in the basis from the head output, x_t and q_theta's mean."""
+        """Sigma = (s^2/a^2) h ``(batch, *shape)`` in the basis from the head output h (both heads learn a
+        conditional variance of eps, see :data:`TARGETS`); ``mean`` is part of the protocol, unused here."""
         c = self.corruption
         m = marginal if marginal is not None else c.marginal(t, x_t, derivatives=False)
         h = head.to(torch.float64)
-        if self.kind == "sn":
-            e_hat = c.to_basis(c.invert_noise(m, x_t, mean).to(torch.float64))
-            h = h - e_hat * e_hat
         scale = x0_scale(m).to(h.device)
         bound = mmse_bound(m, self.data_variance.to(device=h.device, dtype=torch.float64)).to(h.device)
         sigma = torch.where(torch.isinf(scale), bound, torch.where(m.s64.to(h.device) > 0, scale, 0.0) * h)
-        # a negative moment (h < 0, or h < eps_hat^2 for sn) is a failed estimate, as Gamma_t > 1 for analytic:
+        # a negative variance (h < 0) is a failed estimate, as Gamma_t > 1 for analytic:
         # nothing is known there, so the bound (docs/math.md, "Failed estimates")
         bound = bound.expand_as(sigma)
         return torch.where(sigma < 0, bound, sigma.minimum(bound)).to(x_t.dtype)
@@ -147,10 +149,14 @@ class HeadVariance:
                           f"variance=HeadVariance.of(network, corruption)).")
 
 
+#: what each head regresses onto, per coefficient, from the training noise e and the frozen mean's e_hat
+TARGETS = {"sn": lambda e, e_hat: e * e - e_hat * e_hat, "npr": lambda e, e_hat: (e - e_hat) ** 2}
+
+
 def head_loss(kind: HeadKind):
     """The second stage's loss ``(network, corruption, time_type, x0, generator, *, shard) -> LossOutput``: the
-    head's squared error to eps^2 (``sn``) or (eps - eps_hat)^2 (``npr``) per basis coefficient, eps_hat from the
-    frozen mean (no gradient reaches it)."""
+    head's squared error to eps^2 - eps_hat^2 (``sn``) or (eps - eps_hat)^2 (``npr``) per basis coefficient
+    (:data:`TARGETS`), eps_hat from the frozen mean (no gradient reaches it)."""
     if kind not in HEADS:
         raise ConfigError(f"variance head: kind must be one of {', '.join(HEADS)}; got {kind!r}.")
 
@@ -164,11 +170,11 @@ def head_loss(kind: HeadKind):
         x_t = corruption.forward(x0, eps, t)
         out, h = network(x_t, time_type.encode(t))
         with torch.no_grad():
-            target = corruption.to_basis(eps) ** 2
-            if kind == "npr":
-                m = corruption.marginal(t, x_t, derivatives=False)
-                e_hat = corruption.invert_noise(m, x_t, corruption.to_x0(out.detach(), x_t, t, marginal=m))
-                target = (corruption.to_basis(eps) - corruption.to_basis(e_hat)) ** 2
+            m = corruption.marginal(t, x_t, derivatives=False)
+            e_hat = corruption.to_basis(corruption.invert_noise(m, x_t, corruption.to_x0(out.detach(), x_t, t,
+                                                                                         marginal=m)))
+            e = corruption.to_basis(eps)
+            target = TARGETS[kind](e, e_hat)
         per = ((h - target.to(h.dtype)) ** 2).flatten(1).mean(1)
         return LossOutput(per.mean(), per.detach(), t)
 
