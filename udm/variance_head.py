@@ -11,10 +11,9 @@ training noise and eps_hat the noise posterior at the frozen mean:
 
 SN-DPM's head learns E[eps^2 | x_t] and subtracts eps_hat^2 afterwards; udm's learns the difference, which
 has the same minimiser but spares a head that is linear in the features from reproducing eps_hat^2, a
-quadratic function of them (docs/math.md, "A second head: SN and NPR").
-
-at most v s^2 / (a^2 v + s^2) (v: the data's variance per coefficient), and that bound where the moment comes
-out negative (a failed estimate, as Gamma_t > 1 for ``analytic``). A YAML run trains it as a second stage::
+quadratic function of them (docs/math.md, "A second head: SN and NPR"). Sigma is at most v s^2 / (a^2 v + s^2)
+(v: the data's variance per coefficient), and that bound where h comes out negative (a failed estimate, as
+Gamma_t > 1 for ``analytic``). A YAML run trains the head as a second stage::
 
     train: {stage: variance_head, head: sn, init: runs/moons, steps: 500}   # init: the first stage's run
     sample: {sampler: ddpm, steps: 10, variance: sn}
