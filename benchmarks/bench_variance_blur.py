@@ -20,12 +20,30 @@ import warnings
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 import udm
 from udm import _plots
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 from blur_digits import CONFIGS, train  # noqa: E402  (the example's model and training loop)
+
+
+def trained(reg, data, name: str, args):
+    """(corruption, time type, EMA network) of a configuration: trained for ``args.minutes``, or read from
+    ``args.cache``/``<name>.safetensors`` when an earlier run left it there."""
+    path = Path(args.cache) / f"{name}.safetensors" if args.cache else None
+    if path is None or not path.is_file():
+        corruption, time_type, model = train(reg, data, CONFIGS[name], args.minutes, args.seed)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
+        return corruption, time_type, model
+    corruption = reg.create("corruption", "blur", **CONFIGS[name])
+    corruption.fit(data)
+    model = reg.create("model", "unet", data_shape=[1, 8, 8], channels=16, channel_mult=[1, 2, 2], attention=False)
+    model.load_state_dict(load_file(path))
+    return corruption, reg.create("time", "continuous"), model.eval()
 
 
 def main() -> None:
@@ -38,6 +56,7 @@ def main() -> None:
     ap.add_argument("--out", default="docs/img/blur_variance.png")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--cache", help="a folder for the trained networks: written after training, read if present")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore", udm.UdmWarning)
@@ -50,7 +69,7 @@ def main() -> None:
     print("|---|---|---|---|---|")
     rows, labels = [held_out[:12]], ["held-out"]
     for name in args.configs.split(","):
-        corruption, time_type, model = train(reg, train_set, CONFIGS[name], args.minutes, args.seed)
+        corruption, time_type, model = trained(reg, train_set, name, args)
         fits = {}
         for per in (False, True):
             start = time.perf_counter()
@@ -70,9 +89,9 @@ def main() -> None:
                     scores.append(fd(x, held_out))
                     if clamp and sampler == "ddpm":
                         rows.append(x[:12])
-                        labels.append(f"{name} {label}")
+                        labels.append(f"{name}, {label}")
                 print(f"| {name} | {sampler} | {label} | {scores[0]:.3f} | {scores[1]:.3f} |", flush=True)
-    caption = "rows: " + "; ".join(labels) + f" (ddpm, {args.steps} steps, clamped)"
+    caption = f"rows (ddpm, {args.steps} steps): " + "; ".join(labels[:4]) + ";\n" + "; ".join(labels[4:])
     _plots.save(_plots.image_grid_figure(torch.cat(rows), (-1, 1), caption, nrow=12), args.out)
     print(f"\nwrote {args.out}")
 
