@@ -18,7 +18,14 @@ from ._rundir import append_line, atomic_write, read_text_nofollow
 from .errors import ConfigError, UdmWarning
 from .quantisation import Quantisation
 
-__all__ = ["read_data_file", "MetricsLog", "write_samples", "write_loss_plot", "read_jsonl"]
+__all__ = ["read_data_file", "MetricsLog", "write_samples", "write_loss_plot", "read_jsonl", "samples_stem"]
+
+
+def samples_stem(record: dict[str, Any]) -> str:
+    """The file stem of one evaluation's samples (``samples/<stem>.png``) from its ``eval.jsonl`` record:
+    ``<sampler>-<steps>steps-seed<seed>``, then ``-<variance>`` when q_theta had one."""
+    stem = f"{record.get('sampler')}-{record.get('sample_steps')}steps-seed{record.get('seed')}"
+    return stem + (f"-{record['variance']}" if record.get("variance") else "")
 
 
 def read_data_file(path: str, where: str = "data.file") -> torch.Tensor:

@@ -77,6 +77,16 @@ def sanity_check(exp: Any, b: Built, device: torch.device) -> None:
 
     cfg, src = exp.config["sample"], exp.source
     options = {k: v for k, v in cfg.items() if k not in sampler_own_keys()}
+    if cfg.get("variance") is not None:  # a variance needs a linear-Gaussian corruption (udm.variance_store)
+        from .variance import check_variance_name
+        from .variance_store import check_head_name
+        check_variance_name(cfg["variance"], b.corruption, f"{src}: sample.variance")
+        check_head_name(cfg["variance"], exp.config["train"], f"{src}: sample.variance")
+    if cfg["spacing"] == "optimal":  # chosen from the variance fitted after training: check the rest on a uniform grid
+        if cfg.get("variance") not in ("analytic", "residual"):
+            raise ConfigError(f"{src}: sample.spacing: 'optimal' must come with a fitted variance (sample.variance: "
+                              f"analytic or residual); got variance {cfg.get('variance')!r}. Set sample.variance.")
+        cfg = {**cfg, "spacing": "uniform"}
     steps = cfg.get("steps")
     if cfg.get("nfe") is not None:  # a budget of model calls sets the steps
         spec = _attempt(f"{src}: sample", f"resolve sampler {cfg['sampler']!r}",

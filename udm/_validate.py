@@ -249,7 +249,7 @@ def _check_family_options(where: str, corruption: Any, family_options: Any) -> N
 def check_train_args(network: Any, corruption: Any, time_type: Any, data: Any, *, steps: Any, batch_size: Any,
                      options: Mapping[str, Any]) -> None:
     """What :func:`udm.train` needs from its arguments (see its docstring)."""
-    from ._options import TrainOptions
+    from ._options import STAGE_KEYS, TrainOptions
     from .training import Trainer
 
     where = "udm.train"
@@ -264,7 +264,7 @@ def check_train_args(network: Any, corruption: Any, time_type: Any, data: Any, *
         raise ConfigError(f"{where}: data must have shape (n, {', '.join(map(str, want))}) for this network "
                           f"(its data_shape); got {tuple(tokens.shape)}. Build the network with "
                           f"data_shape={list(tokens.shape[1:])}.")
-    schema = Schema({**schema_of(TrainOptions).params,
+    schema = Schema({**{k: p for k, p in schema_of(TrainOptions).params.items() if k not in STAGE_KEYS},
                      **{k: p for k, p in schema_of(Trainer).params.items() if k in ("seed", "device")}})
     check_keys(where, {"steps": steps, "batch_size": batch_size, **options}, schema, python=True)
 

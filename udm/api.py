@@ -75,7 +75,8 @@ def sample(model: torch.nn.Module | Callable[..., Any], corruption: Any, time_ty
         model: a trained network (wrapped in :class:`Denoiser`) or a denoiser ``(x_t, t, g) -> x0_hat``.
         shape: ``(n, *data_shape)`` for the prior.
         sampler: a registered sampler name (``invert``, ``ddim``, ``ddpm``, ``heun``, ...) or a spec.
-        steps, spacing: the time type's sampling grid (default 50 steps).
+        steps, spacing: the time type's sampling grid (default 50 steps); ``spacing="optimal"``: the ``steps``
+            times of a dense fitted ``variance`` table that minimise the NELBO (Analytic-DPM's trajectory).
         nfe: instead of ``steps``, a budget of model calls: the most steps whose calls fit it
             (:meth:`SamplerSpec.calls`: Heun makes 2 steps - 1, RK4 4 steps - 3). The calls a run made are
             ``SamplerStep.nfe`` of the last step (steps that change nothing may cost none).
@@ -100,7 +101,11 @@ def sample(model: torch.nn.Module | Callable[..., Any], corruption: Any, time_ty
         device = generator.device if generator is not None else torch.device("cpu")
     steps = resolve_steps(spec, steps, nfe, options)
     try:
-        times = time_type.grid(steps, spacing=spacing, corruption=corruption)
+        if spacing == "optimal":  # Analytic-DPM's trajectory, chosen from the fitted variance table
+            from .variance_trajectory import optimal_grid
+            times = optimal_grid(steps, variance, corruption, torch.zeros(1, *shape[1:], dtype=torch.float64))
+        else:
+            times = time_type.grid(steps, spacing=spacing, corruption=corruption)
     except ConfigError as exc:
         if nfe is None:
             raise

@@ -96,7 +96,8 @@ class Sampling:
         x_init: x at ``times[0]``.
         generator: every draw's generator.
         callback: receives a :class:`SamplerStep` after each step.
-        clamp: clamp x0_hat to the corruption's ``data_range``.
+        clamp: clamp x0_hat to the corruption's ``data_range`` (with a q_theta variance: its mean, and the draw
+            moves with it, so that clamping does not cut the variance's noise).
         reuse: serve a prediction without a model call when the state has not changed (see the module
             docstring); ``None``: when the corruption declares ``time_invariant_posterior``. A rule whose
             "no change" can depend on the drawn x0_hat must pass ``False``.
@@ -200,9 +201,13 @@ class Sampling:
         else:
             pred = Prediction(self.denoiser(x, p.t, self.generator))
         if self._range is not None:
-            pred.x0_hat = pred.x0_hat.clamp(*self._range)
-            if pred.mean is not None:
-                pred.mean = pred.mean.clamp(*self._range)
+            if pred.mean is not None and pred.variance is not None:  # a q_theta draw: clamp its mean, keep its noise
+                clamped = pred.mean.clamp(*self._range)  # (Analytic-DPM clamps x0_pred, then adds the variance)
+                pred.x0_hat, pred.mean = pred.x0_hat + (clamped - pred.mean), clamped
+            else:
+                pred.x0_hat = pred.x0_hat.clamp(*self._range)
+                if pred.mean is not None:
+                    pred.mean = pred.mean.clamp(*self._range)
         return pred
 
     @staticmethod
