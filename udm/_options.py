@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from ._runlog import LogName
 from ._schema import Interval
 from .accelerators import Precision
+from .plugin_spec import PluginSpec
 
 __all__ = ["TrainOptions", "SampleOptions", "RunOptions", "SEED_MAX", "fixed_on_resume", "sampler_own_keys"]
 
@@ -56,7 +57,9 @@ class SampleOptions:
 
     ``nfe`` asks for a budget of model calls instead of ``steps`` (the most steps that fit; give one of the
     two); ``spacing`` is one of the time type's grid spacings; ``seed`` defaults to ``run.seed``;
-    ``family_options`` go to the q_theta family (e.g. ``temperature`` for categorical).
+    ``family_options`` go to the q_theta family (e.g. ``temperature`` for categorical); ``corrector`` names a
+    registered corrector run after every step (``{name: refresh, steps: 1, amount: 0.3}``); ``noise:
+    per_sample`` gives every sample its own random stream (the same samples whatever ``n``).
     """
 
     sampler: str = "invert"
@@ -69,6 +72,8 @@ class SampleOptions:
     family_options: dict[str, Any] | None = None
     precision: Precision = "fp32"  # bf16 / fp16 autocast of the network's forward while sampling
     compile: bool = False  # torch.compile the network for sampling
+    corrector: PluginSpec["corrector"] | None = None  # a corrector after every predictor step (udm.Corrector)
+    noise: Literal["shared", "per_sample"] = "shared"  # per_sample: one stream per sample (udm.PerSampleGenerator)
 
 
 @dataclass(frozen=True)
