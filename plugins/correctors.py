@@ -5,8 +5,9 @@
   p(x_0) q(eps) again, so x_t' ~ p_t exactly, for any r in [0, 1]. For Gaussian noise and the posterior mean it
   is a Langevin step of size delta = r^2 s_t^2 up to O(r^4).
 * ``langevin``: score_sde's ``LangevinCorrector`` (Song et al. 2021, Algorithm 5):
-  x <- x + e score + sqrt(2 e) z with e = 2 (snr ||z|| / ||score||)^2 (norms averaged over the batch, as
-  score_sde, or per sample). Linear-Gaussian corruptions; exact as e -> 0.
+  x <- x + e score + sqrt(2 e) z with e = 2 (snr ||z|| / ||score||)^2, the norms averaged over the batch as in
+  score_sde. Linear-Gaussian corruptions; exact as e -> 0. (With per-sample norms e would depend on x, and the
+  chain would no longer keep p_t: where the score vanishes e blows up.)
 * ``ald``: score_sde's ``AnnealedLangevinDynamics`` (Song & Ermon 2019): e = 2 (snr s_t)^2 per basis coefficient.
 * ``remask``: ReMDM (Wang et al. 2025) remasking for masked diffusion, as a same-time refresh of the per-position
   uniforms: at masking level tau_t a refresh of amount r re-masks each visible token with probability
@@ -49,30 +50,46 @@ class RefreshCorrector(udm.Corrector):
     Args:
         steps: corrector steps after each predictor step (one model call each).
         amount: r in [0, 1]; 0 changes nothing, 1 redraws the noise afresh (x_t' = F_t(x0_hat, fresh eps)).
+        last: run only after the last ``last`` predictor steps (``None``: after every step but the last).
+        share: hand the last step's prediction on to the predictor's next step, which then makes no call of its
+            own (one model call fewer per application). Exact when x0_hat is a draw of q(x_0 | x_t): it is then a
+            draw given the refreshed state too (ReMDM's remasking posterior uses one prediction the same way).
     """
 
     name = "refresh"
     requires = ("noise_posterior", "refresh_noise")
 
-    def __init__(self, steps: Annotated[int, Interval(ge=1)] = 1, amount: Amount = 0.3) -> None:
-        super().__init__(steps)
+    def __init__(self, steps: Annotated[int, Interval(ge=1)] = 1, amount: Amount = 0.3,
+                 last: Annotated[int, Interval(ge=1)] | None = None, share: bool = False) -> None:
+        super().__init__(steps, last)
         _check(self.name, "amount", amount, isinstance(amount, (int, float)) and 0 <= amount <= 1, "a number in [0, 1]",
                "0 changes nothing, 1 redraws the noise afresh; Langevin-sized steps are 0.1 to 0.5.")
-        self.amount = float(amount)
+        self.amount, self.share = float(amount), bool(share)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(steps={self.steps}, amount={self.amount})"
+        return f"{type(self).__name__}(steps={self.steps}, amount={self.amount}, last={self.last}, share={self.share})"
+
+    def calls(self) -> int:
+        return self.steps - (1 if self.share else 0)
+
+    def correct(self, run, x, where, pred, state):
+        for k in range(self.steps):
+            x = self.step(run, x, where, state, hand_on=self.share and k == self.steps - 1)
+        return x
 
     def amounts(self, run, x, where: int, pred, state):
         """The refresh amount at grid point ``where``: a number, ``(batch,)`` or per position. Default: ``amount``."""
         return self.amount
 
-    def step(self, run, x, where, state):
+    def step(self, run, x, where, state, hand_on: bool = False):
         pred = run.predict(x, where)
         x0 = pred.x0_hat
         eps = run.noise(x, x0, where)
         fresh = run.corruption.refresh_noise(eps, self.amounts(run, x, where, pred, state), run.generator)
-        return self.revealed(run.forward(x0, fresh, where), x, pred, state)
+        new = self.revealed(run.forward(x0, fresh, where), x, pred, state)
+        if hand_on:
+            run.share(new, where, pred)
+        return new
 
     def revealed(self, new, old, pred, state):
         """Hook after each step (the remasking confidence records what was revealed); returns ``new``."""
@@ -84,14 +101,15 @@ class _Langevin(udm.Corrector):
 
     requires = ("linear_gaussian",)
 
-    def __init__(self, steps: Annotated[int, Interval(ge=1)] = 1, snr: Snr = 0.16) -> None:
-        super().__init__(steps)
+    def __init__(self, steps: Annotated[int, Interval(ge=1)] = 1, snr: Snr = 0.16,
+                 last: Annotated[int, Interval(ge=1)] | None = None) -> None:
+        super().__init__(steps, last)
         _check(self.name, "snr", snr, isinstance(snr, (int, float)) and snr > 0 and snr == snr and snr != float("inf"),
                "a number > 0", "score_sde uses 0.16 (VE) and 0.01 to 0.17 (VP); smaller is closer to exact.")
         self.snr = float(snr)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(steps={self.steps}, snr={self.snr})"
+        return f"{type(self).__name__}(steps={self.steps}, snr={self.snr}, last={self.last})"
 
     def step_size(self, run, x, where, score, z):
         raise NotImplementedError
@@ -106,31 +124,20 @@ class _Langevin(udm.Corrector):
 
 
 class LangevinCorrector(_Langevin):
-    """score_sde's Langevin corrector: e = 2 (snr ||z|| / ||score||)^2 (see the module docstring).
+    """score_sde's Langevin corrector: e = 2 (snr ||z|| / ||score||)^2 with both norms averaged over the batch, one
+    e for all samples (see the module docstring). The step depends on the batch; ``ald`` does not.
 
     Args:
         steps: Langevin steps after each predictor step (one model call each).
         snr: the target signal-to-noise ratio (> 0).
-        norm: ``batch`` (score_sde: the norms averaged over the batch, one e for all samples) or ``sample`` (one
-            e per sample; the samples then do not depend on each other, e.g. for per-sample noise).
+        last: run only after the last ``last`` predictor steps (``None``: after every step but the last).
     """
 
     name = "langevin"
 
-    def __init__(self, steps: Annotated[int, Interval(ge=1)] = 1, snr: Snr = 0.16,
-                 norm: Literal["batch", "sample"] = "batch") -> None:
-        super().__init__(steps, snr)
-        if norm not in ("batch", "sample"):
-            raise ConfigError(f"corrector 'langevin': norm must be one of batch, sample; got {norm!r}. batch is "
-                              f"score_sde's step (norms averaged over the batch), sample one step per sample.")
-        self.norm = norm
-
     def step_size(self, run, x, where, score, z):
-        g, n = score.flatten(1).norm(dim=1), z.flatten(1).norm(dim=1)
-        if self.norm == "batch":
-            g, n = g.mean(), n.mean()
-        e = 2 * (self.snr * n / g.clamp_min(torch.finfo(g.dtype).tiny)) ** 2
-        return e if e.ndim == 0 else udm.append_dims(e, x.ndim)
+        g, n = score.flatten(1).norm(dim=1).mean(), z.flatten(1).norm(dim=1).mean()
+        return float(2 * (self.snr * n / g.clamp_min(torch.finfo(g.dtype).tiny)) ** 2)
 
 
 class AnnealedLangevin(_Langevin):
@@ -139,6 +146,7 @@ class AnnealedLangevin(_Langevin):
     Args:
         steps: Langevin steps after each predictor step (one model call each).
         snr: e = 2 (snr s_t)^2 (> 0). A same-time ``refresh`` of amount r is ALD with snr = r / 2 up to O(r^4).
+        last: run only after the last ``last`` predictor steps (``None``: after every step but the last).
     """
 
     name = "ald"
@@ -156,13 +164,15 @@ class RemaskCorrector(RefreshCorrector):
         schedule: ``rescale`` (sigma = eta tau_t), ``cap`` (sigma = min(eta, tau_t)) or ``confidence`` (``rescale``
             spread over the visible tokens by softmax(-confidence)).
         eta: ReMDM's eta_rescale or eta_cap, in [0, 1].
+        last, share: as for ``refresh``.
     """
 
     name = "remask"
 
     def __init__(self, steps: Annotated[int, Interval(ge=1)] = 1,
-                 schedule: Literal["rescale", "cap", "confidence"] = "rescale", eta: Amount = 0.5) -> None:
-        super().__init__(steps, 0.0)
+                 schedule: Literal["rescale", "cap", "confidence"] = "rescale", eta: Amount = 0.5,
+                 last: Annotated[int, Interval(ge=1)] | None = None, share: bool = False) -> None:
+        super().__init__(steps, 0.0, last, share)
         if schedule not in ("rescale", "cap", "confidence"):
             raise ConfigError(f"corrector 'remask': schedule must be one of rescale, cap, confidence; got {schedule!r}. "
                               f"These are ReMDM's remasking schedules.")
@@ -171,7 +181,8 @@ class RemaskCorrector(RefreshCorrector):
         self.schedule, self.eta = schedule, float(eta)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(steps={self.steps}, schedule={self.schedule!r}, eta={self.eta})"
+        return (f"{type(self).__name__}(steps={self.steps}, schedule={self.schedule!r}, eta={self.eta}, "
+                f"last={self.last}, share={self.share})")
 
     def missing(self, corruption) -> list[str]:
         out = super().missing(corruption)

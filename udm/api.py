@@ -112,9 +112,10 @@ def sample(model: torch.nn.Module | Callable[..., Any], corruption: Any, time_ty
     except ConfigError as exc:
         if nfe is None:
             raise
-        per, last = spec.per_step(options, corrector)
+        per, last = spec.per_step(options)
         raise ConfigError(f"udm.sample: nfe must give a grid the time type accepts; got nfe={nfe}, i.e. {steps} "
-                          f"steps of {spec.name!r} ({per} model call(s) a step, {last} on the last). Lower nfe. "
+                          f"steps of {spec.name!r} ({per} model call(s) a step, {last} on the last"
+                          f"{', and the corrector' if corrector is not None else ''}). Lower nfe. "
                           f"({exc})") from None
     if x_init is None:
         with per_sample_draws(generator):

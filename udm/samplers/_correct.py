@@ -7,7 +7,7 @@ its law when the model is exact (Song et al. 2021, predictor-corrector sampling)
 calls at the end of each step with the new state, and writes the corrected state back into that tensor, so the
 rule's next step starts from it. The model calls a corrector makes are counted in ``run.nfe`` like the rule's.
 
-A corrector is a plugin (``udm_register_correctors``); subclass :class:`Corrector` and implement :meth:`step`::
+A corrector is a plugin (the ``corrector`` kind of :data:`udm.hookspecs.KINDS`); subclass :class:`Corrector` and implement :meth:`step`::
 
     class Shake(udm.Corrector):
         name = "shake"
@@ -47,19 +47,26 @@ class Corrector:
     Args:
         steps: corrector steps after each predictor step (score_sde's ``n_steps_each``); each makes
             :meth:`calls_per_step` model calls.
+        last: run only after the last ``last`` predictor steps that land above t = 0 (where the remaining
+            corruption is small; ReMDM's "loop" window in steps); ``None``: after every step but the last.
     """
 
     name: ClassVar[str] = ""
     requires: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, steps: Annotated[int, Interval(ge=1)] = 1) -> None:
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ConfigError(f"corrector {self.name!r}: steps must be an integer >= 1; got {steps!r}. Give the number "
-                              f"of corrector steps after each predictor step.")
-        self.steps = steps
+    def __init__(self, steps: Annotated[int, Interval(ge=1)] = 1,
+                 last: Annotated[int, Interval(ge=1)] | None = None) -> None:
+        for key, value in (("steps", steps), ("last", last)):
+            if (value is not None or key == "steps") and (isinstance(value, bool) or not isinstance(value, int)
+                                                          or value < 1):
+                raise ConfigError(f"corrector {self.name!r}: {key} must be an integer >= 1"
+                                  f"{' or None' if key == 'last' else ''}; got {value!r}. Give the number of corrector "
+                                  f"steps after each predictor step (steps) or of predictor steps followed by them "
+                                  f"(last).")
+        self.steps, self.last = steps, last
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(steps={self.steps})"
+        return f"{type(self).__name__}(steps={self.steps}, last={self.last})"
 
     # ---------------------------------------------------------------- contract
     def missing(self, corruption: Any) -> list[str]:
@@ -77,6 +84,15 @@ class Corrector:
     def calls(self) -> int:
         """Model calls of one application (after one predictor step): ``steps * calls_per_step()``."""
         return self.steps * self.calls_per_step()
+
+    def applications(self, steps: int) -> int:
+        """How many times it runs in a run of ``steps`` predictor steps on a grid ending at t = 0."""
+        n = max(steps - 1, 0)
+        return n if self.last is None else min(self.last, n)
+
+    def applies(self, i: int, steps: int) -> bool:
+        """Whether it runs after step ``i`` (0-based) of a run of ``steps`` steps (never after the last)."""
+        return i < steps - 1 and (self.last is None or i >= steps - 1 - self.last)
 
     def start(self, run: Any) -> Any:
         """Per-run state, made once when the :class:`~udm.samplers.Sampling` run starts (default ``None``)."""

@@ -148,6 +148,7 @@ class Sampling:
             and not isinstance(generator, PerSampleGenerator)
         self._uncorrupted = getattr(corruption, "uncorrupted", None) if self._reuse else None
         self._last: tuple[Any, float, Prediction] | None = None  # (state, time, prediction) of the last call
+        self._shared: tuple[Any, int, Prediction] | None = None  # a prediction handed on by :meth:`share`
         warn_if_ill_conditioned(denoiser, corruption, self.table, self.values[0], self._range is not None)
         self.corrector = corrector if corrector is not None else current_corrector()
         self._reported = -1  # the last step reported (a corrector needs every step reported)
@@ -207,6 +208,12 @@ class Sampling:
         """x0_hat at grid point ``where`` (an index) or a :class:`Point`: one model call, or none when the state
         is unchanged since the last call or uncorrupted (with reuse on; see the module docstring)."""
         time = self._p(where).value
+        if self._shared is not None:
+            state, at, shared = self._shared
+            self._shared = None
+            if isinstance(where, int) and where == at and state.shape == x.shape and torch.equal(state, x):
+                self.reused += 1
+                return shared
         if self._reuse:
             again = self._again(x, time)
             if again is not None:
@@ -216,6 +223,12 @@ class Sampling:
         if self._reuse:
             self._last = (x.clone(), time, pred)
         return pred
+
+    def share(self, x: Any, where: int, pred: Prediction) -> None:
+        """Serve ``pred`` to the next :meth:`predict` at grid point ``where`` if its state equals ``x`` (no model call).
+        Valid when ``pred``'s x0_hat is a draw of q(x_0 | x) too: a same-time refresh built x from that x0_hat
+        (docs/math.md, "The SDE view and correctors")."""
+        self._shared = (x.clone(), where, pred)
 
     def _again(self, x: Any, time: float) -> Prediction | None:
         """The prediction for ``x`` at ``time`` that needs no model call, if any: the last call's, made at another
@@ -250,7 +263,8 @@ class Sampling:
     def report(self, i: int, x: Any, pred: Prediction | Any) -> None:
         """End of step i with the new state ``x``: run the corrector (every step but the last, written back into
         ``x``), then the callback."""
-        if self.corrector is not None and i != self._reported and not self.last(i):
+        if self.corrector is not None and i != self._reported and not self.last(i) \
+                and self.corrector.applies(i, self.steps):
             self._write_back(x, self.corrector.correct(self, x, i + 1, pred, self._corrector_state))
         self._reported = i
         if self.callback is not None:

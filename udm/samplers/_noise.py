@@ -46,7 +46,8 @@ def sample_seed(seed: int, index: int) -> int:
 
 
 class PerSampleGenerator(torch.Generator):
-    """A ``torch.Generator`` with one stream per sample (see the module docstring).
+    """A ``torch.Generator`` with one stream per sample (see the module docstring). Not meant to be subclassed
+    (draws are recognised by its exact type). ``generator=`` must be passed by keyword, as torch's draws require.
 
     Args:
         seed: the run's seed (an integer >= 0).
@@ -89,7 +90,7 @@ _IN_PLACE = {torch.Tensor.normal_, torch.Tensor.uniform_, torch.Tensor.bernoulli
 
 
 def _name(func: Any) -> str:
-    return getattr(func, "__qualname__", getattr(func, "__name__", repr(func)))
+    return getattr(func, "__name__", repr(func))
 
 
 def _refuse(func: Any, shape: Any, batch: int) -> CapabilityError:
@@ -149,13 +150,9 @@ class _PerSampleMode(TorchFunctionMode):
     """Splits every draw given a :class:`PerSampleGenerator` into per-sample draws; everything else passes."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        gen = kwargs.get("generator")
-        if not isinstance(gen, PerSampleGenerator):
-            if any(isinstance(a, PerSampleGenerator) for a in args):
-                raise CapabilityError(f"per-sample noise: the generator must be passed as generator=...; got it "
-                                      f"positionally to {_name(func)}. Pass it by keyword.")
-            return func(*args, **kwargs)
+        gen = kwargs.get("generator") if kwargs else None
+        if gen is None or type(gen) is not PerSampleGenerator:  # every other op: straight through (type(), not
+            return func(*args, **(kwargs or {}))                  # isinstance, which is slow on torch classes)
         if func in _FACTORIES:
             return _split_factory(func, args, kwargs, gen)
         if func in _LIKE:

@@ -12,6 +12,10 @@ coefficient (Tweedie). Three rules discretise it:
 * ``sde``: Euler-Maruyama, x_s = x_t - h [f x_t - (1 + eta^2)/2 g^2 score] + eta g sqrt(h) z, h = t - s.
   eta = 0 is the Euler step of the probability-flow ODE (``ode`` with ``solver=euler``), eta = 1 score_sde's
   ``EulerMaruyamaPredictor``. Weakly first order.
+
+Where a_t = 0 (no information about x_0 left, as the cosine schedule at t = 1) f = a'/a and g^2 are infinite. Every
+reverse process with eta > 0 forgets x_t there, so a step from such a time is taken exactly, x_s = a_s x0_hat + s_s z
+(the posterior with a_{t|s} = 0); for eta = 0 the probability-flow velocity a' x0_hat + s' eps_hat stays finite.
 * ``reverse_diffusion``: score_sde's ``ReverseDiffusionPredictor``: the forward step from s to t taken exactly,
   x_t = a_{t|s} x_s + s_{t|s} z, reversed: x_s = (2 - a_{t|s}) x_t + s_{t|s}^2 score + s_{t|s} z (for VP:
   (2 - sqrt(alpha_i)) x + beta_i score + sqrt(beta_i) z; for VE: x + (s_t^2 - s_s^2) score + ...).
@@ -52,18 +56,33 @@ def _per_coefficient(v: torch.Tensor, like: torch.Tensor) -> Any:
     return float(v.reshape(-1)[0]) if v.numel() == 1 else v.to(device=like.device, dtype=like.dtype)
 
 
-def _check_finite(run: Sampling, rule: str, what: str, coefficients: list[tuple[Any, ...]]) -> None:
-    """Every step but the last to t = 0 needs finite coefficients (the SDE is singular where a = 0)."""
+def _check_finite(run: Sampling, rule: str, coefficients: list[tuple[Any, ...]]) -> None:
+    """Every step but the last to t = 0 needs finite coefficients."""
     for i, row in enumerate(coefficients):
-        if run.last(i):
-            continue
-        if not all(bool(torch.isfinite(torch.as_tensor(c)).all()) for c in row):
+        if not run.last(i) and not all(bool(torch.isfinite(torch.as_tensor(c)).all()) for c in row):
             name = getattr(run.corruption, "name", type(run.corruption).__name__)
             raise CapabilityError(
-                f"sampler {rule!r}: the reverse SDE's {what} must be finite at every grid time; got a non-finite value "
-                f"at t = {run.values[i]:g} with corruption {name!r} (the drift f = a'/a is infinite where the "
-                f"amplitude a reaches 0, e.g. the cosine schedule at t = 1). Use a schedule with a > 0 on the grid "
-                f"(linear, vp), start the grid below t = 1, or sample with ddim, ddpm or heun.")
+                f"sampler {rule!r}: the step's coefficients must be finite at every grid time; got a non-finite value "
+                f"at t = {run.values[i]:g} with corruption {name!r} (the SDE's f = a'/a and g^2 need a' and s' there). "
+                f"Check the corruption's amplitudes, or sample with ddim, ddpm or heun.")
+
+
+def _affine_step(corruption: Any, x: torch.Tensor, x0: torch.Tensor, coefficients: tuple[Any, Any, Any],
+                 generator: Any, noisy: bool) -> torch.Tensor:
+    """x_s = B^T (k_x B x + k_0 B x0_hat + k_z B z) per basis coefficient, z ~ N(0, I) when ``noisy``."""
+    kx, k0, kz = coefficients
+    out = _scale(corruption, x, kx) + _scale(corruption, x0, k0)
+    if noisy:
+        out = out + _scale(corruption, torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype), kz)
+    return out
+
+
+def _exact_where_uninformed(mt, ms, kx, k0, kz):
+    """Where a_t = 0 (x_t holds nothing of x_0, e.g. cosine at t = 1) f and g^2 are infinite; the reverse process
+    forgets x_t there, and the step is the exact one: x_s = a_s x0_hat + s_s z (the posterior with a_{t|s} = 0)."""
+    live = mt.a64 > 0
+    return (torch.where(live, kx, torch.zeros_like(kx)), torch.where(live, k0, ms.a64.expand_as(k0)),
+            torch.where(live, kz, ms.s64.expand_as(kz)))
 
 
 def _check_eta(eta: Any) -> float:
@@ -78,7 +97,12 @@ def _check_eta(eta: Any) -> float:
 def sde(denoiser, corruption, times, x_init, *, generator=None, callback=None, clamp=False,
         eta: Annotated[float, Interval(ge=0)] = 1.0):
     """Euler-Maruyama on the reverse-SDE family dx = [f x - (1 + eta^2)/2 g^2 score] dt + eta g dw (see the module
-    docstring). ``eta``: >= 0; 0 is the probability-flow ODE (Euler), 1 the reverse SDE (score_sde)."""
+    docstring). ``eta``: >= 0; 0 is the probability-flow ODE (Euler), 1 the reverse SDE (score_sde).
+
+    With score = (a x0_hat - x)/s^2 the step is x_s = k_x x + k_0 x0_hat + k_z z per basis coefficient,
+    k_x = 1 - h f - h c g^2/s^2, k_0 = h c g^2 a/s^2, k_z = eta g sqrt(h), c = (1 + eta^2)/2, from (f, g^2) =
+    :meth:`~udm.LinearGaussian.sde`. A step from a time where a = 0 is exact for eta > 0 (x_s = a_s x0_hat + s_s z)
+    and the probability-flow Euler step for eta = 0 (k_x = 1 - h s'/s, k_0 = -h a', both finite)."""
     eta = _check_eta(eta)
     run = Sampling(denoiser, corruption, times, x_init, generator=generator, callback=callback, clamp=clamp)
     c = (1 + eta * eta) / 2
@@ -86,22 +110,21 @@ def sde(denoiser, corruption, times, x_init, *, generator=None, callback=None, c
     def table(mt, ms):
         f, g2 = corruption.sde(mt)
         h = (mt.t - ms.t).reshape(-1, *([1] * (f.ndim - 1)))
-        return 1 - h * f, h * c * g2, eta * (h * g2).clamp_min(0).sqrt()
+        s2 = mt.s64 ** 2
+        kx, k0, kz = 1 - h * f - h * c * g2 / s2, h * c * g2 * mt.a64 / s2, eta * (h * g2).clamp_min(0).sqrt()
+        if eta > 0:
+            return _exact_where_uninformed(mt, ms, kx, k0, kz)
+        live = mt.a64 > 0
+        return (torch.where(live, kx, 1 - h * mt.ds64 / mt.s64), torch.where(live, k0, -h * mt.da64),
+                torch.zeros_like(kz))
 
     coefficients = run.pair_table(table)
-    _check_finite(run, "sde", "drift f and diffusion g^2", coefficients)
+    _check_finite(run, "sde", coefficients)
     x = x_init
     for i in run:
         pred = run.predict(x, i)
-        if run.last(i):
-            x = run.final(pred)
-        else:
-            keep, pull, noise = coefficients[i]
-            score = corruption.score(run.points[i].marginal, x, pred.x0_hat)
-            x = _scale(corruption, x, keep) + _scale(corruption, score, pull)
-            if eta > 0:
-                x = x + _scale(corruption, torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype),
-                               noise)
+        x = run.final(pred) if run.last(i) else _affine_step(corruption, x, pred.x0_hat, coefficients[i], generator,
+                                                              eta > 0)
         run.report(i, x, pred)
     return x
 
@@ -116,31 +139,29 @@ def _transition(mt, ms) -> tuple[torch.Tensor, torch.Tensor]:
 @requires("linear_gaussian")
 def reverse_diffusion(denoiser, corruption, times, x_init, *, generator=None, callback=None, clamp=False):
     """score_sde's reverse-diffusion predictor: x_s = (2 - a_{t|s}) x_t + s_{t|s}^2 score + s_{t|s} z, the reversed
-    exact forward step (see the module docstring); needs s_t^2 >= a_{t|s}^2 s_s^2 on every step."""
+    exact forward step (see the module docstring); needs s_t^2 >= a_{t|s}^2 s_s^2 on every step. A step from a time
+    where a_t = 0 (the expansion behind the rule needs a_{t|s} near 1) is exact: x_s = a_s x0_hat + s_s z."""
     run = Sampling(denoiser, corruption, times, x_init, generator=generator, callback=callback, clamp=clamp)
 
     def table(mt, ms):
         a_ts, var = _transition(mt, ms)
-        return 2 - a_ts, var, var.clamp_min(0).sqrt()
+        s2 = mt.s64 ** 2
+        return _exact_where_uninformed(mt, ms, 2 - a_ts - var / s2, var * mt.a64 / s2, var.clamp_min(0).sqrt()) + (var,)
 
-    coefficients = run.pair_table(table)
-    _check_finite(run, "reverse_diffusion", "step coefficients", coefficients)
-    for i, (_, var, _) in enumerate(coefficients):
-        if not run.last(i) and float(torch.as_tensor(var).min()) < -1e-12:
+    rows = run.pair_table(table)
+    for i, row in enumerate(rows):
+        if not run.last(i) and float(torch.as_tensor(row[3]).min()) < -1e-12:
             raise CapabilityError(
                 f"sampler 'reverse_diffusion': the forward step's variance s_t^2 - a_t|s^2 s_s^2 must be >= 0 for every "
-                f"basis coefficient; got {float(torch.as_tensor(var).min()):.3g} from t = {run.values[i]:g} to "
+                f"basis coefficient; got {float(torch.as_tensor(row[3]).min()):.3g} from t = {run.values[i]:g} to "
                 f"s = {run.values[i + 1]:g}. Use the sde or edm samplers, which need only the SDE.")
+    coefficients = [row[:3] for row in rows]
+    _check_finite(run, "reverse_diffusion", coefficients)
     x = x_init
     for i in run:
         pred = run.predict(x, i)
-        if run.last(i):
-            x = run.final(pred)
-        else:
-            keep, var, std = coefficients[i]
-            score = corruption.score(run.points[i].marginal, x, pred.x0_hat)
-            z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x = _scale(corruption, x, keep) + _scale(corruption, score, var) + _scale(corruption, z, std)
+        x = run.final(pred) if run.last(i) else _affine_step(corruption, x, pred.x0_hat, coefficients[i], generator,
+                                                              True)
         run.report(i, x, pred)
     return x
 
@@ -156,7 +177,7 @@ def _noise_levels(corruption: Any, grid: torch.Tensor, like: torch.Tensor) -> to
 def _churn_times(corruption: Any, grid: torch.Tensor, like: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """t^ in [t, 1] with sigma(t^) = ``target`` per grid time (bisection; sigma increases with t; 1 when out of reach)."""
     lo, hi = grid.clone(), torch.ones_like(grid)
-    for _ in range(60):
+    for _ in range(48):  # 2^-48 ~ 4e-15 in t
         mid = (lo + hi) / 2
         below = _noise_levels(corruption, mid, like) < target
         lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)

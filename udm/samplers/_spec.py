@@ -45,25 +45,28 @@ class SamplerSpec:
 
     def calls(self, steps: int, options: Mapping[str, Any] | None = None, corrector: Any = None) -> int:
         """The model calls of ``steps`` steps on a grid that ends at t = 0 (a time type's grid): c (steps - 1) + l
-        with c the rule's calls per step (plus the ``corrector``'s, which runs after every step but the last) and
-        l those of the last step, which returns x0_hat (l = 1 for the built-ins: Heun 2 steps - 1, RK4 4 steps - 3).
-        An upper bound: steps that change nothing may cost none (``SamplerStep.reused``)."""
-        per, last = self.per_step(options, corrector)
-        return per * (steps - 1) + last
+        with c the rule's calls per step and l those of the last step, which returns x0_hat (l = 1 for the
+        built-ins: Heun 2 steps - 1, RK4 4 steps - 3), plus the ``corrector``'s (a :class:`~udm.samplers.Corrector`:
+        its calls times the steps it follows). An upper bound: steps that change nothing may cost none
+        (``SamplerStep.reused``)."""
+        per, last = self.per_step(options)
+        extra = corrector.calls() * corrector.applications(steps) if corrector is not None else 0
+        return per * (steps - 1) + last + extra
 
-    def per_step(self, options: Mapping[str, Any] | None = None, corrector: Any = None) -> tuple[int, int]:
-        """(model calls on each step but the last, on the last step) for a call with ``options`` (and
-        ``corrector``, a :class:`~udm.samplers.Corrector`, whose calls follow every step but the last)."""
-        per, last = calls_per_step_of(self.rule, {**self.options, **(options or {})})
-        return per + (corrector.calls() if corrector is not None else 0), last
+    def per_step(self, options: Mapping[str, Any] | None = None) -> tuple[int, int]:
+        """(model calls on each step but the last, on the last step) for a call with ``options``."""
+        return calls_per_step_of(self.rule, {**self.options, **(options or {})})
 
     def steps_for(self, nfe: int, options: Mapping[str, Any] | None = None, corrector: Any = None) -> int:
-        """The most steps whose :meth:`calls` fit a budget of ``nfe`` model calls."""
-        per, last = self.per_step(options, corrector)
+        """The most steps whose :meth:`calls` (the ``corrector``'s included) fit a budget of ``nfe`` model calls."""
+        per, last = self.per_step(options)
         if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < last:
             raise ConfigError(f"sampler {self.name!r}: nfe must be an integer >= {last} (a budget of model calls; one "
                               f"step costs {last}); got {nfe!r}. Give the number of network evaluations to spend.")
-        return (nfe - last) // per + 1
+        steps = (nfe - last) // per + 1
+        while corrector is not None and steps > 1 and self.calls(steps, options, corrector) > nfe:
+            steps -= 1
+        return steps
 
     def missing(self, corruption: Any, options: Mapping[str, Any] | None = None) -> list[str]:
         """Capabilities this sampler (called with ``options``) needs that ``corruption`` lacks."""
