@@ -104,12 +104,15 @@ def test_a_wrong_amount_rule_fails_the_invariance_check(mixture, corrector):
     assert not worst.passed, worst.describe()
 
 
-def test_the_exact_mixture_posterior_sampler(mixture):
+@pytest.mark.parametrize("t", [T_MIX, 0.05])
+def test_the_exact_mixture_posterior_sampler(mixture, t):
     """x_0 ~ p, x_t ~ p(x_t | x_0), x_0' ~ posterior_sample(x_t): x_0' ~ p again, and E[x_0' | x_t] is the
-    posterior mean (mean over 64 draws per x_t within 5 standard errors)."""
-    corr, p_t = mixture
-    x = p_t(1)
-    sch = corr.schedule(torch.full((len(x),), T_MIX, dtype=torch.float64))
+    posterior mean (mean over 64 draws per x_t within 5 standard errors). At t = 0.05 the posterior spread within a
+    component is a fifth of the prior's, so drawing with the prior's spread fails."""
+    corr, _ = mixture
+    x0 = MIX.sample(N_MIX, gen(1), dtype=torch.float64)
+    x = corr.forward(x0, corr.sample_noise(x0, gen(2)), torch.tensor([t], dtype=torch.float64))
+    sch = corr.schedule(torch.full((len(x),), t, dtype=torch.float64))
     draws = MIX.posterior_sample(x, sch.alpha, sch.sigma, gen(2))
     worst = ks_to_p_t(draws, MIX.sample(N_MIX, gen(3), dtype=torch.float64))
     assert worst.passed, worst.describe()
@@ -209,7 +212,8 @@ def test_the_joint_posterior_draw_is_exact():
 # -------------------------------------------------------------------------- composition with any rule
 def test_the_corrector_runs_at_the_time_reached_after_every_step_but_the_last(reg):
     """Oracle x0_hat = x_0, refresh with amount 1: after each corrected step the state is F_s(x_0, fresh eps) at
-    the time s the step reached, so (x - a_s x_0) / s_s is N(0, I) (KS); the last step returns x_0."""
+    the time s the step reached, so (x - a_s x_0) / s_s is N(0, I) (KS), and fresh: uncorrelated with the previous
+    step's noise, which DDIM alone would carry over unchanged; the last step returns x_0."""
     corr = reg.create("corruption", "gaussian", schedule="linear")
     time = reg.create("time", "continuous", t_min=0.05)
     x0 = MIX.sample(3000, gen(1), dtype=torch.float64)
@@ -218,10 +222,15 @@ def test_the_corrector_runs_at_the_time_reached_after_every_step_but_the_last(re
                      dtype=torch.float64, callback=steps.append, corrector={"name": "refresh", "amount": 1.0},
                      registry=reg)
     assert torch.equal(out, x0) and len(steps) == 5
+    noises = []
     for st in steps[:-1]:
         m = corr.marginal(torch.tensor([st.s], dtype=torch.float64), x0)
-        res = ks_normal((st.x - m.a * x0) / m.s, ALPHA)
+        noises.append((st.x - m.a * x0) / m.s)
+        res = ks_normal(noises[-1], ALPHA)
         assert res.passed, (st.s, res)
+    for a, b in zip(noises, noises[1:]):
+        corr_ab = float(torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1])
+        assert abs(corr_ab) < 5 / math.sqrt(a.numel()), corr_ab
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "ddpm", "heun", "sde", "edm", "reverse_diffusion"])

@@ -257,6 +257,19 @@ def test_a_step_from_a_zero_amplitude_is_exact(reg):
     assert max(float((u.x - v.x).abs().max()) for u, v in zip(a, b)) < 1e-10
 
 
+def test_non_finite_coefficients_are_refused(reg, monkeypatch):
+    """A corruption whose SDE coefficients are not finite at a grid time (here: a broken derivative) is an error
+    naming the time, not NaN samples."""
+    corr = reg.create("corruption", "gaussian", schedule="linear")
+    grid = reg.create("time", "continuous").grid(4)
+    sde = corr.sde
+    monkeypatch.setattr(corr, "sde", lambda m: tuple(v * float("nan") for v in sde(m)))
+    with pytest.raises(udm.CapabilityError, match=r"sampler 'sde': the step's coefficients must be finite at every "
+                                                  r"grid time; got a non-finite value at t = 1 with corruption "
+                                                  r"'gaussian'"):
+        S.sde(MIX.denoiser(corr), corr, grid, torch.zeros(2, 2))
+
+
 def test_edm_churn_needs_one_noise_level_per_time(reg):
     corr = reg.create("corruption", "blur")
     grid = reg.create("time", "continuous").grid(4)[1:]
