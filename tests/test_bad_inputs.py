@@ -181,6 +181,23 @@ sets("yaml-refresh-eta-string", ["sample.sampler=refresh", "sample.eta=half"], 2
 sets("yaml-solver-unknown", ["sample.sampler=ode", "sample.solver=midpoint"], 2,
      r"sample\.solver: the value must be one of 'euler', 'heun', 'rk4'; got 'midpoint'")
 sets("yaml-option-of-other-sampler", ["sample.solver=heun"], 2, r"sample\.solver: the key must be one of")
+sets("yaml-sde-eta-negative", ["sample.sampler=sde", "sample.eta=-1"], 2,
+     r"sample\.eta: the value must be a number >= 0; got -1")
+sets("yaml-edm-churn-negative", ["sample.sampler=edm", "sample.churn=-5"], 2,
+     r"sample\.churn: the value must be a number >= 0; got -5")
+sets("yaml-corrector-unknown", ["sample.corrector={name: langevine}"], 2,
+     r"sample\.corrector\.name: the name must be a registered corrector; got 'langevine'.*Did you mean 'langevin'\?")
+sets("yaml-corrector-amount-negative", ["sample.corrector={name: refresh, amount: -0.5}"], 2,
+     r"sample\.corrector\.amount: the value must be a number in \[0, 1\]; got -0\.5")
+sets("yaml-corrector-schedule-unknown", ["sample.corrector={name: remask, schedule: loop}"], 2,
+     r"sample\.corrector\.schedule: the value must be one of 'rescale', 'cap', 'confidence'; got 'loop'", base=MASK)
+sets("yaml-corrector-unsupported", ["sample.corrector=langevin"], 2,
+     r"sample: corrector 'langevin': corruption 'mask' must offer linear_gaussian; it lacks linear_gaussian\. "
+     r"Correctors 'mask' supports: refresh, remask\.", base=MASK)
+sets("yaml-corrector-number", ["sample.corrector=3"], 2,
+     r"sample\.corrector: the value must be a registered corrector name or a mapping")
+sets("yaml-noise-unknown", ["sample.noise=per-sample"], 2,
+     r"sample\.noise: the value must be one of 'shared', 'per_sample'; got 'per-sample'")
 sets("yaml-spacing-unknown", ["sample.spacing=cubic"], 2,
      r"sample\.spacing: the value must be one of 'uniform', 'quadratic', 'optimal' \(the spacings time 'discrete' offers\); "
      r"got 'cubic'")
@@ -439,6 +456,24 @@ api("api-sample-model-not-callable", lambda r: sample(r, model=3), 2,
     r"udm\.sample: model must be a torch\.nn\.Module or a denoiser .*; got int")
 api("api-sample-time-type-wrong", lambda r: sample(r, time_type="discrete"), 2,
     r"udm\.sample: time_type must be a udm time \(with sample_train, grid, encode\); got str, which lacks")
+api("api-sample-sde-eta-negative", lambda r: sample(r, sampler="sde", eta=-1.0), 2,
+    r"udm\.sample: sampler 'sde': option\.eta: the value must be a number >= 0; got -1\.0")
+api("api-sample-corrector-unsupported", lambda r: udm.sample(
+    lambda x, t, g: x, r.create("corruption", "mask", vocab_size=4), _parts(r)[2], shape=(2, 2), steps=2,
+    corrector="ald", registry=r), 2,
+    r"udm\.sample: corrector 'ald': corruption 'mask' must offer linear_gaussian; it lacks linear_gaussian\. "
+    r"Correctors 'mask' supports: refresh, remask\.")
+api("api-sample-corrector-amount", lambda r: sample(r, corrector={"name": "refresh", "amount": -0.1}), 2,
+    r"udm\.sample: corrector 'refresh': amount must be a number in \[0, 1\]; got -0\.1")
+api("api-sample-corrector-unknown", lambda r: sample(r, corrector="langevn"), 2,
+    r"udm\.sample: corrector 'langevn': name must be a registered corrector; got 'langevn'.*Did you mean 'langevin'")
+api("api-sample-edm-churn-blur", lambda r: udm.sample(
+    lambda x, t, g: x, r.create("corruption", "blur"), r.create("time", "continuous"), shape=(2, 1, 8, 8),
+    sampler="edm", steps=3, churn=5.0, registry=r, x_init=torch.zeros(2, 1, 8, 8)), 2,
+    r"sampler 'edm': churn > 0 needs one noise level sigma = s/a per time; got corruption 'blur'")
+api("api-sample-per-sample-batch", lambda r: sample(r, generator=udm.PerSampleGenerator(0, 3)), 2,
+    r"udm\.sample: generator must have one stream per sample \(shape\[0\] = 4\); got a udm\.PerSampleGenerator "
+    r"for 3 samples")
 api("api-sample-capability", lambda r: udm.sample(*_parts(r)[:1], r.create("corruption", "mask", vocab_size=4),
                                                    _parts(r)[2], shape=(2, 2), sampler="ode", registry=r), 2,
     r"sampler 'ode': corruption 'mask' must offer noise_posterior, vector_space; it lacks vector_space")

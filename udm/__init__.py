@@ -25,7 +25,7 @@ _EXPORTS = {
     "Family": "families", "Gaussian": "families", "Laplace": "families", "Categorical": "families",
     "get_family": "families",
     "Denoiser": "denoiser", "Prediction": "denoiser",
-    "SamplerSpec": "samplers", "SamplerStep": "samplers",
+    "SamplerSpec": "samplers", "SamplerStep": "samplers", "Corrector": "samplers", "PerSampleGenerator": "samplers",
     "Sequences": "sequences",
     "samplers": "samplers", "nn": "nn", "bases": "bases", "accelerators": "accelerators",
     "accelerate": "accelerators", "Quantisation": "quantisation",
@@ -91,7 +91,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from .families import Categorical, Family, Gaussian, Laplace, get_family
     from .hookspecs import hookimpl
     from .losses import LossOutput, diffusion_loss
-    from .samplers import SamplerSpec, SamplerStep
+    from .samplers import Corrector, PerSampleGenerator, SamplerSpec, SamplerStep
     from .sequences import Sequences
     from .noise_level import NoiseLevelTime
     from .time import TimeType, check_grid

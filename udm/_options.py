@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 from ._runlog import LogName
 from ._schema import Interval
 from .accelerators import Precision
+from .plugin_spec import PluginSpec
 
 __all__ = ["TrainOptions", "SampleOptions", "RunOptions", "SEED_MAX", "STAGE_KEYS", "VarianceName", "fixed_on_resume",
            "sampler_own_keys"]
@@ -70,7 +71,9 @@ class SampleOptions:
     two); ``spacing`` is one of the time type's grid spacings; ``seed`` defaults to ``run.seed``;
     ``family_options`` go to the q_theta family (e.g. ``temperature`` for categorical); ``variance`` is
     q_theta's variance source (``analytic``/``residual``: a table ``udm fit-variance`` fitted into the run;
-    ``small``/``large``: closed forms; ``sn``/``npr``: a ``variance_head`` run's head).
+    ``small``/``large``: closed forms; ``sn``/``npr``: a ``variance_head`` run's head); ``corrector`` names a
+    registered corrector run after every step (``{name: refresh, steps: 1, amount: 0.3}``); ``noise:
+    per_sample`` gives every sample its own random stream (the same samples whatever ``n``).
     """
 
     sampler: str = "invert"
@@ -84,6 +87,8 @@ class SampleOptions:
     precision: Precision = "fp32"  # bf16 / fp16 autocast of the network's forward while sampling
     compile: bool = False  # torch.compile the network for sampling
     variance: VarianceName | None = None  # q_theta's variance (None: the mean); udm fit-variance fits the tables
+    corrector: PluginSpec["corrector"] | None = None  # a corrector after every predictor step (udm.Corrector)
+    noise: Literal["shared", "per_sample"] = "shared"  # per_sample: one stream per sample (udm.PerSampleGenerator)
 
 
 @dataclass(frozen=True)

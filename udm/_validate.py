@@ -187,6 +187,11 @@ def check_sample_args(model: Any, corruption: Any, time_type: Any, *, shape: Any
         raise ConfigError(f"{where}: spacing must be one of {', '.join(map(repr, offered))} (what "
                           f"{type(time_type).__name__} offers); got {spacing!r}.{did_you_mean(str(spacing), offered)}")
     _check_generator(where, generator, _device_of(model))
+    streams = getattr(generator, "streams", None)
+    if streams is not None and len(streams) != shape[0]:
+        raise ConfigError(f"{where}: generator must have one stream per sample (shape[0] = {shape[0]}); got a "
+                          f"udm.PerSampleGenerator for {len(streams)} samples. Build it with "
+                          f"udm.PerSampleGenerator(seed, indices) for the {shape[0]} samples of this batch.")
     spec = _spec_of(sampler, registry)
     rule = schema_of(spec.rule, skip=KINDS["sampler"].supplied)
     check_keys(f"{where}: sampler {spec.name!r}: option", dict(options), rule, python=True)

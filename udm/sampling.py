@@ -19,7 +19,7 @@ from .api import model_device_dtype, resolve_sampler, resolve_steps, sample
 from .config import load_config, sampler_schema
 from .errors import ConfigError
 from .time import check_encoding
-from .samplers import SamplerStep
+from .samplers import PerSampleGenerator, SamplerStep, per_sample_draws, resolve_corrector
 from .variance_store import variance_for_run
 
 __all__ = ["sample_and_evaluate", "sample_run", "load_trained_run", "TrainedRun", "SnapshotRecorder"]
@@ -82,15 +82,18 @@ def sample_and_evaluate(exp: Any, network: torch.nn.Module, corruption: Any, tim
     shape = (cfg["n"], *(data_shape if data_shape is not None else data.shape[1:]))
     options = {k: v for k, v in cfg.items() if k not in _OWN}
     spec = resolve_sampler(cfg["sampler"], corruption, exp.registry, options)
-    steps = resolve_steps(spec, cfg.get("steps"), cfg.get("nfe"), options, where="sample")
+    corrector = resolve_corrector(cfg.get("corrector"), corruption, exp.registry, where="sample")
+    steps = resolve_steps(spec, cfg.get("steps"), cfg.get("nfe"), options, where="sample", corrector=corrector)
     device = model_device_dtype(network)[0]
-    generator = torch.Generator(device=device).manual_seed(seed)
+    generator = PerSampleGenerator(seed, cfg["n"], device) if cfg.get("noise") == "per_sample" else \
+        torch.Generator(device=device).manual_seed(seed)
     network, variance = variance_for_run(cfg.get("variance"), run_dir, network=network, corruption=corruption,
                                          time_type=time_type, step=step, steps=steps, spacing=cfg["spacing"],
                                          where="sample.variance", data=data if fit_missing else None, progress=progress)
     net = accelerate(network.eval(), precision=cfg.get("precision", "fp32"), compile=cfg.get("compile", False),
                      where="sample.precision")
-    x_init = corruption.sample_prior(tuple(shape), generator, device=device)  # what udm.sample would draw first
+    with per_sample_draws(generator):  # what udm.sample would draw first
+        x_init = corruption.sample_prior(tuple(shape), generator, device=device)
     two_d = len(shape) == 2 and shape[1] == 2
     plots = run.get("plots", True)
     kind = getattr(corruption, "data_kind", "continuous")
@@ -105,7 +108,7 @@ def sample_and_evaluate(exp: Any, network: torch.nn.Module, corruption: Any, tim
         x = sample(net, corruption, time_type, shape=shape, sampler=spec, steps=steps,
                    spacing=cfg["spacing"], generator=generator, registry=exp.registry, clamp=cfg["clamp"],
                    family_options=cfg.get("family_options"), callback=recorder if strips else callback,
-                   x_init=x_init, variance=variance, **options)
+                   x_init=x_init, variance=variance, corrector=corrector, **options)
     reference = None
     if exp.config["eval"] or two_d:
         reference = _reference(exp, data, max(cfg["n"], 1)).to(device)
@@ -115,6 +118,8 @@ def sample_and_evaluate(exp: Any, network: torch.nn.Module, corruption: Any, tim
     nfe = last[0].nfe if last else 0
     record = {"step": step, "sampler": cfg["sampler"], "sample_steps": steps, "nfe": nfe, "seed": seed,
               "eval": metrics} | ({"variance": cfg["variance"]} if cfg.get("variance") else {})
+    if corrector is not None:
+        record["corrector"] = cfg["corrector"] if isinstance(cfg["corrector"], (str, dict)) else corrector.name
     stem = _artifacts.samples_stem(record)
     with_variance = f" + variance {cfg['variance']}" if cfg.get("variance") else ""
     caption = f"{cfg['sampler']}{with_variance}, {steps} steps ({nfe} model calls), seed {seed} (trained {step} steps)" + (

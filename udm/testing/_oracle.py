@@ -159,6 +159,29 @@ class GaussianMixture:
         back = mean if corruption is None else corruption.from_basis(mean)
         return MixturePosterior(back, variance)
 
+    def posterior_sample(self, x_t: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor,
+                         generator: torch.Generator | None = None) -> torch.Tensor:
+        """A draw of x_0 ~ p(x_0 | x_t) ``(batch, D)`` (exact: a component k with probability w_k(x_t), then
+        N(E[x_0 | x_t, k], diag(s_k^2 sigma^2 / (alpha^2 s_k^2 + sigma^2))))."""
+        x = x_t.to(torch.float64)[:, None, :]
+        a = alpha.to(torch.float64).reshape(-1, 1, 1)
+        s2 = sigma.to(torch.float64).reshape(-1, 1, 1) ** 2
+        v = self.stds[None] ** 2
+        var = a * a * v + s2
+        resid = x - a * self.means[None]
+        logp = torch.log(self.weights)[None] - 0.5 * (var.log() + resid**2 / var).sum(-1)
+        k = torch.multinomial(logp.softmax(dim=1), 1, generator=generator)[:, 0]  # (B,)
+        rows = torch.arange(len(k))
+        mean = (self.means[None] + a * v / var * resid)[rows, k]
+        std = (v * s2 / var).expand(len(k), -1, -1)[rows, k].sqrt()
+        z = torch.randn(mean.shape, generator=generator, dtype=torch.float64)
+        return (mean + std * z).to(x_t.dtype)
+
+    def posterior_sampler(self, corruption: Any) -> "MixturePosteriorSampler":
+        """An exact q(x_0 | x_t) for a corruption with ``schedule``: ``predict`` returns x0_hat drawn from the
+        posterior and its mean E[x_0 | x_t] (what a last step returns)."""
+        return MixturePosteriorSampler(self, corruption)
+
     def denoiser(self, corruption: Any):
         """An exact denoiser ``(x_t, t, generator) -> E[x_0 | x_t]`` for a linear-Gaussian ``corruption`` (or
         any corruption with an affine ``schedule(t)``)."""
@@ -197,6 +220,22 @@ class MixtureDenoiser:
             return Prediction(post.mean, post.mean, post.mean)
         var = post.variance.to(x_t.dtype) if self.variance == "posterior" else self.variance(t, x_t)
         return Prediction(draw_gaussian(post.mean, var, self.corruption, generator), post.mean, post.mean, var)
+
+    def __call__(self, x_t: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.predict(x_t, t, generator).x0_hat
+
+
+class MixturePosteriorSampler:
+    """The exact posterior of a :class:`GaussianMixture` as a denoiser with ``predict``: x0_hat ~ p(x_0 | x_t)
+    (the draw the invariance of same-time correctors needs), ``mean`` = E[x_0 | x_t]."""
+
+    def __init__(self, mixture: GaussianMixture, corruption: Any) -> None:
+        self.mixture, self.corruption = mixture, corruption
+
+    def predict(self, x_t: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None):
+        sch = self.corruption.schedule(t)
+        mean = self.mixture.posterior_mean(x_t, sch.alpha, sch.sigma)
+        return Prediction(self.mixture.posterior_sample(x_t, sch.alpha, sch.sigma, generator), mean, mean)
 
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.predict(x_t, t, generator).x0_hat
