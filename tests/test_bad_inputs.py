@@ -193,7 +193,7 @@ sets("yaml-corrector-schedule-unknown", ["sample.corrector={name: remask, schedu
      r"sample\.corrector\.schedule: the value must be one of 'rescale', 'cap', 'confidence'; got 'loop'", base=MASK)
 sets("yaml-corrector-unsupported", ["sample.corrector=langevin"], 2,
      r"sample: corrector 'langevin': corruption 'mask' must offer linear_gaussian; it lacks linear_gaussian\. "
-     r"Correctors 'mask' supports: refresh, remask\.", base=MASK)
+     r"Correctors corruption 'mask' supports: refresh, remask\.", base=MASK)
 sets("yaml-corrector-number", ["sample.corrector=3"], 2,
      r"sample\.corrector: the value must be a registered corrector name or a mapping")
 sets("yaml-noise-unknown", ["sample.noise=per-sample"], 2,
@@ -462,7 +462,7 @@ api("api-sample-corrector-unsupported", lambda r: udm.sample(
     lambda x, t, g: x, r.create("corruption", "mask", vocab_size=4), _parts(r)[2], shape=(2, 2), steps=2,
     corrector="ald", registry=r), 2,
     r"udm\.sample: corrector 'ald': corruption 'mask' must offer linear_gaussian; it lacks linear_gaussian\. "
-    r"Correctors 'mask' supports: refresh, remask\.")
+    r"Correctors corruption 'mask' supports: refresh, remask\.")
 api("api-sample-corrector-amount", lambda r: sample(r, corrector={"name": "refresh", "amount": -0.1}), 2,
     r"udm\.sample: corrector 'refresh': amount must be a number in \[0, 1\]; got -0\.1")
 api("api-sample-corrector-unknown", lambda r: sample(r, corrector="langevn"), 2,
