@@ -18,7 +18,7 @@ from .config import load_config, sampler_schema
 from .errors import ConfigError
 from .samplers import SamplerStep
 
-__all__ = ["sample_and_evaluate", "sample_run", "SnapshotRecorder"]
+__all__ = ["sample_and_evaluate", "sample_run", "SnapshotRecorder", "open_run", "load_trained"]
 
 _OWN = sampler_own_keys()
 
@@ -98,10 +98,11 @@ def sample_and_evaluate(exp: Any, network: torch.nn.Module, corruption: Any, tim
                    family_options=cfg.get("family_options"), callback=recorder if strips else callback,
                    x_init=x_init, **options)
     reference = None
-    if exp.config["eval"] or two_d:
+    wanted = {k: v for k, v in exp.config["eval"].items() if k != "nll"}  # eval.nll: udm.likelihoods.evaluate_nll
+    if wanted or two_d:
         reference = _reference(exp, data, max(cfg["n"], 1)).to(device)
     metrics = {}
-    for name, kwargs in exp.config["eval"].items():
+    for name, kwargs in wanted.items():
         metrics[name] = float(exp.registry.get("metric", name)(x, reference, **(kwargs or {})))
     nfe = last[0].nfe if last else 0
     stem = f"{cfg['sampler']}-{steps}steps-seed{seed}"
@@ -124,6 +125,36 @@ def sample_and_evaluate(exp: Any, network: torch.nn.Module, corruption: Any, tim
     return x, metrics
 
 
+def open_run(run_dir: str | Path, command: str = "udm sample") -> dict[str, Any]:
+    """The saved config of a trained run directory (its plugins' versions dropped), after checking that it is one
+    and that none of its outputs is a symbolic link."""
+    run_dir = Path(run_dir)
+    saved = run_dir / "config.yaml"
+    if not saved.is_file() or not _rundir.is_run_dir(run_dir) or not checkpoint.list_checkpoints(run_dir / "checkpoints"):
+        raise ConfigError(f"{command}: RUN_DIR must be a trained run directory (config.yaml and checkpoints/); "
+                          f"got {str(run_dir)!r}. Train it first with `udm run EXP.yaml`.")
+    for name in _rundir.OUTPUTS:
+        if (run_dir / name).is_symlink():
+            raise ConfigError(f"{command}: {str(run_dir / name)!r} must not be a symbolic link; got a link to "
+                              f"{str((run_dir / name).readlink())!r}. Remove the link; udm does not write through links.")
+    cfg = load_config(saved)  # the data file is relative to the run directory: the run may have moved
+    cfg.pop("versions", None)
+    return cfg
+
+
+def load_trained(exp: Any, run_dir: str | Path) -> tuple[Any, Any, Any, torch.nn.Module]:
+    """(checkpoint, corruption, time type, network) of a run's newest intact checkpoint: the EMA weights when
+    saved, the corruption's fitted statistics restored; a damaged newer checkpoint is skipped with a warning."""
+    ckpt = checkpoint.newest_intact(Path(run_dir) / "checkpoints")
+    data_shape = list(ckpt.extra["data_shape"])
+    corruption, time_type, network = exp.build(data_shape, exp.config["model"].get("vocab_size"),
+                                               exp.config["run"]["seed"])
+    network.load_state_dict(ckpt.trainer["ema"] if ckpt.trainer["ema"] is not None else ckpt.trainer["network"])
+    if callable(getattr(corruption, "load_state_dict", None)):
+        corruption.load_state_dict(ckpt.corruption)
+    return ckpt, corruption, time_type, network.eval()
+
+
 def sample_run(run_dir: str | Path, *, sampler: str | None = None, steps: int | None = None, n: int | None = None,
                seed: int | None = None, overrides: list[str] | tuple[str, ...] = (), registry: Any = None,
                progress: bool | None = None, nfe: int | None = None) -> tuple[Any, dict[str, float]]:
@@ -133,16 +164,7 @@ def sample_run(run_dir: str | Path, *, sampler: str | None = None, steps: int | 
     from .experiment import Experiment
 
     run_dir = Path(run_dir)
-    saved = run_dir / "config.yaml"
-    if not saved.is_file() or not _rundir.is_run_dir(run_dir) or not checkpoint.list_checkpoints(run_dir / "checkpoints"):
-        raise ConfigError(f"udm sample: RUN_DIR must be a trained run directory (config.yaml and checkpoints/); "
-                          f"got {str(run_dir)!r}. Train it first with `udm run EXP.yaml`.")
-    for name in _rundir.OUTPUTS:
-        if (run_dir / name).is_symlink():
-            raise ConfigError(f"udm sample: {str(run_dir / name)!r} must not be a symbolic link; got a link to "
-                              f"{str((run_dir / name).readlink())!r}. Remove the link; udm does not write through links.")
-    cfg = load_config(saved)  # the data file is relative to the run directory: the run may have moved
-    cfg.pop("versions", None)
+    cfg = open_run(run_dir)
     if sampler is not None:  # the old sampler's own options may not apply to the new one
         cfg["sample"] = {k: v for k, v in cfg["sample"].items() if k in _OWN} | {"sampler": sampler}
     if steps is not None or nfe is not None:  # a new grid size replaces the saved one, whichever way it was given
@@ -152,14 +174,8 @@ def sample_run(run_dir: str | Path, *, sampler: str | None = None, steps: int | 
         if value is not None:
             cfg["sample"][key] = value
     from .config import apply_overrides
-    exp = Experiment.from_dict(apply_overrides(cfg, overrides), registry, str(saved))
+    exp = Experiment.from_dict(apply_overrides(cfg, overrides), registry, str(run_dir / "config.yaml"))
     sampler_schema(exp.registry, exp.config["sample"]["sampler"])
-    ckpt = checkpoint.newest_intact(run_dir / "checkpoints")
-    data_shape = list(ckpt.extra["data_shape"])
-    model_cfg = exp.config["model"]
-    corruption, time_type, network = exp.build(data_shape, model_cfg.get("vocab_size"), exp.config["run"]["seed"])
-    network.load_state_dict(ckpt.trainer["ema"] if ckpt.trainer["ema"] is not None else ckpt.trainer["network"])
-    if callable(getattr(corruption, "load_state_dict", None)):
-        corruption.load_state_dict(ckpt.corruption)
-    return sample_and_evaluate(exp, network.eval(), corruption, time_type, None, run_dir, data_shape=data_shape,
-                               progress=progress, step=ckpt.step)
+    ckpt, corruption, time_type, network = load_trained(exp, run_dir)
+    return sample_and_evaluate(exp, network, corruption, time_type, None, run_dir,
+                               data_shape=list(ckpt.extra["data_shape"]), progress=progress, step=ckpt.step)
