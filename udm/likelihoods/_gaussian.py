@@ -127,6 +127,10 @@ def decoder_nll(c: LinearGaussian, x0: torch.Tensor, mean: torch.Tensor, var: to
     """-log p(x_0 | x_t) ``(B,)`` for the decoder N(mean, B^T diag(var) B): a density, or with ``quantisation``
     the probability of x_0's levels under the per-element marginals (a factorised discretised Gaussian)."""
     if quantisation is None:
+        if bool((torch.as_tensor(var) <= 0).any()):
+            raise ConfigError("likelihood: the decoder's variance must be > 0 for a density of x_0; got 0 at the "
+                              "smallest time (a point mass has no density). Give the variance source a positive "
+                              "value there, or use 'large'.")
         return flat_sum(gaussian_nll(c.to_basis(x0 - mean), var))
     std = _pixel_variance(c, var, tuple(x0.shape[1:])).sqrt()
     return -flat_sum(discretised_log_prob(x0, mean, std, quantisation))

@@ -72,20 +72,20 @@ def resolve_nll_config(exp: Any, corruption: Any, time_type: Any, data_shape: li
     own, options = _split(exp.config["eval"].get("nll"))
     name = own["estimator"] or default_estimator(corruption, time_type, exp.registry)
     spec = resolve_estimator(name, corruption, exp.registry)
-    like = _Shape(len(data_shape) + 1)
-    mode, _ = decoding(spec, like, exp.quantisation(), own["dequantisation"], own["units"], "eval.nll")
+    mode, _ = decoding(spec, _Shape(("n", *data_shape)), exp.quantisation(), own["dequantisation"], own["units"],
+                       "likelihood")
     return {**own, "estimator": name, "dequantisation": mode, **options}
 
 
 @dataclass
 class _Shape:
-    """Stands in for the data where only its number of dimensions matters (image or not)."""
+    """Stands in for the data where only its shape matters (image or not, and for the messages)."""
 
-    ndim: int
+    shape: tuple[Any, ...]
 
     @property
-    def shape(self) -> tuple[str, ...]:
-        return ("n",) + ("...",) * (self.ndim - 1)
+    def ndim(self) -> int:
+        return len(self.shape)
 
 
 def held_out_data(exp: Any, n: int) -> tuple[Any, str]:

@@ -99,6 +99,10 @@ def _adaptive(rhs: Rhs, y: State, t0: float, t1: float, rtol: float, atol: float
             accepted += 1
         factor = 10.0 if norm == 0 else min(10.0, max(0.2, 0.9 * norm ** -0.2))
         h = h * factor
+        if h < 1e-14 * max(abs(t), 1.0):
+            raise SolverError(f"likelihood ode: the adaptive solver's step must stay above rounding level; got "
+                              f"{h:.3g} at t = {t:.12g} (the velocity is not smooth there: check the corruption's "
+                              f"amplitude derivatives near t). Use a fixed-step solver or loosen rtol/atol.")
     raise SolverError(f"likelihood ode: the adaptive solver must reach t = {t1} within {max_steps} steps; got to "
                       f"t = {t:.6g}. Loosen rtol/atol, raise t_min, or use a fixed-step solver.")
 

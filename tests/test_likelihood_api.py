@@ -1,0 +1,185 @@
+"""udm.likelihood's arguments and results, eval: {nll: ...} in an experiment and `udm eval RUN --nll`: what the
+number is (bits of a probability or nats of a density) is declared, never guessed, and bad requests are errors
+that name the option."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import yaml
+
+import udm
+from udm.cli import main
+
+from _tiny import TINY, experiment
+
+
+def g(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def zero(x_t, t, generator=None):
+    return torch.zeros_like(x_t)
+
+
+@pytest.fixture
+def gaussian(reg):
+    return reg.create("corruption", "gaussian", schedule="cosine"), reg.create("time", "discrete", steps=50)
+
+
+def test_unsupported_estimator_names_those_the_corruption_supports(reg, gaussian):
+    c, time = gaussian
+    with pytest.raises(udm.CapabilityError, match=r"likelihood estimator 'elbo_masked': the corruption must be an "
+                                                  r"absorbing token corruption \(mask\); got 'gaussian'\. Estimators "
+                                                  r"'gaussian' supports: elbo_continuous, elbo_discrete, ode\."):
+        udm.likelihood(zero, torch.zeros(4, 2), "elbo_masked", corruption=c, time_type=time)
+
+
+def test_bits_per_dim_of_images_without_quantisation_is_an_error_naming_the_option(gaussian):
+    c, time = gaussian
+    images = torch.zeros(4, 1, 4, 4)
+    for kwargs in ({}, {"units": "bits"}):
+        with pytest.raises(udm.ConfigError, match=r"udm\.likelihood: bits per dimension must come with the data's "
+                                                  r"quantisation; got none declared for data shaped \(4, 1, 4, 4\)\. "
+                                                  r"Declare the data's levels \(data\.quantisation: .*units: nats"):
+            udm.likelihood(zero, images, "elbo_discrete", corruption=c, time_type=time, steps=2, **kwargs)
+    r = udm.likelihood(zero, images, "elbo_discrete", corruption=c, time_type=time, steps=2, units="nats")
+    assert r.kind == "density" and r.bits_per_dim is None
+    with pytest.raises(udm.ConfigError, match=r"bits per dimension must come with the data's quantisation; got none "
+                                              r"declared for data shaped \(4, 2\)"):
+        udm.likelihood(zero, torch.zeros(4, 2), "ode", corruption=c, time_type=time, units="bits")
+
+
+@pytest.mark.parametrize("kwargs, pattern", [
+    ({"dequantisation": "uniform"}, r"udm\.likelihood: dequantisation 'uniform' must come with the data's "
+                                    r"quantisation; got none declared\. Declare the data's levels"),
+    ({"quantisation": udm.Quantisation(4), "dequantisation": "discretised"},
+     r"udm\.likelihood: dequantisation must be one of uniform, none for estimator 'ode' \(it scores a density\); got "
+     r"'discretised'"),
+    ({"stepz": 3}, r"udm\.likelihood\.stepz: the key must be one of .*got 'stepz'.*Did you mean 'steps'\?"),
+    ({"probes": 0}, r"udm\.likelihood\.probes: the value must be an integer >= 1; got 0"),
+    ({"quantisation": udm.Quantisation(256)}, r"udm\.likelihood: data: the data must lie on the 256 levels of "
+                                              r"\[-1\.0, 1\.0\]; got 8 of 8 values off them"),
+])
+def test_bad_requests_are_errors_naming_the_option(gaussian, kwargs, pattern):
+    c, time = gaussian
+    x = torch.full((4, 2), 0.3)
+    with pytest.raises(udm.ConfigError, match=pattern):
+        udm.likelihood(zero, x, "ode", corruption=c, time_type=time, **kwargs)
+
+
+def test_bad_variance_and_missing_arguments(gaussian):
+    c, time = gaussian
+    x = torch.zeros(4, 2)
+    with pytest.raises(udm.ConfigError, match=r"likelihood elbo_discrete: variance must be 'small', 'large', 'model' "
+                                              r"or a variance source .*; got 'analytc'"):
+        udm.likelihood(zero, x, "elbo_discrete", corruption=c, time_type=time, variance="analytc")
+    with pytest.raises(udm.ConfigError, match=r"likelihood: variance 'model' must come with a prediction that "
+                                              r"carries a variance"):
+        udm.likelihood(zero, x, "elbo_discrete", corruption=c, time_type=time, steps=2, variance="model")
+    with pytest.raises(udm.ConfigError, match=r"udm\.likelihood: corruption and time_type must be given with a model"):
+        udm.likelihood(zero, x, "ode")
+    with pytest.raises(udm.ConfigError, match=r"udm\.likelihood: data must be given with a model; got None"):
+        udm.likelihood(zero, None, "ode", corruption=c, time_type=time)
+    with pytest.raises(udm.ConfigError, match=r"likelihood elbo_continuous: draws must be even for antithetic t"):
+        udm.likelihood(zero, x, "elbo_continuous", corruption=c, time_type=time, draws=3, t_sampling="antithetic")
+
+
+def test_variance_table_source_and_a_network(reg, gaussian):
+    """A network goes through udm.Denoiser (its mean); a udm.VarianceTable on the grid is a variance source: zeros
+    except at the decoder's time is the 'small' variance (Sigma = 0) with a decoder of the table's variance; a zero
+    decoder variance (a point mass, no density) is refused."""
+    c, time = gaussian
+    torch.manual_seed(0)
+    net = reg.create("model", "mlp", data_shape=[2], width=8, depth=1, time_dim=8)
+    x = torch.randn(16, 2, generator=g(0))
+    grid = time.grid(5)
+    small = udm.likelihood(net, x, "elbo_discrete", corruption=c, time_type=time, steps=5, variance="small")
+    s1 = float(c.schedule(grid[-2:-1]).sigma) ** 2
+    table = udm.VarianceTable(grid, torch.tensor([0.0, 0.0, 0.0, 0.0, s1, 0.0], dtype=torch.float64))
+    same = udm.likelihood(net, x, "elbo_discrete", corruption=c, time_type=time, steps=5, variance=table)
+    assert same.nats_per_dim == pytest.approx(small.nats_per_dim, rel=1e-9) and same.settings["variance"] == \
+        "VarianceTable"
+    with pytest.raises(udm.ConfigError, match=r"likelihood: the decoder's variance must be > 0 for a density of x_0; "
+                                              r"got 0 at the smallest time"):
+        udm.likelihood(net, x, "elbo_discrete", corruption=c, time_type=time, steps=5,
+                       variance=udm.VarianceTable(grid, torch.zeros(len(grid))))
+
+
+def test_result_record_and_terms(gaussian):
+    c, time = gaussian
+    x = torch.randn(32, 2, generator=g(0))
+    r = udm.likelihood(zero, x, "elbo_discrete", corruption=c, time_type=time, steps=4, seed=7)
+    record = json.loads(json.dumps(r.to_record()))
+    t = r.terms
+    assert t.prior + t.diffusion + t.reconstruction + t.dequantisation == pytest.approx(r.nats_per_dim)
+    assert record["estimator"] == "elbo_discrete" and record["settings"]["steps"] == 4 and record["n"] == 32
+    assert record["settings"]["seed"] == 7 and record["dequantisation"] == "none" and "per_example" not in record
+    assert r.nats == pytest.approx(r.nats_per_dim * 2) and "nats/dim (density)" in r.summary()
+    again = udm.likelihood(zero, x, "elbo_discrete", corruption=c, time_type=time, steps=4, seed=7, batch_size=5)
+    assert again.nats_per_dim == pytest.approx(r.nats_per_dim, rel=0.2)  # other batches: other draws, same law
+
+
+def test_progress_bar_counts_examples(gaussian, capsys):
+    c, time = gaussian
+    udm.likelihood(zero, torch.zeros(10, 2), "elbo_discrete", corruption=c, time_type=time, steps=2, batch_size=4,
+                   progress=True)
+    assert "nll elbo_discrete" in capsys.readouterr().err and "10/10" in capsys.readouterr().err + "10/10"
+
+
+def test_default_estimator_follows_the_time_type(reg):
+    from udm.likelihoods import default_estimator
+
+    c = reg.create("corruption", "gaussian")
+    assert default_estimator(c, reg.create("time", "discrete")) == "elbo_discrete"
+    assert default_estimator(c, reg.create("time", "continuous")) == "elbo_continuous"
+    assert default_estimator(reg.create("corruption", "mask", vocab_size=3), reg.create("time", "discrete")) == \
+        "elbo_masked"
+
+
+# --------------------------------------------------------------------------------- experiments and the CLI
+NLL = TINY + "eval: {nll: {n: 32, estimator: elbo_discrete, steps: 10}}\n"
+
+
+def test_eval_nll_in_an_experiment_writes_eval_jsonl_and_records_the_dequantisation(tmp_path, monkeypatch):
+    exp = experiment(tmp_path, monkeypatch, NLL)
+    assert main(["run", str(exp), "--quiet"]) == 0
+    run = tmp_path / "runs" / "tiny"
+    records = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
+    nll = records[-1]["nll"]
+    assert records[-1]["step"] == 6 and nll["estimator"] == "elbo_discrete" and nll["n"] == 32
+    assert nll["dequantisation"] == "none" and nll["settings"]["steps"] == 10
+    assert nll["settings"]["data"] == "dataset 'two_moons' drawn with seed 1"
+    saved = yaml.safe_load((run / "config.yaml").read_text())["eval"]["nll"]
+    assert saved["estimator"] == "elbo_discrete" and saved["dequantisation"] == "none" and saved["steps"] == 10
+    # udm eval on the trained run: another estimator, appended; an unsupported one and no --nll are usage errors
+    assert main(["eval", str(run), "--nll", "--estimator", "ode", "--n", "8", "--set", "eval.nll.solver=euler"]) == 0
+    last = json.loads((run / "eval.jsonl").read_text().splitlines()[-1])["nll"]
+    assert last["estimator"] == "ode" and last["n"] == 8 and last["settings"]["solver"] == "euler"
+    assert main(["eval", str(run), "--nll", "--estimator", "elbo_masked"]) == 2
+    assert main(["eval", str(run)]) == 2
+    assert main(["eval", str(run), "--nll", "--set", "eval.nll.units=bits"]) == 2
+    assert udm.likelihood(str(run), estimator="ode", n=8, solver="euler").n == 8  # a run directory in Python
+
+
+@pytest.mark.parametrize("nll, pattern", [
+    ("{estimator: elbo_discrete, stepz: 3}", r"eval\.nll\.stepz: the key must be one of .*Did you mean 'steps'\?"),
+    ("{steps: 3}", r"eval\.nll\.steps: the key must be one of batch_size, dequantisation, estimator, n, seed, units"),
+    ("{estimator: elbo_discret}", r"eval\.nll\.estimator: the name must be a registered estimator; got "
+                                  r"'elbo_discret'.*Did you mean 'elbo_discrete'\?"),
+    ("{units: bytes}", r"eval\.nll\.units: the value must be one of 'auto', 'bits', 'nats'; got 'bytes'"),
+    ("3", r"eval\.nll: the value must be a mapping of the likelihood's options \(or null\); got 3"),
+])
+def test_eval_nll_keys_are_checked(tmp_path, monkeypatch, capsys, nll, pattern):
+    exp = experiment(tmp_path, monkeypatch, TINY + f"eval: {{nll: {nll}}}\n")
+    assert main(["check", str(exp)]) == 2
+    assert __import__("re").search(pattern, capsys.readouterr().err)
+
+
+def test_an_estimator_the_corruption_cannot_support_stops_the_run_before_training(tmp_path, monkeypatch, capsys):
+    exp = experiment(tmp_path, monkeypatch, TINY + "eval: {nll: {estimator: elbo_masked}}\n")
+    assert main(["run", str(exp), "--quiet"]) == 2
+    assert "likelihood estimator 'elbo_masked'" in capsys.readouterr().err
