@@ -1,4 +1,4 @@
-"""The ``mask`` corruption: absorbing-state (masked) diffusion of tokens (MDLM; Su's "mask model", MATH.md §2.4).
+"""The ``mask`` corruption: absorbing-state (masked) diffusion of tokens (MDLM; Su's "mask model").
 
 Tokens ``LongTensor (batch, length)`` with ids in [0, V); ``[MASK]`` is the extra id V (never a data token).
 Noise: u ~ U[0, 1]^length, one uniform per position (float64). With tau(t) the masking probability

@@ -213,3 +213,58 @@ def test_one_ddpm_step_on_diffusers_cosine_table_matches_float64_issue_18(reg):
     print(f"rho {rho:.3g}; error {err:.2e}, the float32 formula's {old_err:.2e}")
     assert 1e-8 < rho < 6e-8
     assert err < 2e-6 < old_err / 100
+
+
+def test_blur_eps_round_trip_holds_inside_the_range_where_it_is_non_singular():
+    """eps is refused for blur as a training target (the finest frequencies vanish at t = 1), but the
+    conversion itself is exact per frequency wherever a_ij(t) is not tiny."""
+    c = BlurCorruption(noise="vp", sigma=0.5)
+    p = udm.Parameterization("eps")
+    x0 = images(seed=11)
+    eps = torch.randn(x0.shape, generator=gen(12), dtype=torch.float64)
+    t = torch.linspace(0.02, 0.15, 6, dtype=torch.float64)  # early enough that every frequency keeps a_ij > 0.1
+    m = c.marginal(t, x0)
+    assert float(m.a64.min()) > 0.1
+    xt = c.forward(x0, eps, t)
+    back = c.from_basis(p.to_x0(c.to_basis(eps), c.to_basis(xt), m.a, m.s))
+    assert float((back - x0).abs().max()) < 1e-8
+
+
+def test_an_instance_reports_its_own_capabilities():
+    """A wrapper says what it really supports (udm.capabilities asks the instance before discovering)."""
+    class Wrapper(BlurCorruption):
+        def capabilities(self):
+            return {"noise_posterior", "vector_space"}
+
+    w = Wrapper(sigma=0.1)
+    assert udm.capabilities(w) == {"noise_posterior", "vector_space"}
+    names = udm.supported_samplers(w)
+    assert "ddim" in names and "ddpm" not in names and "posterior" not in names
+
+
+def test_gradients_through_the_denoiser_are_opt_in():
+    reg = udm.registry()
+    corr = reg.create("corruption", "gaussian", schedule="linear", prediction="eps")
+    time = reg.create("time", "discrete", steps=100)
+    net = torch.nn.Linear(2, 2).double()
+
+    class Net(torch.nn.Module):
+        def forward(self, x, t):
+            return net(x)
+
+    x = torch.randn(4, 2, dtype=torch.float64, requires_grad=True)
+    t = torch.full((4,), 0.5, dtype=torch.float64)
+    assert not udm.Denoiser(Net(), corr, time).predict(x, t).x0_hat.requires_grad  # sampling needs no graph
+    out = udm.Denoiser(Net(), corr, time, grad=True).predict(x, t).x0_hat
+    out.sum().backward()  # e.g. classifier guidance differentiates x0_hat with respect to x_t
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0
+
+
+def test_sampling_follows_the_network_dtype():
+    reg = udm.registry()
+    corr = reg.create("corruption", "gaussian", schedule="linear")
+    time = reg.create("time", "discrete", steps=100)
+    net64 = reg.create("model", "mlp", data_shape=[2], width=8, depth=1).double()
+    x = udm.sample(net64, corr, time, shape=(3, 2), steps=3)
+    assert x.dtype == torch.float64
+    assert udm.sample(net64.float(), corr, time, shape=(3, 2), steps=3).dtype == torch.float32

@@ -229,7 +229,7 @@ def _apply(m: Mutant) -> tuple[Path, bytes]:
 
 
 def _pytest(args: tuple[str, ...], timeout: float) -> tuple[int | None, float, str]:
-    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *args]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-m", "", *args]  # slow tests too
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     start = time.perf_counter()
     try:

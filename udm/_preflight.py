@@ -59,6 +59,7 @@ def build(exp: Any, seed: int, device: torch.device) -> Built:
     vocab = int(tokens.max()) + 1 if not tokens.is_floating_point() and tokens.numel() else None
     data_shape = list(data.shape[1:])
     corruption, time_type, network = exp.build(data_shape, vocab, seed)
+    _validate.check_expectations(network, corruption, time_type, f"{exp.source}: model")
     return Built(data, data_shape, vocab, corruption, time_type, network.to(device))
 
 

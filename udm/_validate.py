@@ -141,6 +141,24 @@ def _device_of(model: Any) -> torch.device | None:
     return None
 
 
+def check_expectations(network: Any, corruption: Any, time_type: Any, where: str) -> None:
+    """A network trained elsewhere may declare what it needs (``network.udm_expects``): the corruption's
+    ``prediction`` and the discrete time type's ``time_steps``. A config that disagrees is refused."""
+    expects = getattr(network, "udm_expects", None)
+    if not isinstance(expects, Mapping):
+        return
+    name = getattr(network, "name", type(network).__name__)
+    want = expects.get("prediction")
+    have = getattr(getattr(corruption, "parameterization", None), "prediction", None)
+    if want is not None and have != want:
+        raise ConfigError(f"{where}: the corruption's prediction must be what model {name!r} outputs, {want!r}; got "
+                          f"{have!r}. Set corruption.prediction: {want}.")
+    steps = expects.get("time_steps")
+    if steps is not None and getattr(time_type, "steps", None) != steps:
+        raise ConfigError(f"{where}: the time type must be discrete with the steps model {name!r} was trained on, "
+                          f"{steps}; got {time_type!r}. Use time: {{name: discrete, steps: {steps}}}.")
+
+
 def check_sample_args(model: Any, corruption: Any, time_type: Any, *, shape: Any, sampler: Any, steps: Any,
                       spacing: Any, generator: Any, family_options: Any, options: Mapping[str, Any],
                       registry: Any = None, where: str = "udm.sample") -> None:
@@ -155,6 +173,7 @@ def check_sample_args(model: Any, corruption: Any, time_type: Any, *, shape: Any
             or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape)):
         raise ConfigError(f"{where}: shape must be a tuple (n, *data_shape) of integers >= 1; got {shape!r}. "
                           f"E.g. shape=(1000, 2).")
+    check_expectations(model.network if hasattr(model, "network") else model, corruption, time_type, where)
     want = _shape_of(model.network if hasattr(model, "network") else model)
     if want is not None and getattr(corruption, "data_kind", "continuous") == "continuous" \
             and tuple(shape[1:]) != want:

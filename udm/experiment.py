@@ -340,7 +340,7 @@ def _train_and_sample(exp: Experiment, d: distributed.Dist, device: torch.device
         _restore(trainer, corruption, latest, d)
         _apply_train_options(trainer, exp.config["train"])
         log.truncate_after(trainer.step)
-    extra = {"data_shape": built.data_shape, "data_sha256": fingerprint}
+    extra = {"data_shape": built.data_shape, "data_sha256": fingerprint, "time_encoding": time_type.encoding_fingerprint()}
     try:
         if d.is_main:
             _rundir.atomic_write(run_dir / "config.yaml",

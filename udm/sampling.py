@@ -16,6 +16,7 @@ from .accelerators import accelerate
 from .api import model_device_dtype, resolve_sampler, resolve_steps, sample
 from .config import load_config, sampler_schema
 from .errors import ConfigError
+from .time import check_encoding
 from .samplers import SamplerStep
 
 __all__ = ["sample_and_evaluate", "sample_run", "SnapshotRecorder", "open_run", "load_trained"]
@@ -142,13 +143,15 @@ def open_run(run_dir: str | Path, command: str = "udm sample") -> dict[str, Any]
     return cfg
 
 
-def load_trained(exp: Any, run_dir: str | Path) -> tuple[Any, Any, Any, torch.nn.Module]:
+def load_trained(exp: Any, run_dir: str | Path, command: str = "udm sample") -> tuple[Any, Any, Any, torch.nn.Module]:
     """(checkpoint, corruption, time type, network) of a run's newest intact checkpoint: the EMA weights when
-    saved, the corruption's fitted statistics restored; a damaged newer checkpoint is skipped with a warning."""
+    saved, the corruption's fitted statistics restored; a damaged newer checkpoint is skipped with a warning. The
+    time type must feed the network what it was trained on (``command`` names the caller in the error)."""
     ckpt = checkpoint.newest_intact(Path(run_dir) / "checkpoints")
     data_shape = list(ckpt.extra["data_shape"])
     corruption, time_type, network = exp.build(data_shape, exp.config["model"].get("vocab_size"),
                                                exp.config["run"]["seed"])
+    check_encoding(time_type, ckpt.extra.get("time_encoding"), f"{command}: time")
     network.load_state_dict(ckpt.trainer["ema"] if ckpt.trainer["ema"] is not None else ckpt.trainer["network"])
     if callable(getattr(corruption, "load_state_dict", None)):
         corruption.load_state_dict(ckpt.corruption)

@@ -82,7 +82,7 @@ def _from_run(run: str | Path, registry: Any) -> tuple[Any, Any, Any, Any, Quant
 
     cfg = open_run(run, "udm.likelihood")
     exp = Experiment.from_dict(cfg, registry, str(Path(run) / "config.yaml"))
-    ckpt, corruption, time_type, network = load_trained(exp, run)
+    ckpt, corruption, time_type, network = load_trained(exp, run, "udm.likelihood")
     return exp, network, corruption, time_type, exp.quantisation(), exp.registry, ckpt.step
 
 

@@ -135,5 +135,5 @@ def eval_run(run_dir: str | Path, *, estimator: str | None = None, n: int | None
     nll.update({k: v for k, v in (("n", n), ("seed", seed)) if v is not None})
     cfg["eval"]["nll"] = nll
     exp = Experiment.from_dict(apply_overrides(cfg, overrides), registry, str(run_dir / "config.yaml"))
-    ckpt, corruption, time_type, network = load_trained(exp, run_dir)
+    ckpt, corruption, time_type, network = load_trained(exp, run_dir, "udm eval")
     return evaluate_nll(exp, network, corruption, time_type, run_dir, step=ckpt.step, progress=progress)

@@ -119,8 +119,9 @@ class Sampling:
         #: linear-Gaussian corruptions: the coefficients of the whole grid, float64 (rows = grid points)
         self.table = corruption.grid_table(self.grid, x_init) if self.linear_gaussian else None
         ms = corruption.marginals(self.grid, x_init, self.table) if self.linear_gaussian else [None] * len(self.values)
-        self.points = [Point(v, torch.full((self.batch,), v, dtype=torch.float64, device=self.device), m)
-                       for v, m in zip(self.values, ms)]
+        # one (batch,) float64 time tensor per grid point, made in two ops for the whole grid
+        rows = self.grid.to(self.device)[:, None].repeat(1, self.batch).unbind(0)
+        self.points = [Point(v, t, m) for v, t, m in zip(self.values, rows, ms)]
         self._predict = getattr(denoiser, "predict", None)
         self._fast = self._predict is not None and getattr(denoiser, "accepts_marginal", False)
         rng = getattr(corruption, "data_range", None)
