@@ -127,7 +127,8 @@ def test_progress_bar_counts_examples(gaussian, capsys):
     c, time = gaussian
     udm.likelihood(zero, torch.zeros(10, 2), "elbo_discrete", corruption=c, time_type=time, steps=2, batch_size=4,
                    progress=True)
-    assert "nll elbo_discrete" in capsys.readouterr().err and "10/10" in capsys.readouterr().err + "10/10"
+    err = capsys.readouterr().err
+    assert "nll elbo_discrete" in err and "10/10" in err
 
 
 def test_default_estimator_follows_the_time_type(reg):
@@ -183,3 +184,22 @@ def test_an_estimator_the_corruption_cannot_support_stops_the_run_before_trainin
     exp = experiment(tmp_path, monkeypatch, TINY + "eval: {nll: {estimator: elbo_masked}}\n")
     assert main(["run", str(exp), "--quiet"]) == 2
     assert "likelihood estimator 'elbo_masked'" in capsys.readouterr().err
+
+
+def test_adaptive_solver_is_accurate_and_refuses_to_stall_or_run_out_of_steps():
+    """rk45 integrates a smooth right-hand side to its tolerance; at a singularity, or out of steps, it stops
+    with an error naming the cause instead of looping at rounding level or returning a partial integral."""
+    from udm.likelihoods._solvers import SolverError, integrate
+
+    y0 = (torch.zeros(1, dtype=torch.float64),)
+    smooth = integrate(lambda t, y: (torch.full((1,), math.pi / 2 * math.cos(math.pi / 2 * t), dtype=torch.float64),),
+                       y0, 0.0, 1.0, rtol=1e-8, atol=1e-10)
+    assert abs(float(smooth.state[0]) - 1.0) < 1e-7 and smooth.evaluations == 1 + 6 * smooth.steps
+    singular = lambda t, y: (torch.full((1,), 1 / (0.5 - t) ** 2, dtype=torch.float64),)  # noqa: E731
+    with pytest.raises(SolverError, match=r"likelihood ode: the adaptive solver's step must stay above rounding "
+                                          r"level; got .* at t = 0\.5.*Use a fixed-step solver"):
+        integrate(singular, y0, 0.0, 1.0)
+    with pytest.raises(SolverError, match=r"likelihood ode: the adaptive solver must reach t = 1\.0 within 3 steps"):
+        integrate(lambda t, y: (torch.full((1,), math.cos(50 * t), dtype=torch.float64),), y0, 0.0, 1.0, max_steps=3)
+    exact = integrate(lambda t, y: (torch.ones(1, dtype=torch.float64),), y0, 0.0, 1.0, max_steps=3)
+    assert exact.steps == 3 and float(exact.state[0]) == pytest.approx(1.0)  # the third step lands on t = 1

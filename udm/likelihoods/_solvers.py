@@ -103,6 +103,8 @@ def _adaptive(rhs: Rhs, y: State, t0: float, t1: float, rtol: float, atol: float
             raise SolverError(f"likelihood ode: the adaptive solver's step must stay above rounding level; got "
                               f"{h:.3g} at t = {t:.12g} (the velocity is not smooth there: check the corruption's "
                               f"amplitude derivatives near t). Use a fixed-step solver or loosen rtol/atol.")
+    if t >= t1:  # the last allowed step reached the end
+        return Solved(y, evals, accepted)
     raise SolverError(f"likelihood ode: the adaptive solver must reach t = {t1} within {max_steps} steps; got to "
                       f"t = {t:.6g}. Loosen rtol/atol, raise t_min, or use a fixed-step solver.")
 
