@@ -4,7 +4,7 @@ full covariance, its exact denoiser and exact posterior variance (udm.testing.Ga
 Prints, per dimension: the true NLL, the ODE with the exact trace (max |error| over examples) and with Hutchinson
 (mean error and its standard error), elbo_continuous, and elbo_discrete for K = 1 .. 1000 with the small,
 large and exact variances (the same draws for the three), each as the mean of estimate - truth +- its standard
-error. Run: python benchmarks/likelihood_gaussian.py [--n 2000] (about a minute on one thread).
+error. Run: python benchmarks/likelihood_gaussian.py [--n 2000] (about 20 s on one thread).
 """
 
 from __future__ import annotations
