@@ -136,11 +136,11 @@ def test_exact_variance_bound_is_tight_for_a_diagonal_covariance(reg):
     data = GaussianData(base.mean, torch.diag(torch.diagonal(base.cov)), (3,))
     c = reg.create("corruption", "gaussian", schedule="cosine")
     x = data.sample(2000, g(1))
-    for k in (1, 5):
+    for k in (1, 5, 20):  # at K = 20 a step variance off by k_0 (not k_0^2) costs 0.3 nats/dim (se 0.013)
         r = udm.likelihood(data.denoiser(c), x, "elbo_discrete", corruption=c, time_type=reg.create("time", "discrete"),
                            steps=k, variance=data.variance(c), batch_size=2000)
         mean, se = diff_stats(r, data, x)
-        assert abs(mean) < 3 * se + 1e-6 and se < 0.01, (k, mean, se)
+        assert abs(mean) < 3 * se + 1e-6 and se < 0.02, (k, mean, se)
 
 
 def test_elbo_discrete_sampled_steps_agree_with_the_full_sum(setup):
