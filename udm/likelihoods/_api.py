@@ -77,13 +77,10 @@ def decoding(spec: EstimatorSpec, data: Any, quantisation: Quantisation | None, 
 
 
 def _from_run(run: str | Path, registry: Any) -> tuple[Any, Any, Any, Any, Quantisation | None, Any, int]:
-    from ..experiment import Experiment
-    from ..sampling import load_trained, open_run
+    from ..sampling import load_trained_run
 
-    cfg = open_run(run, "udm.likelihood")
-    exp = Experiment.from_dict(cfg, registry, str(Path(run) / "config.yaml"))
-    ckpt, corruption, time_type, network = load_trained(exp, run, "udm.likelihood")
-    return exp, network, corruption, time_type, exp.quantisation(), exp.registry, ckpt.step
+    r = load_trained_run(run, "udm.likelihood", registry=registry)
+    return r.exp, r.network, r.corruption, r.time_type, r.exp.quantisation(), r.exp.registry, r.step
 
 
 def held_out(exp: Any, n: int) -> Any:

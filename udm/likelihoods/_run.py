@@ -123,17 +123,16 @@ def eval_run(run_dir: str | Path, *, estimator: str | None = None, n: int | None
     """``udm eval RUN --nll``: the likelihood of held-out data under a trained run's newest intact checkpoint,
     with the run's ``eval.nll`` settings (``--estimator``, ``--n``, ``--seed`` and ``--set eval.nll.KEY=VALUE``
     replace them); the record is appended to the run's ``eval.jsonl``."""
-    from ..config import apply_overrides
-    from ..experiment import Experiment
-    from ..sampling import load_trained, open_run
+    from ..sampling import load_trained_run
 
-    run_dir = Path(run_dir)
-    cfg = open_run(run_dir, "udm eval")
-    nll = dict(cfg.setdefault("eval", {}).get("nll") or {})
-    if estimator is not None and estimator != nll.get("estimator"):
-        nll = {k: v for k, v in nll.items() if k in _OWN} | {"estimator": estimator}  # the old options may not apply
-    nll.update({k: v for k, v in (("n", n), ("seed", seed)) if v is not None})
-    cfg["eval"]["nll"] = nll
-    exp = Experiment.from_dict(apply_overrides(cfg, overrides), registry, str(run_dir / "config.yaml"))
-    ckpt, corruption, time_type, network = load_trained(exp, run_dir, "udm eval")
-    return evaluate_nll(exp, network, corruption, time_type, run_dir, step=ckpt.step, progress=progress)
+    def edit(cfg: dict[str, Any]) -> dict[str, Any]:
+        nll = dict(cfg.setdefault("eval", {}).get("nll") or {})
+        if estimator is not None and estimator != nll.get("estimator"):
+            nll = {k: v for k, v in nll.items() if k in _OWN} | {"estimator": estimator}  # old options may not apply
+        nll.update({k: v for k, v in (("n", n), ("seed", seed)) if v is not None})
+        cfg["eval"]["nll"] = nll
+        return cfg
+
+    run = load_trained_run(run_dir, "udm eval", edit=edit, overrides=overrides, registry=registry)
+    return evaluate_nll(run.exp, run.network, run.corruption, run.time_type, Path(run_dir), step=run.step,
+                        progress=progress)
