@@ -109,6 +109,27 @@ def test_variance_table_source_and_a_network(reg, gaussian):
                        variance=udm.VarianceTable(grid, torch.zeros(len(grid))))
 
 
+def test_elbo_discrete_agrees_with_the_sampling_chains_nelbo(reg, gaussian):
+    """udm.discrete_nelbo (the optimal-variance issue's NELBO of the chain a DDPM-type sampler runs) and
+    elbo_discrete compute the same bound: with one network and one variance table, independent Monte-Carlo draws
+    agree within their standard errors, in total and in the prior term (the linear schedule: a(1) > 0)."""
+    _, time = gaussian
+    c = reg.create("corruption", "gaussian", schedule="linear")
+    torch.manual_seed(0)
+    net = reg.create("model", "mlp", data_shape=[2], width=8, depth=1, time_dim=8).double()  # discrete_nelbo: float64
+    x = torch.randn(8000, 2, generator=g(0), dtype=torch.float64)
+    grid = time.grid(6)
+    table = udm.VarianceTable(grid, torch.linspace(0.9, 0.05, len(grid), dtype=torch.float64))
+    ours = udm.likelihood(net, x, "elbo_discrete", corruption=c, time_type=time, steps=6, variance=table,
+                          batch_size=4000, seed=1)
+    theirs = udm.discrete_nelbo(udm.Denoiser(net, c, time, variance=table), c, grid, x, generator=g(2),
+                                batch_size=4000)
+    d = (ours.per_example - theirs.per_sample) / 2  # the same examples: only the Monte-Carlo noise remains
+    mean, se = float(d.mean()), float(d.std() / math.sqrt(len(d)))
+    assert abs(mean) < 3 * se and se < 0.02, (ours.nats_per_dim, theirs.nats_per_dim, se)
+    assert ours.terms.prior > 1e-5 and ours.terms.prior == pytest.approx(theirs.prior, rel=1e-9)
+
+
 def test_result_record_and_terms(gaussian):
     c, time = gaussian
     x = torch.randn(32, 2, generator=g(0))
