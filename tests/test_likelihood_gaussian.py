@@ -129,6 +129,24 @@ def test_elbo_discrete_decreases_with_steps_and_exact_variance_is_best(setup):
     assert values["exact"][-1] - truth < 0.03 and values["large"][0] - truth > 0.3, (values, truth)
 
 
+@pytest.mark.filterwarnings("ignore:fit_variance")  # Gamma_t near 1 at t ~ 1 (no signal there): its bound is used
+def test_analytic_dpm_variance_lies_between_large_and_exact(setup):
+    """Analytic-DPM's variance (udm.fit_variance, one value per time fitted from the model and training data) is
+    the best scalar q_theta variance: its bound is below large's and above the exact per-coefficient variance's
+    (the same x_t draws for the three, so the per-example differences carry only the variances' effect)."""
+    data, c, time = setup
+    x, train = data.sample(2000, g(1)), data.sample(4000, g(9))
+    den = data.denoiser(c)
+    for k in (5, 20):
+        fit = udm.fit_variance(lambda x_t, t, gen: den(x_t, t, gen).mean, c, time, train, source="analytic", steps=k,
+                               samples=4000, batch_size=4000)
+        runs = [udm.likelihood(den, x, "elbo_discrete", corruption=c, time_type=time, steps=k, variance=v,
+                               batch_size=2000, seed=3) for v in ("large", fit.table, data.variance(c))]
+        for worse, better in ((runs[0], runs[1]), (runs[1], runs[2])):
+            d = (worse.per_example - better.per_example) / data.dims
+            assert float(d.mean()) > 3 * float(d.std() / math.sqrt(len(d))), (k, [r.nats_per_dim for r in runs])
+
+
 def test_exact_variance_bound_is_tight_for_a_diagonal_covariance(reg):
     """With Sigma diagonal in the basis, q_theta = N(E[x_0|x_t], Cov[x_0|x_t]) makes every reverse step the exact
     q(x_s | x_t): the K-step bound equals -log p(x) (within Monte-Carlo error) at any K."""
