@@ -187,6 +187,39 @@ def test_eval_nll_in_an_experiment_writes_eval_jsonl_and_records_the_dequantisat
     assert udm.likelihood(str(run), estimator="ode", n=8, solver="euler").n == 8  # a run directory in Python
 
 
+@pytest.mark.filterwarnings("ignore:fit_variance")  # 64 samples: Gamma_t > 1 near t = 1, where the bound is used
+def test_eval_scores_a_runs_fitted_variance_by_name(tmp_path, monkeypatch, capsys):
+    """eval.nll.variance names the run's own variance: 'analytic' is the table `udm fit-variance` fitted for the
+    estimator's grid (the same number as passing that table by hand); a table for another grid, a head the run
+    lacks, or a name without a run are errors naming the fix."""
+    from udm.variance_store import load_fit
+
+    exp = experiment(tmp_path, monkeypatch)
+    assert main(["run", str(exp), "--quiet"]) == 0
+    run = tmp_path / "runs" / "tiny"
+    assert main(["fit-variance", str(run), "--steps", "10", "--samples", "64", "--quiet"]) == 0
+    args = ["eval", str(run), "--nll", "--estimator", "elbo_discrete", "--n", "32", "--set", "eval.nll.steps=10"]
+    assert main([*args, "--set", "eval.nll.variance=analytic"]) == 0
+    got = json.loads((run / "eval.jsonl").read_text().splitlines()[-1])["nll"]
+    table = load_fit(run, "analytic", "test")[0].table
+    want = udm.likelihood(str(run), estimator="elbo_discrete", n=32, steps=10, variance=table)
+    large = udm.likelihood(str(run), estimator="elbo_discrete", n=32, steps=10)
+    assert got["settings"]["variance"] == "analytic" and got["nats_per_dim"] == pytest.approx(want.nats_per_dim)
+    assert abs(want.nats_per_dim - large.nats_per_dim) > 1e-3  # the table is used, not the default 'large'
+    assert udm.likelihood(str(run), estimator="elbo_discrete", n=32, steps=10, variance="analytic").nats_per_dim == \
+        pytest.approx(want.nats_per_dim)
+    capsys.readouterr()
+    assert main([*args[:-1], "eval.nll.steps=20", "--set", "eval.nll.variance=analytic"]) == 2
+    assert "eval.nll.variance: variance table 'analytic' must be fitted on the sampling grid" in capsys.readouterr().err
+    assert main([*args, "--set", "eval.nll.variance=npr"]) == 2
+    assert "eval.nll.variance: variance 'npr' needs a run trained with train.stage: variance_head" in \
+        capsys.readouterr().err
+    c, time = udm.registry().create("corruption", "gaussian"), udm.registry().create("time", "discrete")
+    with pytest.raises(udm.ConfigError, match=r"likelihood elbo_discrete: variance 'analytic' \(a run's fitted table "
+                                              r"or variance head\) must come with a run directory; got a model"):
+        udm.likelihood(zero, torch.zeros(4, 2), "elbo_discrete", corruption=c, time_type=time, variance="analytic")
+
+
 @pytest.mark.parametrize("nll, pattern", [
     ("{estimator: elbo_discrete, stepz: 3}", r"eval\.nll\.stepz: the key must be one of .*Did you mean 'steps'\?"),
     ("{steps: 3}", r"eval\.nll\.steps: the key must be one of batch_size, dequantisation, estimator, n, seed, units"),

@@ -25,6 +25,7 @@ from .._validate import check_data_shape, check_keys
 from ..denoiser import Denoiser
 from ..errors import ConfigError
 from ..quantisation import Quantisation
+from ._gaussian import RUN_VARIANCES
 from ._result import BatchNll, LikelihoodResult, summarise
 from ._spec import Context, EstimatorSpec, default_estimator, resolve_estimator
 
@@ -83,6 +84,27 @@ def _from_run(run: str | Path, registry: Any) -> tuple[Any, Any, Any, Any, Quant
     return r.exp, r.network, r.corruption, r.time_type, r.exp.quantisation(), r.exp.registry, r.step
 
 
+def run_variance(network: Any, options: dict[str, Any], run_dir: str | Path, corruption: Any, time_type: Any,
+                 step: int, where: str) -> tuple[Any, dict[str, Any], dict[str, Any] | None]:
+    """(network, options, family_options) for scoring a run: a variance the run provides by name (a table
+    ``udm fit-variance`` fitted for the estimator's grid, or the run's SN/NPR head) becomes the variance source,
+    and a variance-head network is scored through its mean network unless its head is asked for."""
+    from ..variance_head import VarianceHeadNetwork
+    from ..variance_store import variance_for_run
+
+    name = options.get("variance")
+    if not (isinstance(name, str) and name in RUN_VARIANCES):
+        mean = network.mean_network if isinstance(network, VarianceHeadNetwork) else network
+        return mean, options, None
+    steps = options.get("steps") or int(getattr(time_type, "steps", 1000))
+    net, source = variance_for_run(name, Path(run_dir), network=network, corruption=corruption, time_type=time_type,
+                                   step=step, steps=steps, spacing=options.get("spacing", "uniform"),
+                                   where=f"{where}.variance")
+    if getattr(source, "uses_head", False):  # the head's Sigma comes with each prediction
+        return net, {**options, "variance": "model"}, {"variance": source}
+    return net, {**options, "variance": source}, None
+
+
 def held_out(exp: Any, n: int) -> Any:
     """``n`` held-out examples of a run's data: the dataset redrawn with seed + 1 when it takes a seed (what the
     sample metrics compare against), else the first n of the data."""
@@ -134,12 +156,15 @@ def likelihood(model_or_run: Any, data: Any = None, estimator: str | EstimatorSp
         options: the estimator's own options (``steps``, ``variance``, ``draws``, ``solver``, ``probes``, ...).
     """
     where = "udm.likelihood"
-    step = None
+    step = named = None
     if isinstance(model_or_run, (str, Path)):
         if corruption is not None or time_type is not None:
             raise ConfigError(f"{where}: corruption and time_type must not be given with a run directory; got "
                               f"them with {str(model_or_run)!r}. The run's own are used.")
         exp, model, corruption, time_type, declared, registry, step = _from_run(model_or_run, registry)
+        named = options.get("variance") if isinstance(options.get("variance"), str) else None
+        model, options, family = run_variance(model, options, model_or_run, corruption, time_type, step, where)
+        family_options = {**(family_options or {}), **(family or {})}
         quantisation = quantisation if quantisation is not None else declared
         data = data if data is not None else held_out(exp, n or 1000)
     else:
@@ -187,6 +212,8 @@ def likelihood(model_or_run: Any, data: Any = None, estimator: str | EstimatorSp
                 "quantisation": quantisation.to_config() if quantisation is not None and mode != "tokens" else None}
     if step is not None:
         settings["checkpoint_step"] = step
+        if named is not None:
+            settings["variance"] = named
     return summarise(spec.name, batches, bound=spec.bound, kind=kind, dequantisation=mode, settings=settings)
 
 

@@ -15,19 +15,26 @@ from ..errors import CapabilityError, ConfigError
 from ..linear_gaussian import LinearGaussian, Marginal
 from ..quantisation import Quantisation
 
-__all__ = ["VarianceChoice", "check_variance", "q_variance", "step_variance", "decoder_nll", "prior_kl",
+__all__ = ["VarianceChoice", "RUN_VARIANCES", "check_variance", "q_variance", "step_variance", "decoder_nll", "prior_kl",
            "gaussian_nll", "discretised_log_prob", "rows", "flat_sum"]
 
 #: q_theta's variance Sigma_t for a likelihood: ``small`` (0: the reverse step keeps the posterior's variance,
 #: DDPM's beta-tilde), ``large`` (the reverse step's variance is the forward step's, DDPM's beta), ``model``
 #: (the variance the denoiser's prediction carries, e.g. a network head), or a variance source
 #: ``(t (batch,), x_t) -> Sigma`` in the basis (:class:`udm.VarianceTable`, an optimal-variance estimate).
-VarianceChoice = Literal["small", "large", "model"] | Callable[..., Any]
+#: a run's own variances by name (``udm fit-variance`` tables, a variance head): resolved where the run is known
+RunVariance = Literal["analytic", "residual", "sn", "npr"]
+RUN_VARIANCES: tuple[str, ...] = RunVariance.__args__
+VarianceChoice = Literal["small", "large", "model"] | RunVariance | Callable[..., Any]
 
 
 def check_variance(variance: Any, where: str) -> None:
     if variance in ("small", "large", "model") or (callable(variance) and not isinstance(variance, str)):
         return
+    if variance in RUN_VARIANCES:
+        raise ConfigError(f"{where}: variance {variance!r} (a run's fitted table or variance head) must come with a "
+                          f"run directory; got a model. Score the run (udm.likelihood(RUN_DIR, ...), udm eval RUN_DIR) "
+                          f"or pass the variance source itself (udm.fit_variance(...).table).")
     raise ConfigError(f"{where}: variance must be 'small', 'large', 'model' or a variance source (t, x_t) -> Sigma "
                       f"such as udm.VarianceTable; got {variance!r}. 'large' is DDPM's beta_t, 'small' its "
                       f"posterior variance.")

@@ -21,7 +21,7 @@ from typing import Annotated, Any
 from .. import _rundir
 from .._options import Seed
 from .._schema import Interval, Schema, schema_of
-from ._api import SUPPLIED, Dequantisation, Units, decoding, likelihood
+from ._api import SUPPLIED, Dequantisation, Units, decoding, likelihood, run_variance
 from ._result import LikelihoodResult
 from ._spec import default_estimator, resolve_estimator
 
@@ -106,10 +106,15 @@ def evaluate_nll(exp: Any, network: Any, corruption: Any, time_type: Any, run_di
     own, options = _split(exp.config["eval"].get("nll"))
     seed = own["seed"] if own["seed"] is not None else exp.config["run"]["seed"]
     data, what = held_out_data(exp, own["n"])
+    named = options.get("variance") if isinstance(options.get("variance"), str) else None
+    network, options, family = run_variance(network, options, run_dir, corruption, time_type, step, "eval.nll")
     result = likelihood(network, data, own["estimator"], corruption=corruption, time_type=time_type,
                         quantisation=exp.quantisation(), dequantisation=own["dequantisation"], units=own["units"],
-                        batch_size=own["batch_size"], seed=seed, registry=exp.registry, progress=progress, **options)
+                        batch_size=own["batch_size"], seed=seed, registry=exp.registry, progress=progress,
+                        family_options=family, **options)
     result.settings["data"] = what
+    if named is not None:
+        result.settings["variance"] = named  # the name, not the source's type
     record = {"step": step, "nll": result.to_record()}
     if log is not None:
         log.write(record)
