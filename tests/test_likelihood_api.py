@@ -214,6 +214,14 @@ def test_eval_scores_a_runs_fitted_variance_by_name(tmp_path, monkeypatch, capsy
     assert main([*args, "--set", "eval.nll.variance=npr"]) == 2
     assert "eval.nll.variance: variance 'npr' needs a run trained with train.stage: variance_head" in \
         capsys.readouterr().err
+    # a second stage trains an NPR head on the frozen mean: 'npr' scores with the head's Sigma, the default with the mean
+    head = TINY.replace("train: {steps: 6,", "train: {stage: variance_head, head: npr, init: runs/tiny, steps: 4,")
+    (tmp_path / "head.yaml").write_text(head)
+    assert main(["run", "head.yaml", "--out", "h", "--quiet"]) == 0
+    by_head = udm.likelihood("h", estimator="elbo_discrete", n=32, steps=10, variance="npr")
+    plain = udm.likelihood("h", estimator="elbo_discrete", n=32, steps=10)
+    assert plain.nats_per_dim == pytest.approx(large.nats_per_dim)  # the head run's mean network is the first run's
+    assert abs(by_head.nats_per_dim - plain.nats_per_dim) > 1e-3 and by_head.settings["variance"] == "npr"
     c, time = udm.registry().create("corruption", "gaussian"), udm.registry().create("time", "discrete")
     with pytest.raises(udm.ConfigError, match=r"likelihood elbo_discrete: variance 'analytic' \(a run's fitted table "
                                               r"or variance head\) must come with a run directory; got a model"):
