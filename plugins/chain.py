@@ -243,6 +243,20 @@ class LinearChain(udm.LinearGaussian, Chain):
     def sample_prior(self, shape, generator, *, device=None, dtype=None) -> torch.Tensor:
         return Chain.sample_prior(self, shape, generator, device=device, dtype=dtype)
 
+    def prior_logp(self, x1: torch.Tensor) -> torch.Tensor:
+        """log p(x_1) ``(batch,)`` nats of :meth:`sample_prior`'s law. When the first part's prior is the
+        linear-Gaussian default N(0, s_1(1)^2) per coefficient, pushing it through the later parts gives
+        N(0, s(1)^2) with the chain's s: the default density. A first part with a prior of its own (``blur``'s
+        fitted channel means) would need that prior convolved with the later parts' noise: refused."""
+        first = self.parts[0]
+        if type(first).prior_logp is not udm.LinearGaussian.prior_logp:
+            name = getattr(first, "name", type(first).__name__)
+            raise udm.CapabilityError(
+                f"corruption chain: prior_logp needs a first part whose prior is N(0, s(1)^2) per coefficient; got "
+                f"{name!r}, which has a prior of its own. Score the chain with a bound whose prior term does not "
+                f"need it, or use the built-in corruption that fuses the parts (e.g. blur with noise).")
+        return udm.LinearGaussian.prior_logp(self, x1)
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         return Chain.state_dict(self)
 

@@ -19,16 +19,27 @@ def _strictly_decreasing_ints(pos: torch.Tensor, top: int) -> torch.Tensor:
     return n
 
 
+def _refuse_optimal(name: str, spacing: str) -> None:
+    """``optimal`` (Analytic-DPM's trajectory) is chosen from a fitted variance table, not by the time type:
+    udm.sample computes it (udm.variance_trajectory.optimal_grid)."""
+    if spacing == "optimal":
+        raise ConfigError(f"time {name}: spacing 'optimal' needs a fitted variance table to choose the grid; got a "
+                          f"call without one. Sample with udm.sample(..., spacing='optimal', variance=<dense "
+                          f"udm.VarianceTable>), or `udm sample RUN --variance analytic` after `udm fit-variance RUN "
+                          f"--dense M`.")
+
+
 class Discrete(udm.TimeType):
     """T discrete steps: t_n = n / T, n = 0..T (DDPM).
 
     Training draws n ~ U{1..T}. ``grid(N)`` is a strided sub-grid of N + 1 points from n = T to 0
     (DDIM's sub-sequence trick): ``uniform`` (n_i = round(T (N - i)/N)) or ``quadratic``
-    (n_i = round(T ((N - i)/N)^2), denser near the data). The model sees the index n as a float.
+    (n_i = round(T ((N - i)/N)^2), denser near the data); ``optimal`` is chosen from a fitted variance
+    table by udm.sample (Analytic-DPM's trajectory). The model sees the index n as a float.
     """
 
     name = "discrete"
-    spacings = ("uniform", "quadratic")
+    spacings = ("uniform", "quadratic", "optimal")
 
     def __init__(self, steps: int = 1000) -> None:
         self._check_steps(steps, "time discrete")
@@ -44,6 +55,7 @@ class Discrete(udm.TimeType):
     def grid(self, steps, *, spacing="uniform", corruption=None, device=None):
         self._check_steps(steps, "time discrete: grid", most=self.steps)
         self._check_spacing(spacing)
+        _refuse_optimal(self.name, spacing)
         frac = torch.linspace(1, 0, steps + 1, dtype=torch.float64)
         if spacing == "quadratic":
             frac = frac**2
@@ -72,7 +84,7 @@ class Continuous(udm.TimeType):
     """
 
     name = "continuous"
-    spacings = ("uniform", "quadratic", "logsnr")
+    spacings = ("uniform", "quadratic", "logsnr", "optimal")
 
     def __init__(self, t_min: float = 1e-3, sampling: str = "uniform", scale: float = 1000.0) -> None:
         if not 0 <= t_min < 1:
@@ -95,6 +107,7 @@ class Continuous(udm.TimeType):
     def grid(self, steps, *, spacing="uniform", corruption=None, device=None):
         self._check_steps(steps, "time continuous: grid")
         self._check_spacing(spacing)
+        _refuse_optimal(self.name, spacing)
         frac = torch.linspace(1, 0, steps, dtype=torch.float64) if steps > 1 else torch.ones(1, dtype=torch.float64)
         t_min = max(self.t_min, 1e-6)
         if spacing == "quadratic":

@@ -99,6 +99,7 @@ cli("cli-out-is-a-file", ["run", "{exp}", "--out", "{exp}"], 2, r"run\.out: the 
 cli("cli-out-dot", ["run", "{exp}", "--out", "."], 2, r"run\.out: the run directory must be empty or a udm run directory")
 cli("cli-resume-nothing", ["run", "{exp}", "--resume", "--out", "nothing"], 2,
     r"--resume: the run directory must exist and hold a checkpoint to resume; got 'nothing'")
+cli("cli-eval-not-a-run", ["eval", ".", "--nll"], 2, r"udm eval: RUN_DIR must be a trained run directory")
 cli("cli-steps-not-int", ["sample", ".", "--steps", "ten"], 2, r"argument --steps: invalid int value: 'ten'")
 yaml_file("cli-binary-file", b"\xff\xfe\x00garbage", 2, r"config: the experiment file must be readable UTF-8 text")
 
@@ -181,8 +182,25 @@ sets("yaml-refresh-eta-string", ["sample.sampler=refresh", "sample.eta=half"], 2
 sets("yaml-solver-unknown", ["sample.sampler=ode", "sample.solver=midpoint"], 2,
      r"sample\.solver: the value must be one of 'euler', 'heun', 'rk4'; got 'midpoint'")
 sets("yaml-option-of-other-sampler", ["sample.solver=heun"], 2, r"sample\.solver: the key must be one of")
+sets("yaml-sde-eta-negative", ["sample.sampler=sde", "sample.eta=-1"], 2,
+     r"sample\.eta: the value must be a number >= 0; got -1")
+sets("yaml-edm-churn-negative", ["sample.sampler=edm", "sample.churn=-5"], 2,
+     r"sample\.churn: the value must be a number >= 0; got -5")
+sets("yaml-corrector-unknown", ["sample.corrector={name: langevine}"], 2,
+     r"sample\.corrector\.name: the name must be a registered corrector; got 'langevine'.*Did you mean 'langevin'\?")
+sets("yaml-corrector-amount-negative", ["sample.corrector={name: refresh, amount: -0.5}"], 2,
+     r"sample\.corrector\.amount: the value must be a number in \[0, 1\]; got -0\.5")
+sets("yaml-corrector-schedule-unknown", ["sample.corrector={name: remask, schedule: loop}"], 2,
+     r"sample\.corrector\.schedule: the value must be one of 'rescale', 'cap', 'confidence'; got 'loop'", base=MASK)
+sets("yaml-corrector-unsupported", ["sample.corrector=langevin"], 2,
+     r"sample: corrector 'langevin': corruption 'mask' must offer linear_gaussian; it lacks linear_gaussian\. "
+     r"Correctors corruption 'mask' supports: refresh, remask\.", base=MASK)
+sets("yaml-corrector-number", ["sample.corrector=3"], 2,
+     r"sample\.corrector: the value must be a registered corrector name or a mapping")
+sets("yaml-noise-unknown", ["sample.noise=per-sample"], 2,
+     r"sample\.noise: the value must be one of 'shared', 'per_sample'; got 'per-sample'")
 sets("yaml-spacing-unknown", ["sample.spacing=cubic"], 2,
-     r"sample\.spacing: the value must be one of 'uniform', 'quadratic' \(the spacings time 'discrete' offers\); "
+     r"sample\.spacing: the value must be one of 'uniform', 'quadratic', 'optimal' \(the spacings time 'discrete' offers\); "
      r"got 'cubic'")
 sets("yaml-spacing-logsnr-discrete", ["sample.spacing=logsnr"], 2, r"sample\.spacing: the value must be one of")
 sets("yaml-spacing-logsnr-needs-schedule", ["sample.spacing=logsnr"], 2,
@@ -212,6 +230,16 @@ sets("yaml-metric-not-mapping", ["eval.sliced_wasserstein=3"], 2,
      r"eval\.sliced_wasserstein: the value must be a mapping of the metric's keywords \(or null\); got 3")
 sets("yaml-metric-unknown-key", ["eval.sliced_wasserstein={projection: 3}"], 2,
      r"eval\.sliced_wasserstein\.projection: the key must be one of")
+sets("yaml-nll-unknown-key", ["eval.nll={estimator: ode, probs: 2}"], 2,
+     r"eval\.nll\.probs: the key must be one of .*Did you mean 'probes'\?")
+sets("yaml-nll-estimator-unknown", ["eval.nll={estimator: odee}"], 2,
+     r"eval\.nll\.estimator: the name must be a registered estimator; got 'odee'.*Did you mean 'ode'\?")
+sets("yaml-nll-estimator-the-corruption-cannot-run", ["eval.nll={estimator: ode}"], 2,
+     r"eval\.nll: likelihood estimator 'ode': the corruption must be linear-Gaussian .*; got 'mask'\. Estimators "
+     r"'mask' supports: elbo_masked", base=MASK)
+sets("yaml-nll-bits-of-unquantised-data", ["eval.nll={units: bits}"], 2,
+     r"eval\.nll: likelihood: bits per dimension must come with the data's quantisation; got none declared for "
+     r"data shaped \('n', 2\)\. Declare the data's levels \(data\.quantisation")
 sets("yaml-seed-negative", ["run.seed=-1"], 2, r"run\.seed: the value must be an integer in \[0, 4294967295\]; got -1")
 sets("yaml-seed-huge", ["run.seed=1099511627776"], 2, r"run\.seed: the value must be an integer in \[0, 4294967295\]")
 sets("yaml-device-missing", ["run.device=cuda:99"], 2,
@@ -359,6 +387,58 @@ with_run("ckpt-sample-bad-option", lambda r: None, ["sample", "r", "--set", "sam
          r"sample\.etaa: the key must be one of")
 
 
+# ---------------------------------------------------------------------------- q_theta's variance (issue 10)
+def _fit(r: Path, *args: str) -> None:
+    """A table fitted into the run ``r`` as `udm fit-variance` writes it (on the run's 4-step grid)."""
+    assert main(["fit-variance", str(r), "--samples", "20", *args, "--quiet"]) == 0
+
+
+def _train_on(r: Path) -> None:
+    """Fit a table, then train the run 3 steps further (a newer checkpoint than the table's)."""
+    _fit(r)
+    assert main(["train", str(r.parent / "exp.yaml"), "--out", str(r), "--resume", "--set", "train.steps=9",
+                 "--quiet"]) == 0
+
+
+with_run("variance-not-fitted", lambda r: None, ["sample", "r", "--variance", "analytic"], 2,
+         r"udm sample: error: sample\.variance: variance 'analytic' must be fitted on this run first; got no analytic "
+         r"table in 'r/variance'\. Fit it with `udm fit-variance r --source analytic --samples 1000`")
+with_run("variance-other-grid", _fit, ["sample", "r", "--variance", "analytic", "--steps", "8"], 2,
+         r"variance table 'analytic' must be fitted on the sampling grid; got a table fitted for \{\"steps\": 4, "
+         r"\"spacing\": \"uniform\"\}, which lacks 4 of the 8 times of the grid \(8 uniform steps: t = 0\.88, .*Refit it "
+         r"with `udm fit-variance r --source analytic --samples 20 --steps 8 --spacing uniform`")
+with_run("variance-other-schedule", _fit,
+         ["sample", "r", "--variance", "analytic", "--set", "corruption.schedule=linear"], 2,
+         r"variance table 'analytic' must be fitted for the corruption \(and its schedule\) being sampled; got a table "
+         r"fitted for GaussianCorruption\(schedule=cosine\(s=0\.008\), prediction='v'\), but the run samples with "
+         r"GaussianCorruption\(schedule=linear")
+with_run("variance-other-checkpoint", _train_on, ["sample", "r", "--variance", "analytic"], 2,
+         r"variance table 'analytic' must be fitted on the checkpoint being sampled; got a table fitted at step 6, the "
+         r"checkpoint is step 9")
+with_run("variance-damaged-table", lambda r: (_fit(r), _flip(r / "variance" / "analytic.safetensors")),
+         ["sample", "r", "--variance", "analytic"], 2,
+         r"the variance table '.*analytic\.safetensors' must be intact; got the tensors do not match the checksum")
+with_run("variance-head-missing", lambda r: None, ["sample", "r", "--variance", "sn"], 2,
+         r"variance 'sn' needs a run trained with train\.stage: variance_head and head: sn; got a run without a variance "
+         r"head")
+with_run("variance-unknown-name", lambda r: None, ["sample", "r", "--variance", "analytik"], 2,
+         r"sample\.variance: the value must be one of .*'analytic'.*; got 'analytik'")
+with_run("fit-variance-exact-source", lambda r: None, ["fit-variance", "r", "--source", "exact"], 2,
+         r"udm fit-variance: --source must be one of analytic, residual; got 'exact'\. .*exact needs an oracle")
+with_run("fit-variance-optimal-grid", lambda r: None, ["fit-variance", "r", "--steps", "4", "--spacing", "optimal"], 2,
+         r"fit_variance: spacing must be a fixed grid spacing to fit on a sampling grid; got 'optimal'")
+sets("yaml-variance-on-mask", ["sample.variance=analytic"], 2,
+     r"sample\.variance: variance 'analytic' needs a linear-Gaussian corruption with a Gaussian q_theta; got 'mask'",
+     base=MASK)
+sets("yaml-optimal-without-variance", ["sample.spacing=optimal"], 2,
+     r"sample\.spacing: 'optimal' must come with a fitted variance \(sample\.variance: analytic or residual\); got "
+     r"variance None")
+sets("yaml-sn-variance-without-head", ["sample.variance=sn"], 2,
+     r"sample\.variance: variance 'sn' needs train\.stage: variance_head with train\.head: sn; got stage 'mean'")
+sets("yaml-head-stage-without-init", ["train.stage=variance_head"], 2,
+     r"train\.init: the first stage's run directory must be a trained run .*; got None")
+
+
 # --------------------------------------------------------------------------------------------- the API
 @dataclass
 class ApiCase:
@@ -411,7 +491,7 @@ api("api-sample-option-type", lambda r: sample(r, sampler="refresh", eta="high")
 api("api-sample-option-of-other-sampler", lambda r: sample(r, solver="heun"), 2,
     r"sampler 'ddim': option\.solver: the key must be one of \(none\); got 'solver'")
 api("api-sample-spacing", lambda r: sample(r, spacing="cubic"), 2,
-    r"udm\.sample: spacing must be one of 'uniform', 'quadratic' \(what Discrete offers\); got 'cubic'")
+    r"udm\.sample: spacing must be one of 'uniform', 'quadratic', 'optimal' \(what Discrete offers\); got 'cubic'")
 api("api-sample-sampler-unknown", lambda r: sample(r, sampler="dimm"), 2,
     r"sampler 'dimm': name must be a registered sampler; got 'dimm'.*Did you mean 'ddim'\?")
 api("api-sample-sampler-type", lambda r: sample(r, sampler=3), 2,
@@ -422,6 +502,24 @@ api("api-sample-model-not-callable", lambda r: sample(r, model=3), 2,
     r"udm\.sample: model must be a torch\.nn\.Module or a denoiser .*; got int")
 api("api-sample-time-type-wrong", lambda r: sample(r, time_type="discrete"), 2,
     r"udm\.sample: time_type must be a udm time \(with sample_train, grid, encode\); got str, which lacks")
+api("api-sample-sde-eta-negative", lambda r: sample(r, sampler="sde", eta=-1.0), 2,
+    r"udm\.sample: sampler 'sde': option\.eta: the value must be a number >= 0; got -1\.0")
+api("api-sample-corrector-unsupported", lambda r: udm.sample(
+    lambda x, t, g: x, r.create("corruption", "mask", vocab_size=4), _parts(r)[2], shape=(2, 2), steps=2,
+    corrector="ald", registry=r), 2,
+    r"udm\.sample: corrector 'ald': corruption 'mask' must offer linear_gaussian; it lacks linear_gaussian\. "
+    r"Correctors corruption 'mask' supports: refresh, remask\.")
+api("api-sample-corrector-amount", lambda r: sample(r, corrector={"name": "refresh", "amount": -0.1}), 2,
+    r"udm\.sample: corrector 'refresh': amount must be a number in \[0, 1\]; got -0\.1")
+api("api-sample-corrector-unknown", lambda r: sample(r, corrector="langevn"), 2,
+    r"udm\.sample: corrector 'langevn': name must be a registered corrector; got 'langevn'.*Did you mean 'langevin'")
+api("api-sample-edm-churn-blur", lambda r: udm.sample(
+    lambda x, t, g: x, r.create("corruption", "blur"), r.create("time", "continuous"), shape=(2, 1, 8, 8),
+    sampler="edm", steps=3, churn=5.0, registry=r, x_init=torch.zeros(2, 1, 8, 8)), 2,
+    r"sampler 'edm': churn > 0 needs one noise level sigma = s/a per time; got corruption 'blur'")
+api("api-sample-per-sample-batch", lambda r: sample(r, generator=udm.PerSampleGenerator(0, 3)), 2,
+    r"udm\.sample: generator must have one stream per sample \(shape\[0\] = 4\); got a udm\.PerSampleGenerator "
+    r"for 3 samples")
 api("api-sample-capability", lambda r: udm.sample(*_parts(r)[:1], r.create("corruption", "mask", vocab_size=4),
                                                    _parts(r)[2], shape=(2, 2), sampler="ode", registry=r), 2,
     r"sampler 'ode': corruption 'mask' must offer noise_posterior, vector_space; it lacks vector_space")
@@ -457,6 +555,17 @@ api("api-create-sampler", lambda r: r.create("sampler", "ddim"), 2,
 api("api-create-metric", lambda r: r.create("metric", "sliced_wasserstein"), 2,
     r"metric 'sliced_wasserstein': create\(\) must be used for factories")
 api("api-unknown-kind", lambda r: r.names("corruptions"), 2, r"registry: kind must be one of .*Did you mean 'corruption'")
+api("api-likelihood-unsupported-estimator", lambda r: udm.likelihood(
+    *_parts(r)[:1], torch.zeros(4, 2), "elbo_deletion", corruption=_parts(r)[1], time_type=_parts(r)[2]), 2,
+    r"likelihood estimator 'elbo_deletion': the corruption must be the delete corruption .*; got 'gaussian'\. "
+    r"Estimators 'gaussian' supports: elbo_continuous, elbo_discrete, ode\.")
+api("api-likelihood-bits-without-quantisation", lambda r: udm.likelihood(
+    *_parts(r)[:1], torch.zeros(4, 2), "ode", corruption=_parts(r)[1], time_type=_parts(r)[2], units="bits"), 2,
+    r"udm\.likelihood: bits per dimension must come with the data's quantisation; got none declared for data shaped "
+    r"\(4, 2\)\. Declare the data's levels \(data\.quantisation")
+api("api-likelihood-option-type", lambda r: udm.likelihood(
+    *_parts(r)[:1], torch.zeros(4, 2), "ode", corruption=_parts(r)[1], time_type=_parts(r)[2], solver="rk23"), 2,
+    r"udm\.likelihood\.solver: the value must be one of 'rk45', 'euler', 'heun', 'rk4'; got 'rk23'")
 api("api-experiment-dict", lambda r: udm.Experiment.from_dict({"corruption": {"name": "gaussian"}}, r), 2,
     r"<dict>: time: the section must be present; got None")
 

@@ -265,7 +265,7 @@ def test_unknown_name_lists_available_and_suggests(reg):
 
 def test_unknown_kind(reg):
     kinds = ", ".join(hookspecs.KINDS)  # every kind of the table, in its order (corruption, schedule, time, ...)
-    assert kinds.startswith("corruption, schedule, time, sampler, model, dataset, metric")
+    assert kinds.startswith("corruption, schedule, time, sampler, corrector, model, dataset, metric")
     with pytest.raises(UnknownPluginError, match=rf"registry: kind must be one of {kinds}; got 'corruptions'\. "
                                                  r"Did you mean 'corruption'\?"):
         reg.names("corruptions")

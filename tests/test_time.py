@@ -83,7 +83,7 @@ def test_discrete_errors(discrete):
         discrete.grid(21)
     with pytest.raises(ConfigError, match=r"steps must be an integer >= 1 and at most 20; got 0\."):
         discrete.grid(0)
-    with pytest.raises(ConfigError, match=r"time 'discrete': spacing must be one of uniform, quadratic; "
+    with pytest.raises(ConfigError, match=r"time 'discrete': spacing must be one of uniform, quadratic, optimal; "
                                           r"got 'quadratc'\. Did you mean 'quadratic'\?"):
         discrete.grid(5, spacing="quadratc")
     with pytest.raises(ConfigError, match=r"time discrete: steps must be an integer >= 1; got True\."):
@@ -155,7 +155,7 @@ def test_continuous_errors(reg):
     with pytest.raises(CapabilityError, match=r"time continuous: spacing 'logsnr' needs a corruption with an affine "
                                               r"schedule; got None\. Use spacing 'uniform' or 'quadratic'\."):
         time.grid(10, spacing="logsnr")
-    with pytest.raises(ConfigError, match=r"time 'continuous': spacing must be one of uniform, quadratic, logsnr; "
+    with pytest.raises(ConfigError, match=r"time 'continuous': spacing must be one of uniform, quadratic, logsnr, optimal; "
                                           r"got 'log_snr'\. Did you mean 'logsnr'\?"):
         time.grid(10, spacing="log_snr")
     with pytest.raises(ConfigError, match=r"time continuous: grid: steps must be an integer >= 1; got 0\."):

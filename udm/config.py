@@ -10,7 +10,8 @@
     train:      {steps: 3000, batch_size: 512, lr: 2.0e-3, ema: 0.999}   # udm.Trainer's keywords
     sample:     {sampler: invert, steps: 50, n: 4096}     # or nfe: 10 (model calls) instead of steps; + the
                                                           # sampler's own options (eta, solver, ...)
-    eval:       {sliced_wasserstein: {projections: 256}}  # metric name -> its keywords
+    eval:       {sliced_wasserstein: {projections: 256}}  # metric name -> its keywords; nll: the likelihood
+                                                          # of held-out data (udm.likelihoods.NllOptions)
     run:        {out: runs/moons, seed: 0, checkpoint_every: 500, keep: 3}
 
 Every key is checked against the signature of what it configures; errors name the key path, the
@@ -36,6 +37,7 @@ from ._validate import check_keys
 from .errors import ConfigError, UnknownPluginError, did_you_mean
 from . import hookspecs
 from .hookspecs import PluginKind
+from .plugin_spec import plugin_ref
 from ._runlog import check_log
 from ._plots import require_matplotlib
 from .quantisation import Quantisation
@@ -242,6 +244,7 @@ def validate(cfg: dict[str, Any], registry: Registry, source: str = "<config>") 
     sampler = sample.get("sampler", SampleOptions.sampler)
     _registered(source, "sample.sampler", "the name", registry, "sampler", sampler)
     _check_keys(source, "sample", sample, sampler_schema(registry, sampler))
+    _nested_plugins(source, "sample", sample, SampleOptions, registry)
     _check_spacing(source, sample.get("spacing", SampleOptions.spacing), registry, cfg["time"].get("name"))
     _check_keys(source, "run", cfg.setdefault("run", {}), schema_of(RunOptions))
     if sample.get("nfe") is not None and sample.get("steps") is not None:
@@ -251,12 +254,43 @@ def validate(cfg: dict[str, Any], registry: Registry, source: str = "<config>") 
     if cfg["run"].get("plots", True):
         require_matplotlib(f"{source}: run.plots")
     for metric, kwargs in cfg.setdefault("eval", {}).items():
+        if metric == "nll":  # the likelihood of held-out data (udm.likelihoods), not a sample metric
+            _check_nll(source, kwargs, registry)
+            continue
         _registered(source, f"eval.{metric}", "the key", registry, "metric", metric)
         if kwargs is not None and not isinstance(kwargs, dict):
             _fail(source, f"eval.{metric}", "the value", "a mapping of the metric's keywords (or null)", kwargs,
                   f"Write {metric}: {{}}.")
         _check_keys(source, f"eval.{metric}", kwargs or {}, plugin_schema(registry, "metric", metric))
     return _with_defaults(cfg, registry)
+
+
+def _check_nll(src: str, body: Any, registry: Registry) -> None:
+    """``eval.nll``: a mapping of :class:`udm.likelihoods.NllOptions` and the named estimator's options."""
+    from .likelihoods import nll_schema
+
+    if body is not None and not isinstance(body, dict):
+        _fail(src, "eval.nll", "the value", "a mapping of the likelihood's options (or null)", body,
+              "Write nll: {estimator: elbo_discrete}.")
+    body = body or {}
+    if body.get("estimator") is not None:
+        _registered(src, "eval.nll.estimator", "the name", registry, "estimator", body["estimator"])
+    _check_keys(src, "eval.nll", body, nll_schema(registry, body))
+
+
+def _nested_plugins(src: str, section: str, body: dict[str, Any], options: type, registry: Registry) -> None:
+    """Keys of ``options`` annotated ``udm.PluginSpec[kind]`` (``sample.corrector``) must name a registered plugin
+    of that kind; a mapping's other keys are checked against that plugin's signature."""
+    for key, param in schema_of(options).params.items():
+        ref, value = plugin_ref(param.annotation), body.get(key)
+        if ref is None or value is None:
+            continue
+        name = value if isinstance(value, str) else value.get("name")
+        path = f"{section}.{key}" if isinstance(value, str) else f"{section}.{key}.name"
+        _registered(src, path, "the name", registry, ref.kind, name)
+        if isinstance(value, dict):
+            rest = {k: v for k, v in value.items() if k != "name"}
+            check_keys(f"{src}: {section}.{key}", rest, plugin_schema(registry, ref.kind, name), extra_valid=("name",))
 
 
 def _check_spacing(src: str, spacing: Any, registry: Registry, time_name: Any) -> None:

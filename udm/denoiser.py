@@ -22,7 +22,7 @@ import torch
 from .families import Family, get_family
 from .time import network_time
 
-__all__ = ["Denoiser", "Prediction"]
+__all__ = ["Denoiser", "Prediction", "draw_gaussian"]
 
 
 @dataclass
@@ -61,9 +61,11 @@ class Denoiser:
         time_type: encodes t for the network.
         family: override the corruption's family, e.g. ``Categorical(temperature=0.8)``.
         variance: q_theta's variance source for Gaussian families: ``None`` (the mean, a point
-            estimate), ``"head"`` (the network's second output), or a callable ``(t (batch,), x_t) ->
-            variance`` such as :class:`udm.variance.VarianceTable`. Variances live in the corruption's
-            basis.
+            estimate), ``"head"`` (the network's second output), a callable ``(t (batch,), x_t) ->
+            variance`` such as :class:`udm.variance.VarianceTable`, or a source with ``uses_head = True``
+            whose ``from_head(head, x_t, t, mean, marginal)`` turns the network's second output into the
+            variance (:class:`udm.variance_head.HeadVariance`, SN-/NPR-DPM). Variances live in the
+            corruption's basis.
         grad: keep autograd on through the network (off by default: sampling needs no gradients).
         extras: also fill ``eps_hat`` and ``score`` (linear-Gaussian corruptions).
         **family_options: options for the corruption's family (e.g. ``temperature``, ``top_k``).
@@ -98,15 +100,17 @@ class Denoiser:
         corruption's coefficients at t when the caller has them)."""
         with torch.set_grad_enabled(self.grad):
             out = self.network(x_t, network_time(self.time_type, self.corruption, t))
-            var = None
+            var = head = None
             if self.variance == "head":
                 out, var = out
+            elif getattr(self.variance, "uses_head", False):  # a second head's raw output (udm.variance_head)
+                out, head = out
             if self._parts is not None:
                 return self._predict_parts(out, x_t, t, generator)
-            return self._prediction(out, x_t, t, generator, marginal, var)
+            return self._prediction(out, x_t, t, generator, marginal, var, head)
 
     def _prediction(self, out: Any, x_t: Any, t: torch.Tensor, generator: torch.Generator | None, marginal: Any,
-                    var: Any) -> Prediction:
+                    var: Any, head: Any = None) -> Prediction:
         """q_theta's prediction from the network output ``out`` (the corruption's target)."""
         sample_x0 = getattr(self.corruption, "sample_x0", None)
         if callable(sample_x0):  # a structured q_theta (e.g. insertions): the corruption draws x0_hat itself
@@ -118,7 +122,7 @@ class Denoiser:
         if self.family.name == "categorical":
             return Prediction(self.family.point(params, generator), params)
         if self.variance is not None and var is None:
-            var = self.variance(t, x_t)
+            var = self.variance(t, x_t) if head is None else self.variance.from_head(head, x_t, t, params, marginal)
         x0 = params if var is None else self._draw(params, var, generator)
         pred = Prediction(x0, params, params, var)
         if self.extras and callable(getattr(self.corruption, "invert_noise", None)):
@@ -137,12 +141,7 @@ class Denoiser:
                           {k: p.mean if p.mean is not None else p.x0_hat for k, p in preds.items()})
 
     def _draw(self, mean: torch.Tensor, var: Any, generator: torch.Generator | None) -> torch.Tensor:
-        """mean + B^T (sqrt(var) * z), z ~ N(0, I): a draw of N(mean, Sigma) with Sigma diagonal in the basis."""
-        z = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-        std = var ** 0.5 if not isinstance(var, torch.Tensor) else var.clamp_min(0).sqrt().to(mean.dtype)
-        from_basis = getattr(self.corruption, "from_basis", None)
-        noise = z * std if from_basis is None else from_basis(z * std)
-        return mean + noise
+        return draw_gaussian(mean, var, self.corruption, generator)
 
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None):
         return self.predict(x_t, t, generator).x0_hat
@@ -157,3 +156,13 @@ def _options_for(family: str, options: dict[str, Any]) -> dict[str, Any]:
     cls = FAMILIES.get(family)
     params = inspect.signature(cls).parameters if cls is not None else {}
     return dict(options) if options and all(k in params for k in options) else {}
+
+
+def draw_gaussian(mean: torch.Tensor, var: Any, corruption: Any, generator: torch.Generator | None) -> torch.Tensor:
+    """mean + B^T (sqrt(var) * z), z ~ N(0, I): a draw of N(mean, Sigma) with Sigma = diag(var) in the
+    corruption's basis B (``var``: a float or a tensor broadcastable against ``mean`` ``(batch, ...)``)."""
+    z = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+    std = var ** 0.5 if not isinstance(var, torch.Tensor) else var.clamp_min(0).sqrt().to(mean.dtype)
+    from_basis = getattr(corruption, "from_basis", None)
+    noise = z * std if from_basis is None else from_basis(z * std)
+    return mean + noise

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 import yaml
 
-from . import _artifacts, _preflight, _rundir, _runlog, _validate, checkpoint, distributed
+from . import _artifacts, _preflight, _rundir, _runlog, _validate, checkpoint, distributed, variance_head
 from ._options import RunOptions, TrainOptions, fixed_on_resume
 from ._progress import progress_bar
 from ._registry import Registry, registry as default_registry
@@ -150,7 +150,7 @@ class Experiment:
         built = _preflight.build(self, self.config["run"]["seed"], dev)
         _preflight.fit(self, built)
         _preflight.sanity_check(self, built, dev)
-        return built
+        return variance_head.prepare_stage(self, built)
 
     def run_dir(self, out: str | Path | None = None) -> tuple[Path, bool]:
         """The run directory and whether it was given (``out``/``run.out``) rather than derived from the name."""
@@ -158,17 +158,21 @@ class Experiment:
         return (Path(given), True) if given else (Path("runs") / Path(self.source).stem, False)
 
     def resolved(self, data_shape: Any, vocab_size: Any, run_dir: Path | None = None,
-                 corruption: Any = None) -> dict[str, Any]:
+                 built: Any = None) -> dict[str, Any]:
         """The config as run: defaults, injected shapes, and the versions of everything it names; a data
-        file is written relative to ``run_dir`` (so that moving the project folder keeps the run valid).
-        ``corruption`` (built): the model's shape is the one it sees (:func:`model_shape`)."""
+        file is written relative to ``run_dir`` (so that moving the project folder keeps the run valid);
+        with the ``built`` plugins, ``eval.nll``'s estimator and dequantisation as they will run, and the model's
+        shape as the built corruption shows it to the network (:func:`model_shape`)."""
         cfg = {k: dict(v) for k, v in self.config.items() if k != "versions"}
+        if "nll" in cfg.get("eval", {}) and built is not None:
+            from .likelihoods import resolve_nll_config
+            cfg["eval"]["nll"] = resolve_nll_config(self, built.corruption, built.time_type, data_shape)
         quant = self.quantisation()
         if quant is not None:
             cfg["data"]["quantisation"] = quant.to_config()
         for section, kind in plugin_sections().items():
             if kind.injected and "name" in cfg.get(section, {}):
-                shape = model_shape(corruption, data_shape) if section == "model" else data_shape
+                shape = model_shape(getattr(built, "corruption", None), data_shape) if section == "model" else data_shape
                 cfg[section] = {"name": cfg[section]["name"], **self._inject(section, shape, vocab_size)}
         if "file" in cfg["data"] and run_dir is not None:
             cfg["data"]["file"] = os.path.relpath(Path(cfg["data"]["file"]).resolve(), run_dir.resolve())
@@ -366,6 +370,7 @@ def _run(exp: Experiment, d: distributed.Dist, device: torch.device, run: dict[s
     built = _preflight.build(exp, run["seed"], device)
     _preflight.fit(exp, built)  # a resumed run restores the saved statistics below
     _preflight.sanity_check(exp, built, device)
+    built = variance_head.prepare_stage(exp, built)  # train.stage: variance_head: the frozen mean + a new head
     claimed = _claim(exp, out, resume, overwrite) if d.is_main else None
     run_dir = distributed.broadcast(claimed.path if claimed else None, d)
     try:
@@ -385,6 +390,7 @@ def _train_and_sample(exp: Experiment, d: distributed.Dist, device: torch.device
         ckpts.mkdir(exist_ok=True)
         checkpoint.clean(ckpts)  # what a save or delete interrupted by a crash left behind
     steps, batch_size = train_cfg.pop("steps"), train_cfg.pop("batch_size")
+    variance_head.pop_stage_options(train_cfg)
     distributed.check_batch(batch_size, d)
     params = schema_of(Trainer).params
     # every rank seeds the batch and the noise/time generators alike: each draws the global batch and its
@@ -392,6 +398,7 @@ def _train_and_sample(exp: Experiment, d: distributed.Dist, device: torch.device
     trainer = Trainer(built.network, corruption, time_type, seed=run["seed"], device=device,
                       **{k: coerce(v, params[k].annotation) for k, v in train_cfg.items()})
     trainer.shard = (d.rank, d.world)
+    trainer.loss_fn = variance_head.stage_loss(exp.config["train"]) or trainer.loss_fn
     trainer.loss_network = distributed.wrap(trainer.network, d, device)
     latest = (checkpoint.newest_intact(ckpts, quarantine=True, optimizer=trainer.optimizer)
               if resume and d.is_main else None)
@@ -409,7 +416,7 @@ def _train_and_sample(exp: Experiment, d: distributed.Dist, device: torch.device
     try:
         if d.is_main:
             _rundir.atomic_write(run_dir / "config.yaml",
-                                 yaml.safe_dump(exp.resolved(built.data_shape, built.vocab, run_dir, built.corruption),
+                                 yaml.safe_dump(exp.resolved(built.data_shape, built.vocab, run_dir, built),
                                                 sort_keys=False))
         losses, seconds = _train(exp, trainer, corruption, data, steps, batch_size, run, run_dir, log, d, device,
                                  progress, extra)
@@ -421,7 +428,13 @@ def _train_and_sample(exp: Experiment, d: distributed.Dist, device: torch.device
                 from .sampling import sample_and_evaluate
                 net = trainer.ema if trainer.ema is not None else trainer.network
                 result.samples, result.metrics = sample_and_evaluate(exp, net, corruption, time_type, data, run_dir,
-                                                                     log=log, progress=progress, step=trainer.step)
+                                                                     log=log, progress=progress, step=trainer.step,
+                                                                     fit_missing=True)
+                if "nll" in exp.config["eval"]:
+                    from .likelihoods import evaluate_nll
+                    nll = evaluate_nll(exp, net, corruption, time_type, run_dir, step=trainer.step, log=log,
+                                       progress=progress)
+                    result.metrics["nll"] = nll.bits_per_dim if nll.bits_per_dim is not None else nll.nats_per_dim
     except OSError as exc:
         last = checkpoint.latest_checkpoint(ckpts)
         kept = f"the last checkpoint {str(last)!r} is intact" if last else "no checkpoint was written"

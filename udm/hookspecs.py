@@ -101,6 +101,12 @@ _KINDS = (
         supplied=("denoiser", "corruption", "times", "x_init", "generator", "callback", "clamp"),
         options=lambda spec: spec.rule),
     PluginKind(
+        "corrector", "udm_register_correctors",
+        "Register correctors: subclasses of :class:`udm.Corrector` (moves at a fixed time that keep p_t, run after "
+        "every predictor step), named in the ``sample`` section's ``corrector`` key.",
+        section=None, required=("correct", "missing", "calls"),
+        signatures={"correct": ("run", "x", "where", "pred", "state"), "missing": ("corruption",)}),
+    PluginKind(
         "model", "udm_register_models", "Register model factories: callables ``(**kwargs) -> torch.nn.Module``.",
         section="model", must_be_callable=True, injected=("data_shape", "vocab_size")),
     PluginKind(
@@ -118,6 +124,12 @@ _KINDS = (
         section=None, required=("encode", "decode", "round", "latent_shape"),
         signatures={"encode": ("x0",), "decode": ("z", "std"), "round": ("z",), "latent_shape": ("shape",)},
         injected=("vocab_size",)),
+    PluginKind(
+        "estimator", "udm_register_estimators",
+        "Register likelihood estimators: :class:`udm.EstimatorSpec` instances (an estimate function and what it "
+        "needs from a corruption), configured in ``eval: {nll: {estimator: ...}}``.",
+        required=("estimate", "supports"), factory=False, supplied=("ctx", "x0", "generator"),
+        options=lambda spec: spec.estimate),
 )
 
 _BY_NAME = {k.name: k for k in _KINDS}
