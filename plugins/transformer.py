@@ -4,6 +4,10 @@ x_t ``LongTensor (B, L)`` with ids in [0, vocab_size] (id ``vocab_size`` is ``[M
 vocab_size + 1 rows) and the time encoding ``(B,)`` -> logits ``(B, L, vocab_size)``. Pre-LN blocks with
 adaLN-Zero time conditioning (DiT, Peebles & Xie 2023): each block's LayerNorms are shifted/scaled and its
 residual branches gated by a zero-initialised projection of the time embedding. Learned positions.
+
+With ``input_dim`` (taken from a two-dimensional ``data_shape`` ``[length, dim]``, the shape of a latent
+corruption's embeddings) the input is continuous ``(B, L, dim)``, projected to the width, and the output has the
+same shape (the latent corruption's prediction target) instead of logits.
 """
 
 from __future__ import annotations
@@ -55,14 +59,18 @@ class TokenTransformer(nn.Module):
             when omitted (the experiment runner injects ``data_shape``).
         width, depth, heads: model size (width divisible by heads); mlp_ratio: MLP hidden = ratio * width.
         time_dim: sinusoidal time-embedding size; dropout: attention dropout.
+        input_dim: continuous inputs and outputs ``(B, L, input_dim)`` instead of token ids and logits (default:
+            ``data_shape[1]`` when ``data_shape`` is ``[length, dim]``).
     """
 
     name = "transformer"
 
     def __init__(self, vocab_size: int, max_length: int | None = None, width: int = 128, depth: int = 4, heads: int = 4,
                  mlp_ratio: int = 4, time_dim: int = 64, dropout: float = 0.0,
-                 data_shape: list[int] | tuple[int, ...] | None = None) -> None:
+                 data_shape: list[int] | tuple[int, ...] | None = None, input_dim: int | None = None) -> None:
         super().__init__()
+        if input_dim is None and data_shape is not None and len(data_shape) == 2:
+            input_dim = int(data_shape[1])
         if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
             raise ConfigError(f"model transformer: vocab_size must be an integer >= 1; got {vocab_size!r}.")
         if max_length is None and data_shape is not None:
@@ -72,9 +80,12 @@ class TokenTransformer(nn.Module):
                               f"Pass max_length (or data_shape) = the sequence length.")
         if width % heads:
             raise ConfigError(f"model transformer: width must be divisible by heads; got width={width}, heads={heads}.")
-        self.vocab_size, self.max_length, self.time_dim = vocab_size, max_length, time_dim
-        self.embed = nn.Embedding(vocab_size + 1, width)
-        nn.init.normal_(self.embed.weight, std=0.02)  # same scale as the positions (GPT-2 style)
+        self.vocab_size, self.max_length, self.time_dim, self.input_dim = vocab_size, max_length, time_dim, input_dim
+        if input_dim is not None:
+            self.embed = nn.Linear(input_dim, width)
+        else:
+            self.embed = nn.Embedding(vocab_size + 1, width)
+            nn.init.normal_(self.embed.weight, std=0.02)  # same scale as the positions (GPT-2 style)
         self.pos = nn.Parameter(torch.randn(max_length, width) * 0.02)
         self.time_mlp = nn.Sequential(nn.Linear(time_dim, width), nn.SiLU(), nn.Linear(width, width))
         self.blocks = nn.ModuleList(_Block(width, heads, mlp_ratio, dropout) for _ in range(depth))
@@ -82,16 +93,20 @@ class TokenTransformer(nn.Module):
         self.ada = nn.Linear(width, 2 * width)
         nn.init.zeros_(self.ada.weight)
         nn.init.zeros_(self.ada.bias)
-        self.head = nn.Linear(width, vocab_size)
+        self.head = nn.Linear(width, input_dim if input_dim is not None else vocab_size)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, padding: torch.Tensor | None = None) -> torch.Tensor:
-        """x ``(B, L)`` ids in [0, vocab_size], t ``(B,)`` time encoding, padding ``(B, L)`` bool (True = pad,
-        not attended to; optional) -> logits ``(B, L, vocab_size)``."""
-        if x.ndim != 2 or x.shape[1] > self.max_length:
-            raise ConfigError(f"model transformer: x must have shape (batch, length <= {self.max_length}); got "
+        """x ``(B, L)`` ids in [0, vocab_size] (or ``(B, L, input_dim)`` floats), t ``(B,)`` time encoding, padding
+        ``(B, L)`` bool (True = pad, not attended to; optional) -> logits ``(B, L, vocab_size)`` (or
+        ``(B, L, input_dim)``)."""
+        rank = 2 if self.input_dim is None else 3
+        if x.ndim != rank or x.shape[1] > self.max_length:
+            dim = "" if rank == 2 else f", {self.input_dim}"
+            raise ConfigError(f"model transformer: x must have shape (batch, length <= {self.max_length}{dim}); got "
                               f"{tuple(x.shape)}. Build the model with a larger max_length.")
         temb = F.silu(self.time_mlp(timestep_embedding(t, self.time_dim)))
-        h = self.embed(x.clamp(0, self.vocab_size)) + self.pos[: x.shape[1]]
+        inp = x.clamp(0, self.vocab_size) if self.input_dim is None else x.to(self.embed.weight.dtype)
+        h = self.embed(inp) + self.pos[: x.shape[1]]
         attn_mask = None if padding is None else rearrange(~padding, "b l -> b 1 1 l")
         for block in self.blocks:
             h = block(h, temb, attn_mask)

@@ -144,8 +144,8 @@ sets("yaml-width-bool", ["model.width=true"], 2, r"model\.width: the value must 
 sets("yaml-width-float", ["model.width=16.5"], 2, r"model\.width: the value must be an integer >= 1; got 16\.5")
 sets("yaml-corruption-unknown", ["corruption.name=gausian"], 2, r"corruption\.name: .*Did you mean 'gaussian'\?")
 sets("yaml-schedule-unknown", ["corruption.schedule=cosin"], 2,
-     r"corruption: corruption gaussian: schedule: schedule 'cosin': name must be a registered schedule; got "
-     r"'cosin'\. Available: .*Did you mean 'cosine'\?")
+     r"exp\.yaml: corruption\.schedule: the name must be a registered schedule; got 'cosin'\. Available: .*"
+     r"Did you mean 'cosine'\?")
 sets("yaml-prediction-unknown", ["corruption.prediction=noise"], 2,
      r"corruption\.prediction: the value must be one of 'x0', 'eps', 'v', 'score', 'flow'; got 'noise'")
 sets("yaml-time-steps-zero", ["time.steps=0"], 2, r"time: time discrete: steps must be an integer >= 1; got 0")
@@ -256,6 +256,41 @@ sets("yaml-data-name-and-file", ["data.file=x.npy"], 2, r"data\.name: the key mu
 yaml_file("yaml-data-file-missing-real", BASE.replace("{name: two_moons, n: 128}", "{file: missing.npy}"), 2,
           r"data\.file: the file must be an existing file; got '.*missing\.npy'\. Check the path")
 sets("yaml-dataset-n-zero", ["data.n=0"], 2, r"data: .*n must be")
+# composed and learned corruptions (issue 14): nested plugin specs are checked with their key paths
+LATENT = MASK.replace("{name: mask, schedule: linear}", "{name: latent, encoder: {name: embedding, dim: 4}}")
+CHAIN = BASE.replace("{name: gaussian, schedule: cosine}", "{name: chain, parts: [mask_pixels, gaussian]}")
+PRODUCT = (BASE.replace("{name: gaussian, schedule: cosine}", "{name: product, parts: {point: gaussian, label: mask}}")
+           .replace("{name: mlp, width: 16, depth: 1, time_dim: 8}", "{name: joint_mlp, width: 16, depth: 1}")
+           .replace("{name: two_moons, n: 128}", "{name: labelled_blobs, n: 128}"))
+yaml_file("yaml-nested-key-unknown", LATENT.replace("dim: 4", "dimm: 4"), 2,
+          r"bad\.yaml: corruption\.encoder\.dimm: the key must be one of dim, .*Did you mean 'dim'\?")
+yaml_file("yaml-nested-value-type", LATENT.replace("dim: 4}}", "dim: 4}, inner: {name: gaussian, schedule: "
+                                                                   "{name: linear, beta_end: high}}}"), 2,
+          r"bad\.yaml: corruption\.inner\.schedule\.beta_end: the value must be float; got 'high'")
+yaml_file("yaml-nested-name-unknown", CHAIN.replace("[mask_pixels, gaussian]", "[mask_pixels, gausian]"), 2,
+          r"bad\.yaml: corruption\.parts\[1\]: the name must be a registered corruption; got 'gausian'\. "
+          r"Available: .*Did you mean 'gaussian'\?")
+yaml_file("yaml-nested-name-missing", CHAIN.replace("[mask_pixels, gaussian]", "[{fill: -2}, gaussian]"), 2,
+          r"bad\.yaml: corruption\.parts: the value must be a list of a registered corruption name or a mapping "
+          r"\{name: <corruption>, <options>\}; got \[\{'fill': -2\}, 'gaussian'\]")
+yaml_file("yaml-product-part-key-unknown", PRODUCT.replace("label: mask", "label: {name: mask, shedule: linear}"), 2,
+          r"bad\.yaml: corruption\.parts\.label\.shedule: the key must be one of .*Did you mean 'schedule'\?")
+yaml_file("yaml-chain-incompatible-kinds", MASK.replace("{name: mask, schedule: linear}",
+                                                        "{name: chain, parts: [mask, gaussian]}"), 2,
+          r"bad\.yaml: corruption: corruption chain: parts\[1\] must accept what parts\[0\] \('mask'\) produces, "
+          r"data of kind 'tokens'; got 'gaussian', which takes data of kind 'continuous'")
+yaml_file("yaml-product-part-without-data", PRODUCT.replace("label: mask", "label: mask, image: gaussian"), 2,
+          r"bad\.yaml: data 'labelled_blobs': corruption\.parts\.image must have data \(a key 'image' of the "
+          r"data\); got data with keys point, label\. Name the parts after the data's keys")
+yaml_file("yaml-product-on-a-tensor", PRODUCT.replace("{name: labelled_blobs, n: 128}", "{name: two_moons, n: 128}"), 2,
+          r"data 'two_moons': the data must be a mapping part -> tensor \(n, \.\.\.\) for corruption 'product'")
+yaml_file("yaml-parts-on-a-tensor-corruption", BASE.replace("{name: two_moons, n: 128}",
+                                                            "{name: labelled_blobs, n: 128}"), 2,
+          r"data 'labelled_blobs': the data must be a tensor \(n, \.\.\.\) for corruption 'gaussian'; got a mapping "
+          r"of parts \(point, label\)\. Corrupt each part with a product")
+sets("yaml-chain-sampler-it-lacks", ["sample.sampler=ddim"], 2,
+     r"sample: .*corruption 'chain' must offer noise_posterior; it lacks noise_posterior \(p\(eps_1, \.\.\., eps_n "
+     r"\| x_t, x_0\) needs the law of the intermediate states given x_t", base=CHAIN.replace("ddim", "naive"))
 
 # ------------------------------------------------------------------------------------------ data files
 data_file("data-empty", "d.npy", lambda p: np.save(p, np.zeros((0, 2), np.float32)), 2,

@@ -35,7 +35,9 @@ def test_every_example_runs_briefly_and_its_report_renders(path, tmp_path):
     sizes = [Image.open(io.BytesIO(base64.b64decode(m))).size
              for m in re.findall(r'src="data:image/png;base64,([^"]+)"', report.html)]
     tokens = getattr(result.samples, "tokens", result.samples)
-    if tokens.is_floating_point():  # the loss curve, the samples' picture, the reverse-process strip
+    if isinstance(tokens, dict):  # data made of parts (a product): the samples are saved, the loss curve drawn
+        assert len(sizes) == report.images == 1 and all(len(v) == 16 for v in tokens.values())
+    elif tokens.is_floating_point():  # the loss curve, the samples' picture, the reverse-process strip
         assert len(sizes) == report.images == 3
     else:  # the loss curve and the strip; the samples as text
         assert len(sizes) == report.images == 2 and "<p>Token samples " in report.html

@@ -35,7 +35,7 @@ class Linear:
         return t
 
 
-def encoder(width: int = 4, mode: str = "a"):
+def critic(width: int = 4, mode: str = "a"):
     return torch.nn.Linear(width, width)
 
 
@@ -45,7 +45,7 @@ def two_new_kinds(monkeypatch):
     section) and a kind with an optional section of its own."""
     new = [PluginKind("noise_law", "udm_register_noise_laws", "Register schedules.", required=("alpha", "sigma"),
                       signatures={"alpha": ("t",), "sigma": ("t",)}),
-           PluginKind("encoder", "udm_register_encoders", "Register encoders.", section="encoder",
+           PluginKind("critic", "udm_register_critics", "Register critics.", section="critic",
                       section_required=False, must_be_callable=True)]
     for kind in new:  # the one entry; its hookspec is generated from it
         monkeypatch.setitem(hookspecs._BY_NAME, kind.name, kind)
@@ -63,23 +63,23 @@ def _plugin(**hooks):
 def test_a_new_kind_is_one_entry_registry_config_and_report_follow(two_new_kinds):
     reg = udm.load_registry()
     info = reg.add_plugin(_plugin(udm_register_noise_laws=lambda register: register(Linear),
-                                  udm_register_encoders=lambda register: register(encoder)),
+                                  udm_register_critics=lambda register: register(critic)),
                           name="new", distribution="udm-new", version="1")
     assert info.status == "loaded", info.error
-    assert reg.get("noise_law", "lin") is Linear and reg.names("encoder") == ["encoder"]
+    assert reg.get("noise_law", "lin") is Linear and reg.names("critic") == ["critic"]
     assert isinstance(reg.create("noise_law", "lin"), Linear)
     # the config reads the table too: a new optional section with its keys checked like any plugin's
-    assert "encoder" in sections() and "encoder" not in required_sections() and "noise_law" not in plugin_sections()
+    assert "critic" in sections() and "critic" not in required_sections() and "noise_law" not in plugin_sections()
     base = {"corruption": {"name": "gaussian"}, "time": {"name": "discrete"}, "model": {"name": "mlp"},
             "data": {"name": "two_moons"}, "train": {"steps": 1}}
-    cfg = validate({**base, "encoder": {"name": "encoder", "width": 8}}, reg)
-    assert cfg["encoder"] == {"name": "encoder", "width": 8, "mode": "a"}
-    with pytest.raises(ConfigError, match=r"encoder\.widht: the key must be one of mode, width, name; got 'widht'"):
-        validate({**base, "encoder": {"name": "encoder", "widht": 8}}, reg)
+    cfg = validate({**base, "critic": {"name": "critic", "width": 8}}, reg)
+    assert cfg["critic"] == {"name": "critic", "width": 8, "mode": "a"}
+    with pytest.raises(ConfigError, match=r"critic\.widht: the key must be one of mode, width, name; got 'widht'"):
+        validate({**base, "critic": {"name": "critic", "widht": 8}}, reg)
     validate(base, reg)  # optional: not required
     from udm.plugin_report import build_report
 
-    assert {"noise_law": ["lin"], "encoder": ["encoder"]} == build_report(reg).plugins[-1].registered
+    assert {"noise_law": ["lin"], "critic": ["critic"]} == build_report(reg).plugins[-1].registered
 
 
 def test_a_new_kind_gets_its_contract_checked(two_new_kinds):
@@ -105,8 +105,8 @@ def test_a_new_kind_gets_its_contract_checked(two_new_kinds):
             assert "noise_law 'x' must provide alpha, sigma" in info.error
         else:
             assert info.status == "failed" and re.search(error, info.error), info.error
-    info = reg.add_plugin(_plugin(udm_register_encoders=lambda register: register(3, name="e")), name="enc")
-    assert "encoder 'e' must be callable; got 3" in info.error
+    info = reg.add_plugin(_plugin(udm_register_critics=lambda register: register(3, name="e")), name="enc")
+    assert "critic 'e' must be callable; got 3" in info.error
 
 
 def test_nothing_else_lists_the_kinds():

@@ -12,6 +12,7 @@ import torch
 
 import udm
 from udm.errors import PluginError, UnknownPluginError
+from udm import hookspecs
 
 
 # --------------------------------------------------------------------------- fakes
@@ -263,8 +264,10 @@ def test_unknown_name_lists_available_and_suggests(reg):
 
 
 def test_unknown_kind(reg):
-    with pytest.raises(UnknownPluginError, match=r"registry: kind must be one of corruption, schedule, time, sampler, corrector, "
-                                                 r"model, dataset, metric, estimator; got 'corruptions'\. Did you mean 'corruption'\?"):
+    kinds = ", ".join(hookspecs.KINDS)  # every kind of the table, in its order (corruption, schedule, time, ...)
+    assert kinds.startswith("corruption, schedule, time, sampler, corrector, model, dataset, metric")
+    with pytest.raises(UnknownPluginError, match=rf"registry: kind must be one of {kinds}; got 'corruptions'\. "
+                                                 r"Did you mean 'corruption'\?"):
         reg.names("corruptions")
 
 

@@ -91,3 +91,14 @@ def test_learns_a_masked_task():
     m[:, 0::2] = torch.rand(512, 4, generator=g) < 0.5  # mask one twin at most
     acc = (net(x0.masked_fill(m, 5), torch.full((512,), 300.0)).argmax(-1)[m] == x0[m]).double().mean()
     assert acc > 0.9, float(acc)
+
+
+def test_continuous_inputs_of_a_latent_corruption():
+    """data_shape [length, dim] (a latent corruption's embeddings): continuous inputs, outputs of the same shape."""
+    reg = udm.registry()
+    net = reg.create("model", "transformer", vocab_size=5, data_shape=[6, 3], width=16, depth=1, heads=2)
+    out = net(torch.randn(2, 6, 3), torch.tensor([10.0, 500.0]))
+    assert out.shape == (2, 6, 3) and net.input_dim == 3
+    with pytest.raises(udm.ConfigError, match=r"model transformer: x must have shape \(batch, length <= 6, 3\); got "
+                                              r"\(2, 6\)"):
+        net(torch.zeros(2, 6, dtype=torch.long), torch.zeros(2))

@@ -45,6 +45,7 @@ _EXPORTS = {
     "CapabilityError": "errors", "UdmWarning": "errors", "IllConditionedWarning": "errors",
     "NoiseLevelTime": "noise_level",
     "Interval": "_schema",
+    "Encoder": "encoder", "batch": "batch", "composition": "composition", "per_sample_loss": "losses",
     "likelihood": "likelihoods", "LikelihoodResult": "likelihoods", "EstimatorSpec": "likelihoods",
     "supported_estimators": "likelihoods",
 }
@@ -88,12 +89,14 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from .api import resolve_sampler, sample, supported_samplers
     from .corruption import Corruption, GaussianNoise, capabilities
     from .denoiser import Denoiser, Prediction
+    from .encoder import Encoder
+    from . import batch, composition
     from .errors import (CapabilityError, ConfigError, IllConditionedWarning, PluginError, UdmError, UdmWarning,
                          UnknownPluginError)
     from .experiment import Experiment, RunResult, TrainingError, run_experiment
     from .families import Categorical, Family, Gaussian, Laplace, get_family
     from .hookspecs import hookimpl
-    from .losses import LossOutput, diffusion_loss
+    from .losses import LossOutput, diffusion_loss, per_sample_loss
     from .samplers import Corrector, PerSampleGenerator, SamplerSpec, SamplerStep
     from .sequences import Sequences
     from .noise_level import NoiseLevelTime

@@ -132,11 +132,16 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 def write_samples(folder: Path, stem: str, x: Any, *, data_kind: str, reference: torch.Tensor | None = None,
                   value_range: tuple[float, float] | None = None, caption: str = "", plots: bool = True,
                   quantisation: Quantisation | None = None) -> list[Path]:
-    """Save samples as safetensors (key ``samples``; with ``quantisation`` also ``levels``, the nearest level
+    """Save samples as safetensors (key ``samples``, or ``samples.<part>`` for data made of parts; with ``quantisation`` also ``levels``, the nearest level
     of every value: the 8-bit images) plus a picture (``plots``): a scatter plot over the reference (2-D), a
     grid of the first 64 (images, over the quantisation's range if given), and the token ids as text
     (tokens); ``caption`` titles the picture."""
     folder.mkdir(parents=True, exist_ok=True)
+    if isinstance(x, dict):  # data made of parts: one safetensors file, a tensor per part (samples.<part>)
+        path = folder / f"{stem}.safetensors"
+        atomic_write(path, save_bytes({f"samples.{k}": getattr(v, "tokens", v).detach().cpu().contiguous()
+                                       for k, v in x.items()}))
+        return [path]
     tokens = getattr(x, "tokens", None)
     tensor = tokens if tokens is not None else x
     out = [folder / f"{stem}.safetensors"]

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from . import _validate
+from .batch import batch_size, example_shape, is_parts, map_parts, rows, shape_for, to_device
 from ._options import sampler_own_keys
 from .errors import ConfigError, UdmError
 
@@ -30,9 +31,9 @@ SANITY_BATCH, SANITY_STEPS = 2, 2
 class Built:
     """Everything an experiment builds before training."""
 
-    data: Any  #: ``(n, ...)`` tensor or :class:`udm.Sequences`
-    data_shape: list[int]
-    vocab: int | None  #: inferred from integer data (max id + 1), else ``None``
+    data: Any  #: ``(n, ...)`` tensor or :class:`udm.Sequences` (or a mapping part -> one of them)
+    data_shape: Any  #: per-example shape ``list[int]`` (a mapping of them for data made of parts)
+    vocab: Any  #: inferred from integer data (max id + 1), else ``None`` (a mapping of them for parts)
     corruption: Any
     time_type: Any
     network: torch.nn.Module
@@ -47,7 +48,8 @@ def build(exp: Any, seed: int, device: torch.device) -> Built:
     """Load and check the data, then build the corruption, time type and network (on ``device``)."""
     where = _data_where(exp)
     data = exp.build_data()
-    _validate.check_data(data, exp.registry.get("corruption", exp.config["corruption"]["name"]), where)
+    declared = exp.registry.get("corruption", exp.config["corruption"]["name"])
+    _validate.check_data(data, declared, where)
     quant = exp.quantisation()
     if quant is not None:  # declared levels (data.quantisation or the dataset's own): the data must fit them
         if not (isinstance(data, torch.Tensor) and data.is_floating_point()):
@@ -55,12 +57,19 @@ def build(exp: Any, seed: int, device: torch.device) -> Built:
                               f"quantised; got {getattr(data, 'dtype', type(data).__name__)}. Remove quantisation "
                               f"for token data.")
         quant.check(data)
-    tokens = getattr(data, "tokens", data)
-    vocab = int(tokens.max()) + 1 if not tokens.is_floating_point() and tokens.numel() else None
-    data_shape = list(data.shape[1:])
+    vocab = map_parts(_vocab, data)
+    data_shape = example_shape(data)
     corruption, time_type, network = exp.build(data_shape, vocab, seed)
+    if is_parts(data) or getattr(corruption, "data_kind", None) != getattr(declared, "data_kind", None):
+        _validate.check_data(data, corruption, where)  # what the built instance takes: its parts, its encoder's kind
     _validate.check_expectations(network, corruption, time_type, f"{exp.source}: model")
     return Built(data, data_shape, vocab, corruption, time_type, network.to(device))
+
+
+def _vocab(data: Any) -> int | None:
+    """max id + 1 of integer data, else ``None``."""
+    tokens = getattr(data, "tokens", data)
+    return int(tokens.max()) + 1 if not tokens.is_floating_point() and tokens.numel() else None
 
 
 def fit(exp: Any, b: Built) -> None:
@@ -100,9 +109,10 @@ def sanity_check(exp: Any, b: Built, device: torch.device) -> None:
         _attempt(f"{src}: eval.nll", "resolve the likelihood estimator",
                  lambda: resolve_nll_config(exp, b.corruption, b.time_type, b.data_shape),
                  "Choose an estimator the corruption supports")
-    x0 = b.data[torch.arange(min(SANITY_BATCH, len(b.data)))].to(device)
+    x0 = to_device(rows(b.data, torch.arange(min(SANITY_BATCH, batch_size(b.data)))), device)
+    shape = shape_for(batch_size(x0), b.data_shape)
     g = torch.Generator(device=device).manual_seed(0)
-    _validate.check_sample_args(b.network, b.corruption, b.time_type, shape=(len(x0), *b.data_shape),
+    _validate.check_sample_args(b.network, b.corruption, b.time_type, shape=shape,
                                 sampler=cfg["sampler"], steps=steps, spacing=cfg["spacing"], generator=g,
                                 family_options=cfg.get("family_options"), options=options, registry=exp.registry,
                                 where=f"{src}: sample")
@@ -118,7 +128,7 @@ def sanity_check(exp: Any, b: Built, device: torch.device) -> None:
                      "Check sample.steps and sample.spacing against the time type")
             _attempt(f"{src}: sample", f"run sampler {cfg['sampler']!r} for {SANITY_STEPS} steps on the untrained "
                      f"network", lambda: sample(
-                         b.network, b.corruption, b.time_type, shape=(len(x0), *b.data_shape),
+                         b.network, b.corruption, b.time_type, shape=shape,
                          sampler=cfg["sampler"], steps=min(steps, SANITY_STEPS), spacing=cfg["spacing"],
                          generator=g, registry=exp.registry, clamp=cfg["clamp"],
                          family_options=cfg.get("family_options"), corrector=corrector, **options),

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ._schema import Schema, conforms, describe, schema_of
+from .batch import is_parts
 from .errors import ConfigError, UdmWarning, did_you_mean
 
 __all__ = ["check_keys", "check_data_shape", "check_data", "check_device", "check_sample_args", "check_train_args",
@@ -71,7 +72,11 @@ def check_data_shape(data: Any, where: str) -> None:
 
 def check_data(data: Any, corruption: Any, where: str) -> None:
     """The training data must be a non-empty ``(n, ...)`` tensor (or :class:`udm.Sequences`) of the kind
-    the corruption takes, finite; extreme scales get a :class:`~udm.errors.UdmWarning`."""
+    the corruption takes, finite; extreme scales get a :class:`~udm.errors.UdmWarning`. Data made of parts (a
+    mapping part -> tensor) needs a corruption of parts (a product), each of whose parts has data of its kind."""
+    if is_parts(data) or getattr(corruption, "data_kind", None) == "parts":
+        _check_parts(data, corruption, where)
+        return
     check_data_shape(data, where)
     tokens = getattr(data, "tokens", data)
     kind = getattr(corruption, "data_kind", "continuous")
@@ -84,6 +89,36 @@ def check_data(data: Any, corruption: Any, where: str) -> None:
         _check_finite(tokens, where)
     elif tokens.numel() and int(tokens.min()) < 0 and getattr(data, "lengths", None) is None:
         raise ConfigError(f"{where}: token ids must be >= 0; got {int(tokens.min())}. Map the vocabulary to 0..V-1.")
+
+
+def _check_parts(data: Any, corruption: Any, where: str) -> None:
+    name = getattr(corruption, "name", type(corruption).__name__)
+    if not is_parts(data):
+        raise ConfigError(f"{where}: the data must be a mapping part -> tensor (n, ...) for corruption {name!r}, whose "
+                          f"data is made of parts; got {type(data).__name__}. Return a dict of tensors from the dataset "
+                          f"(e.g. labelled_blobs).")
+    if getattr(corruption, "data_kind", None) != "parts":
+        raise ConfigError(f"{where}: the data must be a tensor (n, ...) for corruption {name!r}; got a mapping of parts "
+                          f"({', '.join(map(str, data))}). Corrupt each part with a product: corruption: {{name: "
+                          f"product, parts: {{<part>: <corruption>, ...}}}}.")
+    for k, v in data.items():
+        check_data_shape(v, f"{where}[{k!r}]")
+    counts = {k: len(getattr(v, "tokens", v)) for k, v in data.items()}
+    if len(set(counts.values())) > 1:
+        raise ConfigError(f"{where}: every part must have the same number of examples; got {counts}. One row per "
+                          f"example in every part.")
+    parts = getattr(corruption, "parts", None)
+    if not isinstance(parts, Mapping):  # the class, before it is built: the parts are checked on the instance
+        return
+    for k, part in parts.items():
+        if k not in data:
+            raise ConfigError(f"{where}: corruption.parts.{k} must have data (a key {k!r} of the data); got data with "
+                              f"keys {', '.join(map(str, data))}. Name the parts after the data's keys.")
+        check_data(data[k], part, f"{where}[{k!r}]")
+    extra = [k for k in data if k not in parts]
+    if extra:
+        raise ConfigError(f"{where}: every part of the data must have a corruption (corruption.parts.{extra[0]}); got "
+                          f"none for {', '.join(map(repr, extra))}. Add it to corruption.parts or drop it from the data.")
 
 
 def _check_finite(x: torch.Tensor, where: str) -> None:
@@ -169,10 +204,7 @@ def check_sample_args(model: Any, corruption: Any, time_type: Any, *, shape: Any
         raise ConfigError(f"{where}: model must be a torch.nn.Module or a denoiser (x_t, t, generator) -> x0_hat; got "
                           f"{type(model).__name__}. Pass the trained network (e.g. run.ema).")
     _check_plugins(where, corruption, time_type)
-    if (not isinstance(shape, (tuple, list, torch.Size)) or not shape
-            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape)):
-        raise ConfigError(f"{where}: shape must be a tuple (n, *data_shape) of integers >= 1; got {shape!r}. "
-                          f"E.g. shape=(1000, 2).")
+    _check_shape(where, shape)
     check_expectations(model.network if hasattr(model, "network") else model, corruption, time_type, where)
     want = _shape_of(model.network if hasattr(model, "network") else model)
     if want is not None and getattr(corruption, "data_kind", "continuous") == "continuous" \
@@ -196,6 +228,21 @@ def check_sample_args(model: Any, corruption: Any, time_type: Any, *, shape: Any
     rule = schema_of(spec.rule, skip=KINDS["sampler"].supplied)
     check_keys(f"{where}: sampler {spec.name!r}: option", dict(options), rule, python=True)
     _check_family_options(where, corruption, family_options)
+
+
+def _check_shape(where: str, shape: Any) -> None:
+    """A tuple (n, *data_shape) of integers >= 1, or for data made of parts a mapping part -> such a tuple with the
+    same n."""
+    if is_parts(shape) and shape:
+        for k, s in shape.items():
+            _check_shape(f"{where}: shape[{k!r}]", s)
+        if len({tuple(s)[0] for s in shape.values()}) > 1:
+            raise ConfigError(f"{where}: shape must give every part the same number of samples n; got {dict(shape)!r}.")
+        return
+    if (not isinstance(shape, (tuple, list, torch.Size)) or not shape
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape)):
+        raise ConfigError(f"{where}: shape must be a tuple (n, *data_shape) of integers >= 1; got {shape!r}. "
+                          f"E.g. shape=(1000, 2) (data made of parts: {{part: (n, *shape), ...}}).")
 
 
 def _check_plugins(where: str, corruption: Any, time_type: Any) -> None:
@@ -265,7 +312,7 @@ def check_train_args(network: Any, corruption: Any, time_type: Any, data: Any, *
     check_data(data, corruption, f"{where}: data")
     want = _shape_of(network)
     tokens = getattr(data, "tokens", data)
-    if want is not None and tokens.is_floating_point() and tuple(tokens.shape[1:]) != want:
+    if want is not None and not is_parts(data) and tokens.is_floating_point() and tuple(tokens.shape[1:]) != want:
         raise ConfigError(f"{where}: data must have shape (n, {', '.join(map(str, want))}) for this network "
                           f"(its data_shape); got {tuple(tokens.shape)}. Build the network with "
                           f"data_shape={list(tokens.shape[1:])}.")

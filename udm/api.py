@@ -9,6 +9,8 @@ import torch
 
 from . import _validate
 from ._registry import Registry, registry as default_registry
+from .batch import is_parts
+from .corruption import describe_missing
 from .denoiser import Denoiser
 from .errors import CapabilityError, ConfigError
 from .samplers import SamplerSpec, SamplerStep
@@ -40,7 +42,7 @@ def resolve_sampler(name: str | SamplerSpec, corruption: Any, registry: Registry
         ok = ", ".join(supported_samplers(corruption, reg)) if reg is not None else "(no registry given)"
         raise CapabilityError(
             f"sampler {spec.name!r}: corruption {cname!r} must offer {', '.join(spec.required(options))}; it lacks "
-            f"{', '.join(missing)}. Samplers {cname!r} supports: {ok}."
+            f"{describe_missing(corruption, missing)}. Samplers {cname!r} supports: {ok}."
         )
     return spec
 
@@ -124,6 +126,7 @@ def sample(model: torch.nn.Module | Callable[..., Any], corruption: Any, time_ty
                           f"({exc})") from None
     if x_init is None:
         with per_sample_draws(generator):
-            x_init = corruption.sample_prior(tuple(shape), generator, device=device, dtype=dtype)
+            x_init = corruption.sample_prior(shape if is_parts(shape) else tuple(shape), generator, device=device,
+                                             dtype=dtype)
     return spec(model, corruption, times, x_init, generator=generator, callback=callback, clamp=clamp,
                 corrector=corrector, **options)

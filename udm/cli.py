@@ -9,7 +9,7 @@
     udm check EXP.yaml [--set ...]                                       validate, build, and run 2 examples
     udm eval RUN_DIR --nll [--estimator NAME --n N --seed S]              the likelihood of held-out data
     udm report RUN_DIR [--out FILE]                                      one HTML page: metrics, curves, samples
-    udm plugins [--json]                                                 what is installed
+    udm plugins [--json] [--corruption YAML]                              what is installed
 
 Without ``--out`` (and ``run.out``) a run writes ``runs/<experiment name>``, or its next free version
 ``runs/<name>-2``, ``-3``, ... when that is taken; ``--resume`` continues the newest version. An explicit
@@ -81,6 +81,8 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", help="the HTML file (default: RUN_DIR/report.html)")
     sp = sub.add_parser("plugins", help="list installed plugins and what they register")
     sp.add_argument("--json", action="store_true", help="machine-readable output (udm.plugin_report)")
+    sp.add_argument("--corruption", metavar="YAML",
+                    help="report one configured corruption instead, e.g. '{name: chain, parts: [mask_pixels, gaussian]}'")
     return p
 
 
@@ -136,13 +138,33 @@ def _eval(args: argparse.Namespace, progress: bool | None) -> None:
     print(result.summary(), f"(appended to {args.run_dir}/eval.jsonl)")
 
 
-def _plugins(as_json: bool = False) -> None:
+def _plugins(as_json: bool = False, corruption: str | None = None) -> None:
     from ._registry import registry
     from .plugin_report import build_report
 
+    if corruption is not None:
+        return _one_corruption(corruption, as_json)
     with contextlib.redirect_stdout(sys.stderr):  # what plugins print never mixes with the report
         report = build_report(registry())
     print(report.to_json() if as_json else report.to_text())
+
+
+def _one_corruption(text: str, as_json: bool) -> None:
+    """``udm plugins --corruption YAML``: the capabilities, samplers and missing capabilities (with the reasons)
+    of one configured corruption, its keys checked like the config's ``corruption`` section."""
+    import dataclasses
+    import json
+
+    from ._registry import registry
+    from .config import check_plugin_section, parse_config
+    from .plugin_report import corruption_entry
+
+    body = parse_config(text, "--corruption")
+    reg = registry()
+    check_plugin_section("--corruption", "corruption", body, reg)
+    with contextlib.redirect_stdout(sys.stderr):
+        entry = corruption_entry(reg, body)
+    print(json.dumps(dataclasses.asdict(entry), indent=2) if as_json else "\n".join(entry.lines()))
 
 
 @contextlib.contextmanager
@@ -193,7 +215,7 @@ def _start_up() -> None:
 
 def _dispatch(args: argparse.Namespace) -> None:
     if args.command == "plugins":
-        _plugins(args.json)
+        _plugins(args.json, args.corruption)
         return
     if args.command == "report":
         from .report import write_report

@@ -21,7 +21,10 @@ a config names plugins, it never imports or runs code.
 
 from __future__ import annotations
 
+import collections.abc
 import copy
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,7 @@ from . import _yaml
 from ._options import RunOptions, SampleOptions, TrainOptions
 from ._registry import Registry
 from ._schema import Param, Schema, schema_of
+from .plugin_spec import plugin_ref
 from ._validate import check_keys
 from .errors import ConfigError, UnknownPluginError, did_you_mean
 from . import hookspecs
@@ -39,7 +43,9 @@ from ._plots import require_matplotlib
 from .quantisation import Quantisation
 
 __all__ = ["load_config", "parse_config", "apply_overrides", "validate", "plugin_schema", "sampler_schema",
-           "plugin_sections", "sections", "required_sections", "OPTION_SECTIONS"]
+           "plugin_sections", "sections", "required_sections", "nested_specs", "check_plugin_section", "OPTION_SECTIONS"]
+
+_schema_origin = typing.get_origin
 
 #: section -> the options dataclass its keys are checked against
 OPTION_SECTIONS = {"train": TrainOptions, "sample": SampleOptions, "run": RunOptions}
@@ -132,6 +138,11 @@ def sampler_schema(registry: Registry, name: str) -> Schema:
     return Schema({**schema_of(SampleOptions).params, **rule.params}, rule.open)
 
 
+def check_plugin_section(src: str, section: str, body: dict[str, Any], registry: Registry) -> None:
+    """Check one plugin section's keys (nested plugin specs included), as :func:`validate` does."""
+    _plugin_section(src, section, body, registry)
+
+
 def _plugin_section(src: str, section: str, body: dict[str, Any], registry: Registry) -> None:
     kind = plugin_sections()[section].name
     if section == "data" and "quantisation" in body:  # a runner key of every data section (udm.Quantisation)
@@ -149,7 +160,52 @@ def _plugin_section(src: str, section: str, body: dict[str, Any], registry: Regi
     name = body["name"]
     _registered(src, f"{section}.name", "the name", registry, kind, name)
     rest = {k: v for k, v in body.items() if k != "name"}
-    _check_keys(src, section, rest, plugin_schema(registry, kind, name), plugin_sections()[section].injected, kind)
+    schema = plugin_schema(registry, kind, name)
+    _check_keys(src, section, rest, schema, plugin_sections()[section].injected, kind)
+    _check_nested(src, section, rest, schema, registry)
+
+
+def nested_specs(path: str, value: Any, annotation: Any) -> list[tuple[str, Any]]:
+    """(key path, plugin spec) of every plugin an argument names: the value itself for ``PluginSpec[kind]``, each
+    element for a list of them (``parts[0]``), each value for a mapping of them (``parts.label``)."""
+    outer = annotation
+    while _schema_origin(outer) is typing.Union or isinstance(outer, types.UnionType):  # peel ``| None``
+        outer = next(a for a in typing.get_args(outer) if a is not type(None))
+    origin = _schema_origin(outer)
+    if origin in (list, tuple, collections.abc.Sequence) and isinstance(value, (list, tuple)):
+        return [(f"{path}[{i}]", v) for i, v in enumerate(value)]
+    if origin in (dict, collections.abc.Mapping) and isinstance(value, dict):
+        return [(f"{path}.{k}", v) for k, v in value.items()]
+    return [] if value is None else [(path, value)]
+
+
+def _check_nested(src: str, path: str, body: dict[str, Any], schema: Schema, registry: Registry) -> None:
+    """Arguments that name other plugins (``udm.PluginSpec[kind]``, alone or in a list or mapping) are checked like
+    a section of their own, with their full key path (``corruption.inner.schedule.beta_end``)."""
+    for key, value in body.items():
+        param = schema.params.get(key)
+        ref = plugin_ref(param.annotation) if param is not None else None
+        if ref is None:
+            continue
+        for sub, spec in nested_specs(f"{path}.{key}", value, param.annotation):
+            _check_spec(src, sub, spec, ref.kind, registry)
+
+
+def _check_spec(src: str, path: str, spec: Any, kind: str, registry: Registry) -> None:
+    if isinstance(spec, str):
+        _registered(src, path, "the name", registry, kind, spec)
+        body, name = {}, spec
+    elif isinstance(spec, dict):
+        if "name" not in spec:
+            _fail(src, f"{path}.name", "the key", f"given (a registered {kind})", None,
+                  f"Add name: <one of {', '.join(registry.names(kind)) or '(none installed)'}>.")
+        name, body = spec["name"], {k: v for k, v in spec.items() if k != "name"}
+        _registered(src, f"{path}.name", "the name", registry, kind, name)
+    else:
+        return  # an instance (from Python); conformance of the value was checked with its parent's keys
+    schema = plugin_schema(registry, kind, name)
+    _check_keys(src, path, body, schema, hookspecs.KINDS[kind].injected, kind)
+    _check_nested(src, path, body, schema, registry)
 
 
 def _registered(src: str, path: str, what: str, registry: Registry, kind: str, name: Any) -> None:

@@ -26,6 +26,10 @@ vector_space        ``data_kind == "continuous"`` (x_t + a - b makes sense)     
                     F is not differentiable in t, e.g. masking: velocity = 0)
 ==================  ===========================================================  ==================
 
+Wrappers built from other corruptions (chains, products, latent corruptions: :mod:`udm.composition`) report what
+they offer with ``capabilities()`` and why they lack the rest with ``capability_notes()`` (:func:`capability_notes`;
+``udm plugins`` and capability errors show the reasons).
+
 Two optional hints let samplers skip model calls that cannot change anything (docs/howto-sampler.md,
 "Model calls"): ``time_invariant_posterior = True`` declares that q(x_0 | x_t) is the same function of x_t
 at every t (masking: only the visible tokens carry information), so a state that did not change keeps its
@@ -44,7 +48,8 @@ import torch
 
 from ._tensor import append_dims
 
-__all__ = ["Corruption", "GaussianNoise", "capabilities", "discover_capabilities", "OPTIONAL_CAPABILITIES", "PROTOCOLS"]
+__all__ = ["Corruption", "GaussianNoise", "capabilities", "capability_notes", "describe_missing", "discover_capabilities",
+           "OPTIONAL_CAPABILITIES", "PROTOCOLS"]
 
 OPTIONAL_CAPABILITIES = ("noise_posterior", "refresh_noise", "posterior", "schedule", "fit", "masked_count",
                          "nll", "sample_x0", "linear_gaussian")
@@ -209,6 +214,22 @@ def capabilities(corruption: Any) -> frozenset[str]:
     if callable(own) and not isinstance(corruption, type):
         return frozenset(own())
     return discover_capabilities(corruption)
+
+
+def capability_notes(corruption: Any) -> dict[str, str]:
+    """Capability -> why ``corruption`` does not offer it, for the objects that say (wrappers such as chains
+    and latent corruptions, through a ``capability_notes()`` method); empty for the others."""
+    own = getattr(corruption, "capability_notes", None)
+    if callable(own) and not isinstance(corruption, type):
+        return {k: str(v) for k, v in own().items() if k not in capabilities(corruption)}
+    return {}
+
+
+def describe_missing(corruption: Any, missing: list[str] | tuple[str, ...]) -> str:
+    """``"a, b (why b is not offered)"``: the missing capabilities, each with the corruption's reason when it
+    gives one (:func:`capability_notes`)."""
+    notes = capability_notes(corruption) if missing else {}
+    return ", ".join(f"{c} ({notes[c]})" if c in notes else c for c in missing)
 
 
 def discover_capabilities(corruption: Any) -> frozenset[str]:

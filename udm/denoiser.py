@@ -13,12 +13,14 @@ Analytic-DPM's optimal variance (Bao et al. 2022), with ``invert`` Analytic-DDIM
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from .families import Family, get_family
+from .time import network_time
 
 __all__ = ["Denoiser", "Prediction", "draw_gaussian"]
 
@@ -78,8 +80,15 @@ class Denoiser:
         self.network = network
         self.corruption = corruption
         self.time_type = time_type
-        self.family = get_family(family if family is not None else corruption.family, **family_options)
         self.variance, self.grad, self.extras = variance, grad, extras
+        parts = getattr(corruption, "parts", None)
+        #: a corruption made of parts (a product): one denoiser per part reads that part of the output (family
+        #: options go to the parts whose family takes them)
+        self._parts = None if not isinstance(parts, Mapping) else {
+            k: Denoiser(network, c, time_type, grad=grad, extras=extras, **_options_for(c.family, family_options))
+            for k, c in parts.items()}
+        self.family = None if self._parts is not None else \
+            get_family(family if family is not None else corruption.family, **family_options)
         if variance is not None:
             from .variance import check_variance_source
 
@@ -90,37 +99,63 @@ class Denoiser:
         """The prediction at ``x_t`` ``(batch, ...)``, times ``t`` ``(batch,)`` float64 (``marginal``: the
         corruption's coefficients at t when the caller has them)."""
         with torch.set_grad_enabled(self.grad):
-            out = self.network(x_t, self.time_type.encode(t))
+            out = self.network(x_t, network_time(self.time_type, self.corruption, t))
             var = head = None
             if self.variance == "head":
                 out, var = out
             elif getattr(self.variance, "uses_head", False):  # a second head's raw output (udm.variance_head)
                 out, head = out
-            sample_x0 = getattr(self.corruption, "sample_x0", None)
-            if callable(sample_x0):  # a structured q_theta (e.g. insertions): the corruption draws x0_hat itself
-                return Prediction(sample_x0(out, x_t, t, generator, family=self.family), out)  # with its options
-            if marginal is not None:
-                params = self.corruption.to_x0(out, x_t, t, marginal=marginal)
-            else:
-                params = self.corruption.to_x0(out, x_t, t)
-            if self.family.name == "categorical":
-                return Prediction(self.family.point(params, generator), params)
-            if self.variance is not None and var is None:
-                var = self.variance(t, x_t) if head is None else \
-                    self.variance.from_head(head, x_t, t, params, marginal)
-            x0 = params if var is None else self._draw(params, var, generator)
-            pred = Prediction(x0, params, params, var)
-            if self.extras and callable(getattr(self.corruption, "invert_noise", None)):
-                m = marginal if marginal is not None else self.corruption.marginal(t, x_t)
-                pred.eps_hat = self.corruption.invert_noise(m, x_t, x0, generator)
-                pred.score = self.corruption.score(m, x_t, x0)
-            return pred
+            if self._parts is not None:
+                return self._predict_parts(out, x_t, t, generator)
+            return self._prediction(out, x_t, t, generator, marginal, var, head)
+
+    def _prediction(self, out: Any, x_t: Any, t: torch.Tensor, generator: torch.Generator | None, marginal: Any,
+                    var: Any, head: Any = None) -> Prediction:
+        """q_theta's prediction from the network output ``out`` (the corruption's target)."""
+        sample_x0 = getattr(self.corruption, "sample_x0", None)
+        if callable(sample_x0):  # a structured q_theta (e.g. insertions): the corruption draws x0_hat itself
+            return Prediction(sample_x0(out, x_t, t, generator, family=self.family), out)  # with its options
+        if marginal is not None:
+            params = self.corruption.to_x0(out, x_t, t, marginal=marginal)
+        else:
+            params = self.corruption.to_x0(out, x_t, t)
+        if self.family.name == "categorical":
+            return Prediction(self.family.point(params, generator), params)
+        if self.variance is not None and var is None:
+            var = self.variance(t, x_t) if head is None else self.variance.from_head(head, x_t, t, params, marginal)
+        x0 = params if var is None else self._draw(params, var, generator)
+        pred = Prediction(x0, params, params, var)
+        if self.extras and callable(getattr(self.corruption, "invert_noise", None)):
+            m = marginal if marginal is not None else self.corruption.marginal(t, x_t)
+            pred.eps_hat = self.corruption.invert_noise(m, x_t, x0, generator)
+            pred.score = self.corruption.score(m, x_t, x0)
+        return pred
+
+    def _predict_parts(self, out: Any, x_t: Any, t: Any, generator: torch.Generator | None) -> Prediction:
+        """A corruption made of parts (a product): each part's output read as that part's corruption reads it,
+        at the part's own time. ``mean`` holds each part's mean, or its draw where q_theta has no mean
+        (categorical parts), so that the last step returns data for every part."""
+        times = self.corruption.part_times(t)
+        preds = {k: d._prediction(out[k], x_t[k], times[k], generator, None, None) for k, d in self._parts.items()}
+        return Prediction({k: p.x0_hat for k, p in preds.items()}, {k: p.params for k, p in preds.items()},
+                          {k: p.mean if p.mean is not None else p.x0_hat for k, p in preds.items()})
 
     def _draw(self, mean: torch.Tensor, var: Any, generator: torch.Generator | None) -> torch.Tensor:
         return draw_gaussian(mean, var, self.corruption, generator)
 
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None):
         return self.predict(x_t, t, generator).x0_hat
+
+
+def _options_for(family: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` when the family ``family`` takes every one of them as a keyword, else none."""
+    import inspect
+
+    from .families import FAMILIES
+
+    cls = FAMILIES.get(family)
+    params = inspect.signature(cls).parameters if cls is not None else {}
+    return dict(options) if options and all(k in params for k in options) else {}
 
 
 def draw_gaussian(mean: torch.Tensor, var: Any, corruption: Any, generator: torch.Generator | None) -> torch.Tensor:

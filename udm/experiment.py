@@ -123,24 +123,23 @@ class Experiment:
         declared = getattr(self.registry.get("dataset", body["name"]), "quantisation", None) if "name" in body else None
         return declared if isinstance(declared, Quantisation) else None
 
-    def _inject(self, section: str, data_shape: list[int] | None, vocab_size: int | None) -> dict[str, Any]:
-        kw = self._kwargs(section)
+    def _inject(self, section: str, data_shape: Any, vocab_size: Any) -> dict[str, Any]:
+        """The section's keywords with what the runner fills in from the data: the kind's injected keys the plugin
+        takes and the config does not give, at the top and inside nested plugin specs (an encoder's
+        ``vocab_size``); for data made of parts, a mapping of plugin specs keyed by part gets each part's values."""
         kind = plugin_sections()[section]
         accepts = schema_of(self.registry.get(kind.name, self.config[section]["name"]))
-        given = {"data_shape": data_shape, "vocab_size": vocab_size}
-        for key in kind.injected:
-            if key not in kw and given[key] is not None and key in accepts.params:
-                kw[key] = given[key]
-        return kw
+        return _inject(self.registry, kind, accepts, self._kwargs(section),
+                       {"data_shape": data_shape, "vocab_size": vocab_size})
 
-    def build(self, data_shape: list[int], vocab_size: int | None, seed: int) -> tuple[Any, Any, torch.nn.Module]:
+    def build(self, data_shape: Any, vocab_size: Any, seed: int) -> tuple[Any, Any, torch.nn.Module]:
         """(corruption, time type, network); the network's initial weights depend on ``seed`` only."""
         corruption = self._create("corruption", **self._inject("corruption", data_shape, vocab_size))
         vocab = getattr(corruption, "vocab_size", None) or vocab_size
         time_type = self._create("time", **self._kwargs("time"))
         with torch.random.fork_rng(devices=[]):  # network init draws from torch's global RNG
             torch.manual_seed(seed)
-            network = self._create("model", **self._inject("model", data_shape, vocab))
+            network = self._create("model", **self._inject("model", model_shape(corruption, data_shape), vocab))
         return corruption, time_type, network
 
     def check(self, device: str | torch.device | None = None) -> _preflight.Built:
@@ -158,11 +157,12 @@ class Experiment:
         given = out or self.config["run"]["out"]
         return (Path(given), True) if given else (Path("runs") / Path(self.source).stem, False)
 
-    def resolved(self, data_shape: list[int], vocab_size: int | None, run_dir: Path | None = None,
+    def resolved(self, data_shape: Any, vocab_size: Any, run_dir: Path | None = None,
                  built: Any = None) -> dict[str, Any]:
         """The config as run: defaults, injected shapes, and the versions of everything it names; a data
         file is written relative to ``run_dir`` (so that moving the project folder keeps the run valid);
-        with the ``built`` plugins, ``eval.nll``'s estimator and dequantisation as they will run."""
+        with the ``built`` plugins, ``eval.nll``'s estimator and dequantisation as they will run, and the model's
+        shape as the built corruption shows it to the network (:func:`model_shape`)."""
         cfg = {k: dict(v) for k, v in self.config.items() if k != "versions"}
         if "nll" in cfg.get("eval", {}) and built is not None:
             from .likelihoods import resolve_nll_config
@@ -172,7 +172,8 @@ class Experiment:
             cfg["data"]["quantisation"] = quant.to_config()
         for section, kind in plugin_sections().items():
             if kind.injected and "name" in cfg.get(section, {}):
-                cfg[section] = {"name": cfg[section]["name"], **self._inject(section, data_shape, vocab_size)}
+                shape = model_shape(getattr(built, "corruption", None), data_shape) if section == "model" else data_shape
+                cfg[section] = {"name": cfg[section]["name"], **self._inject(section, shape, vocab_size)}
         if "file" in cfg["data"] and run_dir is not None:
             cfg["data"]["file"] = os.path.relpath(Path(cfg["data"]["file"]).resolve(), run_dir.resolve())
         from . import __version__
@@ -182,6 +183,69 @@ class Experiment:
         cfg["versions"] = {"udm": __version__, "torch": str(torch.__version__), "python": platform.python_version(),
                            "plugins": plugins}
         return _plain(cfg)
+
+
+def model_shape(corruption: Any, data_shape: Any) -> Any:
+    """The per-example shape the network sees: the corruption's ``state_shape(data_shape)`` when its states are
+    not shaped like the data (a latent corruption's embeddings), else ``data_shape``."""
+    own = getattr(corruption, "state_shape", None)
+    return own(data_shape) if callable(own) and data_shape is not None else data_shape
+
+
+def _inject(registry: Registry, kind: Any, schema: Any, kwargs: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` with ``kind``'s injected keys filled in from ``given`` where ``schema`` takes them, recursively
+    into the plugin specs among the keywords (see :meth:`Experiment._inject`)."""
+    from .config import nested_specs
+    from .hookspecs import KINDS
+    from .plugin_spec import plugin_ref
+
+    out = dict(kwargs)
+    for key in kind.injected:
+        if key not in out and given.get(key) is not None and key in schema.params:
+            out[key] = given[key]
+    for key, value in kwargs.items():
+        param = schema.params.get(key)
+        ref = plugin_ref(param.annotation) if param is not None else None
+        if ref is None:
+            continue
+        specs = nested_specs("", value, param.annotation)
+        done = {}
+        for path, spec in specs:
+            part = path.rsplit(".", 1)[-1] if path.startswith(".") else None  # a mapping of specs: keyed by part
+            sub = {k: (v.get(part) if isinstance(v, dict) else v) if part is not None else v for k, v in given.items()}
+            body = {"name": spec} if isinstance(spec, str) else spec
+            if not isinstance(body, dict) or not isinstance(body.get("name"), str):
+                done[path] = spec
+                continue
+            nested = _inject(registry, KINDS[ref.kind], schema_of(registry.get(ref.kind, body["name"])),
+                             {k: v for k, v in body.items() if k != "name"}, sub)
+            done[path] = spec if nested == {k: v for k, v in body.items() if k != "name"} else {"name": body["name"],
+                                                                                                   **nested}
+        out[key] = _rebuilt(value, specs, done)
+    return out
+
+
+def _rebuilt(value: Any, specs: list[tuple[str, Any]], done: dict[str, Any]) -> Any:
+    """``value`` with each nested spec replaced by its injected version (same container)."""
+    if isinstance(value, (list, tuple)) and len(specs) == len(value) and all(p.startswith("[") for p, _ in specs):
+        return [done[p] for p, _ in specs]
+    if isinstance(value, dict) and specs and all(p.startswith(".") for p, _ in specs):
+        return {p[1:]: done[p] for p, _ in specs}
+    return done[specs[0][0]] if specs else value
+
+
+def _without_injected(value: Any) -> Any:
+    """A nested plugin spec without the keys the runner fills in from the data (compared on resume like the
+    top-level ones: not at all)."""
+    from .hookspecs import KINDS
+
+    injected = {k for kind in KINDS.values() for k in kind.injected}
+    if isinstance(value, dict):
+        kept = {k: _without_injected(v) for k, v in value.items() if not ("name" in value and k in injected)}
+        return kept["name"] if set(kept) == {"name"} else kept  # {name: mask} is written mask
+    if isinstance(value, list):
+        return [_without_injected(v) for v in value]
+    return value
 
 
 def _plain(obj: Any) -> Any:
@@ -201,7 +265,7 @@ def _fixed(cfg: dict[str, Any], run_dir: Path | None) -> dict[str, Any]:
             if key == "file":  # a moved project keeps its data: compared by content (the checkpoint's hash)
                 continue
             if key not in kind.injected:
-                out[f"{section}.{key}"] = value
+                out[f"{section}.{key}"] = _without_injected(value)
     for section, options in (("train", TrainOptions), ("run", RunOptions)):
         for key in fixed_on_resume(options):
             out[f"{section}.{key}"] = (cfg.get(section) or {}).get(key, getattr(options, key))
@@ -227,8 +291,13 @@ def _check_resume(exp: Experiment, run_dir: Path) -> dict[str, Any]:
 
 
 def _fingerprint(data: Any) -> str:
-    """SHA-256 of the training data (shape, dtype and values; a sequence batch's lengths too)."""
+    """SHA-256 of the training data (shape, dtype and values; a sequence batch's lengths too; every part of data
+    made of parts, in key order)."""
     h = hashlib.sha256()
+    if isinstance(data, dict):
+        for k in sorted(data):
+            h.update(f"{k}|{_fingerprint(data[k])}|".encode())
+        return h.hexdigest()
     for t in (getattr(data, "tokens", data), getattr(data, "lengths", None)):
         if t is not None:
             t = t.detach().cpu().contiguous()

@@ -118,6 +118,13 @@ _KINDS = (
         "Register metrics: callables ``(samples, reference, *, generator=None, **kwargs) -> float``.",
         must_be_callable=True, factory=False, supplied=("samples", "reference", "generator")),
     PluginKind(
+        "encoder", "udm_register_encoders",
+        "Register encoders: subclasses of :class:`udm.Encoder` (an ``nn.Module`` mapping data to a latent and "
+        "back), named inside a ``latent`` corruption's keywords (``encoder: {name: embedding, dim: 16}``).",
+        section=None, required=("encode", "decode", "round", "latent_shape"),
+        signatures={"encode": ("x0",), "decode": ("z", "std"), "round": ("z",), "latent_shape": ("shape",)},
+        injected=("vocab_size",)),
+    PluginKind(
         "estimator", "udm_register_estimators",
         "Register likelihood estimators: :class:`udm.EstimatorSpec` instances (an estimate function and what it "
         "needs from a corruption), configured in ``eval: {nll: {estimator: ...}}``.",

@@ -9,9 +9,12 @@
 Per plugin: entry point, distribution, version, status (``loaded`` / ``failed``), the error when it
 failed, and what it registered (kind -> names). Per corruption: the plugin that provides it, its
 q_theta family and the loss that family fixes, the optional capabilities it offers (discovered from an
-instance built with default arguments (plus ``vocab_size`` for token corruptions), as :func:`udm.capabilities` does) and the samplers those unlock
-(:func:`udm.supported_samplers`). A corruption that cannot be built without arguments is listed with the
-reason instead of its samplers. Also reports the ``UDM_*`` plugin switches in effect.
+instance built with default arguments (plus ``vocab_size`` for token corruptions), as :func:`udm.capabilities`
+does), the samplers those unlock (:func:`udm.supported_samplers`) and, for the capabilities it lacks, why (when
+the object says: :func:`udm.corruption.capability_notes`). A corruption that cannot be built without arguments
+is listed with the reason instead of its samplers, followed by the example configurations it declares
+(``examples``: a chain of blur and noise, of masking and noise, ...); ``udm plugins --corruption '{name: chain,
+parts: [mask_pixels, gaussian]}'`` reports any configuration. Also reports the ``UDM_*`` plugin switches in effect.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from ._registry import PluginInfo, Registry
 from .corruption import capabilities
 from .errors import PluginError
 
-__all__ = ["PluginEntry", "CorruptionEntry", "PluginReport", "build_report", "main", "ENV_SWITCHES", "LOSS_OF_FAMILY"]
+__all__ = ["PluginEntry", "CorruptionEntry", "PluginReport", "build_report", "corruption_entry", "main", "ENV_SWITCHES",
+           "LOSS_OF_FAMILY"]
 
 #: the environment switches :func:`udm.load_registry` reads
 ENV_SWITCHES = ("UDM_DISABLE_PLUGIN_AUTOLOAD", "UDM_PLUGINS", "UDM_BLOCK_PLUGINS", "UDM_STRICT_PLUGINS")
@@ -62,6 +66,18 @@ class CorruptionEntry:
     capabilities: list[str] = field(default_factory=list)
     samplers: list[str] = field(default_factory=list)
     note: str | None = None  #: why samplers are unknown (the corruption needs arguments)
+    lacks: dict[str, str] = field(default_factory=dict)  #: capability -> why it is not offered (when the object says)
+    configuration: dict[str, Any] | None = None  #: the keywords of an example instance (wrappers need arguments)
+
+    def lines(self) -> list[str]:
+        """The entry as text lines (``udm plugins``)."""
+        loss = f"{self.family} -> {self.loss}" + (f" (predicts {self.prediction})" if self.prediction else "")
+        what = f"corruption {self.name!r}" + (f" with {_flow(self.configuration)}" if self.configuration else "")
+        out = [f"{what} supports samplers: unknown ({self.note})" if self.note else
+               f"{what} supports samplers: {', '.join(self.samplers) or '(none)'}"]
+        out.append(f"    from {self.distribution}; loss: {loss}; capabilities: "
+                   f"{', '.join(self.capabilities) or '(required set only)'}")
+        return out + [f"    lacks {cap}: {why}" for cap, why in self.lacks.items()]
 
 
 @dataclass
@@ -91,13 +107,7 @@ class PluginReport:
             for kind, names in p.registered.items():
                 lines.append(f"    {kind}: {', '.join(names)}")
         for c in self.corruptions:
-            loss = f"{c.family} -> {c.loss}" + (f" (predicts {c.prediction})" if c.prediction else "")
-            if c.note:
-                lines.append(f"corruption {c.name!r} supports samplers: unknown ({c.note})")
-            else:
-                lines.append(f"corruption {c.name!r} supports samplers: {', '.join(c.samplers) or '(none)'}")
-            caps = ", ".join(c.capabilities) or "(required set only)"
-            lines.append(f"    from {c.distribution}; loss: {loss}; capabilities: {caps}")
+            lines += c.lines()
         return "\n".join(lines)
 
 
@@ -124,37 +134,69 @@ def _probe_kwargs(factory: Any) -> dict[str, Any]:
     return {"vocab_size": PROBE_VOCAB} if p is not None and p.default is p.empty else {}
 
 
-def _corruption(registry: Registry, name: str) -> CorruptionEntry:
+def _flow(config: dict[str, Any]) -> str:
+    """``{parts: [blur, gaussian]}`` as YAML flow style, on one line."""
+    import yaml
+
+    return yaml.safe_dump(config, default_flow_style=True, width=10**6, sort_keys=False).strip()
+
+
+def _corruptions(registry: Registry, name: str) -> list[CorruptionEntry]:
+    """The corruption's entry; for one that needs arguments, also one entry per example configuration it declares
+    (its ``examples``: keyword mappings, e.g. a chain's ``{parts: [blur, gaussian]}``)."""
+    entry = _corruption(registry, name)
+    if entry.note is None:
+        return [entry]
+    examples = getattr(registry.get("corruption", name), "examples", ())
+    return [entry, *(_corruption(registry, name, dict(e)) for e in examples)]
+
+
+def corruption_entry(registry: Registry, config: dict[str, Any]) -> CorruptionEntry:
+    """The entry of the corruption a config mapping ``{name: ..., **keywords}`` builds (``udm plugins
+    --corruption``); a configuration that does not build raises its error."""
+    config = dict(config)
+    name = config.pop("name")
+    registry.create("corruption", name, **config)
+    return _corruption(registry, name, config)
+
+
+def _corruption(registry: Registry, name: str, config: dict[str, Any] | None = None) -> CorruptionEntry:
     from .api import supported_samplers
+    from .corruption import capability_notes
 
     factory = registry.get("corruption", name)
     dist = registry.provider("corruption", name).distribution
     try:
-        obj = factory(**_probe_kwargs(factory)) if isinstance(factory, type) else factory
+        if config is not None:
+            obj = registry.create("corruption", name, **config)
+        else:
+            obj = factory(**_probe_kwargs(factory)) if isinstance(factory, type) else factory
     except Exception as exc:  # needs arguments: capabilities belong to a configured instance
         family = getattr(factory, "family", None)
         return CorruptionEntry(name, dist, family, _loss(family, factory), None,
-                               note=f"needs arguments to build: {type(exc).__name__}: {exc}")
+                               note=f"needs arguments to build: {type(exc).__name__}: {exc}", configuration=config)
     try:
         family = getattr(obj, "family", None)
         prediction = getattr(obj, "prediction", None)
         caps = sorted(capabilities(obj))
+        lacks = capability_notes(obj)
     except Exception as exc:  # a raising property: report it, keep listing the others
         return CorruptionEntry(name, dist, None, None, None, note=f"its capabilities could not be read "
-                               f"({type(exc).__name__}: {exc}); the fault is in {dist}")
+                               f"({type(exc).__name__}: {exc}); the fault is in {dist}", configuration=config)
     try:
         samplers = supported_samplers(obj, registry)
     except PluginError as exc:  # a raising supports(): named by the registry
-        return CorruptionEntry(name, dist, family, _loss(family, obj), None, caps, note=str(exc))
+        return CorruptionEntry(name, dist, family, _loss(family, obj), None, caps, note=str(exc), lacks=lacks,
+                               configuration=config)
     return CorruptionEntry(name, dist, family, _loss(family, obj), prediction if isinstance(prediction, str) else None,
-                           caps, samplers)
+                           caps, samplers, lacks=lacks, configuration=config)
 
 
 def build_report(registry: Registry) -> PluginReport:
     """The report of ``registry`` (see the module docstring)."""
     return PluginReport(
         plugins=[_plugin(p) for p in registry.plugins],
-        corruptions=[_corruption(registry, n) for n in registry.names("corruption")],
+        corruptions=[e for n in registry.names("corruption") for e in _corruptions(registry, n)],
         settings={k: os.environ.get(k) for k in ENV_SWITCHES},
     )
 

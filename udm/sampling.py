@@ -16,6 +16,7 @@ from ._options import sampler_own_keys
 from ._schema import schema_of
 from .accelerators import accelerate
 from .api import model_device_dtype, resolve_sampler, resolve_steps, sample
+from .batch import example_shape, is_parts, shape_for
 from .config import load_config, sampler_schema
 from .errors import ConfigError
 from .time import check_encoding
@@ -39,21 +40,23 @@ def _head(x: Any, k: int | None) -> Any:
 class SnapshotRecorder:
     """A sampler ``callback`` that keeps the reverse process at about ``count`` grid times, evenly spaced
     from the prior (t = 1) to the sample (t = 0): x_t and the x0_hat predicted from it, for the first
-    ``examples`` examples (``None``: all, e.g. a 2-D cloud). The last snapshot is the sample itself.
+    ``examples`` examples (``None``: all, e.g. a 2-D cloud). The last snapshot is the sample itself. ``view`` maps
+    states that are not data to data for the picture (a latent corruption's ``to_data``: the nearest tokens).
 
     Grid time i's state is the previous step's output (the prior ``x_init`` for i = 0)."""
 
     def __init__(self, x_init: Any, steps: int, *, count: int = 8, examples: int | None = 4,
-                 then: Any = None) -> None:
+                 then: Any = None, view: Any = None) -> None:
         self.examples, self.then = examples, then
+        self.view = view if view is not None else (lambda x: x)  # states as data (a latent corruption's to_data)
         self.keep = {round(i * steps / (count - 1)) for i in range(count)} if count > 1 else {steps}
         self.snapshots: list[_plots.Snapshot] = []
-        self._state = _head(x_init, examples)
+        self._state = _head(self.view(x_init), examples)
 
     def __call__(self, step: SamplerStep) -> None:
-        new = _head(step.x, self.examples)
+        new = _head(self.view(step.x), self.examples)
         if step.index in self.keep:
-            self.snapshots.append(_plots.Snapshot(step.t, self._state, _head(step.x0_hat, self.examples)))
+            self.snapshots.append(_plots.Snapshot(step.t, self._state, _head(self.view(step.x0_hat), self.examples)))
         if step.index + 1 == step.steps:  # the last step's output is the sample: x_0 = x0_hat
             self.snapshots.append(_plots.Snapshot(step.s, new, new))
         self._state = new
@@ -79,7 +82,7 @@ def sample_and_evaluate(exp: Any, network: torch.nn.Module, corruption: Any, tim
     variance table the run lacks on ``data`` (right after training) instead of refusing."""
     cfg, run = exp.config["sample"], exp.config["run"]
     seed = cfg["seed"] if cfg.get("seed") is not None else run["seed"]
-    shape = (cfg["n"], *(data_shape if data_shape is not None else data.shape[1:]))
+    shape = shape_for(cfg["n"], data_shape if data_shape is not None else example_shape(data))
     options = {k: v for k, v in cfg.items() if k not in _OWN}
     spec = resolve_sampler(cfg["sampler"], corruption, exp.registry, options)
     corrector = resolve_corrector(cfg.get("corrector"), corruption, exp.registry, where="sample")
@@ -93,9 +96,10 @@ def sample_and_evaluate(exp: Any, network: torch.nn.Module, corruption: Any, tim
     net = accelerate(network.eval(), precision=cfg.get("precision", "fp32"), compile=cfg.get("compile", False),
                      where="sample.precision")
     with per_sample_draws(generator):  # what udm.sample would draw first
-        x_init = corruption.sample_prior(tuple(shape), generator, device=device)
-    two_d = len(shape) == 2 and shape[1] == 2
-    plots = run.get("plots", True)
+        x_init = corruption.sample_prior(shape if is_parts(shape) else tuple(shape), generator, device=device)
+    parts = is_parts(shape)  # data made of parts: saved part by part, no pictures
+    two_d = not parts and len(shape) == 2 and shape[1] == 2
+    plots = run.get("plots", True) and not parts
     kind = getattr(corruption, "data_kind", "continuous")
     strips = plots and (kind != "continuous" or two_d or len(shape) in (3, 4))  # tokens, 2-D points, images
     last: list = []
@@ -104,7 +108,8 @@ def sample_and_evaluate(exp: Any, network: torch.nn.Module, corruption: Any, tim
             bar.update(1)
             last[:] = [s]
 
-        recorder = SnapshotRecorder(x_init, steps, examples=None if two_d else 4, then=callback)
+        recorder = SnapshotRecorder(x_init, steps, examples=None if two_d else 4, then=callback,
+                                    view=getattr(corruption, "to_data", None)) if strips else None
         x = sample(net, corruption, time_type, shape=shape, sampler=spec, steps=steps,
                    spacing=cfg["spacing"], generator=generator, registry=exp.registry, clamp=cfg["clamp"],
                    family_options=cfg.get("family_options"), callback=recorder if strips else callback,
@@ -180,7 +185,8 @@ def load_trained_run(run_dir: str | Path, where: str, *, sample: Callable[[dict]
     exp = Experiment.from_dict(apply_overrides(cfg, overrides), registry, str(saved))
     sampler_schema(exp.registry, exp.config["sample"]["sampler"])
     ckpt = checkpoint.newest_intact(run_dir / "checkpoints")
-    data_shape = list(ckpt.extra["data_shape"])
+    saved_shape = ckpt.extra["data_shape"]  # a mapping of shapes for data made of parts
+    data_shape = dict(saved_shape) if isinstance(saved_shape, dict) else list(saved_shape)
     model_cfg = exp.config["model"]
     corruption, time_type, network = exp.build(data_shape, model_cfg.get("vocab_size"), exp.config["run"]["seed"])
     check_encoding(time_type, ckpt.extra.get("time_encoding"), f"{where}: time")

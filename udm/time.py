@@ -14,7 +14,7 @@ import torch
 
 from .errors import ConfigError
 
-__all__ = ["TimeType", "check_grid", "check_encoding"]
+__all__ = ["TimeType", "check_grid", "check_encoding", "train_times", "network_time"]
 
 
 class TimeType(ABC):
@@ -79,6 +79,26 @@ def check_grid(times: torch.Tensor) -> torch.Tensor:
     if float(times.min()) < 0 or float(times.max()) > 1:
         raise ConfigError(f"sampler: times must lie in [0, 1]; got range [{float(times.min())}, {float(times.max())}].")
     return times
+
+
+def train_times(corruption: Any, time_type: TimeType, batch: int, generator: torch.Generator | None,
+                device: torch.device | str | None = None) -> Any:
+    """Training times for a batch: ``time_type.sample_train`` ``(batch,)``, unless the corruption draws its own
+    with ``train_times(time_type, batch, generator, device)`` (a product whose parts have independent times
+    returns one ``(batch,)`` tensor per part; docs/howto-compose.md)."""
+    own = getattr(corruption, "train_times", None)
+    if callable(own):
+        return own(time_type, batch, generator, device)
+    return time_type.sample_train(batch, generator, device=device)
+
+
+def network_time(time_type: TimeType, corruption: Any, t: Any) -> Any:
+    """What the network receives as time for ``t``: ``time_type.encode(t)``; for a corruption whose parts run on
+    their own clocks (``part_times(t)``, a product), the encoding of each part's time, as a mapping."""
+    parts = getattr(corruption, "part_times", None)
+    if callable(parts):
+        return {k: time_type.encode(v) for k, v in parts(t).items()}
+    return time_type.encode(t)
 
 
 def check_encoding(time_type: Any, saved: list[float] | None, where: str) -> None:

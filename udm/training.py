@@ -16,9 +16,10 @@ from . import _validate
 from ._options import TrainOptions
 from ._schema import schema_of
 from .accelerators import Precision, accelerate, check_precision
+from .batch import batch_size as _examples, rows, to_device
 from .losses import diffusion_loss
 
-__all__ = ["Trainer", "TrainResult", "TrainStep", "train"]
+__all__ = ["Trainer", "TrainResult", "TrainStep", "train", "corruption_modules"]
 
 
 @dataclass
@@ -47,6 +48,15 @@ class TrainResult:
 _OPTIONS = schema_of(TrainOptions)
 
 
+def corruption_modules(corruption: Any) -> dict[str, torch.nn.Module]:
+    """The modules of a learned forward process (a latent corruption's encoder, possibly inside a chain or
+    product): the corruption's ``trainable_modules()`` when it has that method, else none. The trainer moves
+    them to its device and optimises their parameters that require gradients together with the network's
+    (a frozen, pre-trained encoder has none)."""
+    own = getattr(corruption, "trainable_modules", None)
+    return dict(own()) if callable(own) else {}
+
+
 class Trainer:
     """Holds everything a training run changes: network, EMA copy, optimiser, step and generators.
 
@@ -59,6 +69,10 @@ class Trainer:
             and the loss stay in the data's dtype; see :mod:`udm.accelerators`); fp16 scales the loss.
         compile: ``torch.compile`` the network the loss calls (the saved weights are the plain module's).
         seed: seeds the noise/time generator (on the data's device) and the batch-index generator (CPU).
+
+    A corruption with learned parts (:func:`corruption_modules`, e.g. a latent corruption's encoder in joint
+    mode) is trained with the network: its modules move to ``device`` and their trainable parameters join the
+    optimiser (after the network's), gradient clipping and, across processes, gradient averaging.
     """
 
     def __init__(self, network: torch.nn.Module, corruption: Any, time_type: Any, *, lr: float = TrainOptions.lr,
@@ -82,7 +96,12 @@ class Trainer:
         self._params = list(network.parameters())
         self._ema_params = list(self.ema.parameters()) if self.ema is not None else []
         self._buffers = any(True for _ in network.buffers())
-        self.optimizer = torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=weight_decay, betas=betas)
+        #: trainable parameters of the corruption's learned modules (not averaged by the EMA: the EMA network is
+        #: sampled with the corruption as trained)
+        self._corruption_params = [p for m in corruption_modules(corruption).values() for p in m.to(device).parameters()
+                                   if p.requires_grad]
+        self.optimizer = torch.optim.AdamW([*self._params, *self._corruption_params], lr=lr,
+                                           weight_decay=weight_decay, betas=betas)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda k: min(1.0, (k + 1) / warmup) if warmup > 0 else 1.0)
         self.generator = torch.Generator(device=device).manual_seed(seed)
@@ -113,10 +132,10 @@ class Trainer:
         """``batch_size`` indices into ``n`` examples, uniform with replacement (explicit CPU generator)."""
         return torch.randint(n, (batch_size,), generator=self.data_generator)
 
-    def next_batch(self, data: torch.Tensor, batch_size: int) -> torch.Tensor:
+    def next_batch(self, data: Any, batch_size: int) -> Any:
         """The *global* batch of ``batch_size`` examples. Every rank of a multi-process run draws the same
         indices (equally seeded data generators); :meth:`train_step` keeps this rank's slice."""
-        return data[self.batch_indices(len(data), batch_size)].to(self.device, non_blocking=True)
+        return to_device(rows(data, self.batch_indices(_examples(data), batch_size)), self.device, non_blocking=True)
 
     def train_step(self, x0: torch.Tensor) -> float:
         """One AdamW step on the global batch ``x0`` (the loss on this rank's slice, see :attr:`shard`);
@@ -132,9 +151,11 @@ class Trainer:
             )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(out.loss).backward()
+        if self._corruption_params and self.shard[1] > 1:
+            self._average_corruption_grads()
         if self.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)  # clip the true gradients (a no-op without fp16)
-            torch.nn.utils.clip_grad_norm_(self._params, self.grad_clip)
+            torch.nn.utils.clip_grad_norm_([*self._params, *self._corruption_params], self.grad_clip)
         self.scaler.step(self.optimizer)  # skips the step when fp16 gradients overflowed
         self.scaler.update()
         self.scheduler.step()
@@ -142,6 +163,17 @@ class Trainer:
         if self.ema is not None:
             self._update_ema()
         return loss
+
+    def _average_corruption_grads(self) -> None:
+        """Average the corruption's gradients over the processes (DistributedDataParallel does it for the
+        network's only)."""
+        import torch.distributed as dist
+
+        for p in self._corruption_params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad)
+            p.grad /= self.shard[1]
 
     def state_dict(self) -> dict[str, Any]:
         """Everything :meth:`fit` changes, for a bit-for-bit resume: step, weights, EMA weights,

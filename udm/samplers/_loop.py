@@ -12,6 +12,10 @@ and the last step, which returns the prediction's mean (docs/math.md, "The last 
         x = run.final(pred) if run.last(i) else run.forward(pred.x0_hat, run.noise(x, pred.x0_hat, i), i + 1)
         run.report(i, x, pred)
 
+States may be tensors or mappings of parts (a product's; the batch size is read with :mod:`udm.batch`). The last
+step maps the prediction to data with the corruption's ``to_data`` when it has one (a latent corruption rounds its
+latent x0_hat to tokens there, and only there).
+
 A rule may keep any history between iterations, call :meth:`Sampling.predict` several times per step
 (at grid points or, with :meth:`Sampling.point`, anywhere), and reads ``run.nfe`` for the calls made.
 :func:`sample_loop` runs a memoryless one-step rule ``step(ctx, x_t, x0_hat, t, s) -> x_s`` on it.
@@ -38,6 +42,7 @@ from typing import Any
 
 import torch
 
+from ..batch import batch_device, batch_size
 from ..denoiser import Prediction
 from ..errors import CapabilityError
 from ..time import check_grid
@@ -74,7 +79,7 @@ class Point:
 
 def require(corruption: Any, rule: str, *caps: str) -> None:
     """Raise :class:`CapabilityError` when ``corruption`` lacks any of ``caps``."""
-    from ..corruption import capabilities
+    from ..corruption import capabilities, describe_missing
 
     have = capabilities(corruption)
     missing = [c for c in caps if c not in have]
@@ -82,15 +87,13 @@ def require(corruption: Any, rule: str, *caps: str) -> None:
         name = getattr(corruption, "name", type(corruption).__name__)
         raise CapabilityError(
             f"sampler rule {rule!r}: corruption {name!r} must offer {', '.join(caps)}; "
-            f"it lacks {', '.join(missing)}. Choose a sampler the corruption supports "
+            f"it lacks {describe_missing(corruption, missing)}. Choose a sampler the corruption supports "
             f"(`udm plugins` lists them per corruption) or implement the missing method."
         )
 
 
 def _batch(x: Any) -> tuple[int, torch.device]:
-    if isinstance(x, torch.Tensor):
-        return x.shape[0], x.device
-    return len(x), x.device
+    return batch_size(x), batch_device(x)
 
 
 class Sampling:
@@ -149,6 +152,7 @@ class Sampling:
         self._reuse = (declared if reuse is None else bool(reuse)) and isinstance(x_init, torch.Tensor) \
             and not isinstance(generator, PerSampleGenerator)
         self._uncorrupted = getattr(corruption, "uncorrupted", None) if self._reuse else None
+        self._to_data = getattr(corruption, "to_data", None)
         self._last: tuple[Any, float, Prediction] | None = None  # (state, time, prediction) of the last call
         self._shared: tuple[Any, int, Prediction] | None = None  # a prediction handed on by :meth:`share`
         warn_if_ill_conditioned(denoiser, corruption, self.table, self.values[0], self._range is not None)
@@ -261,10 +265,12 @@ class Sampling:
                     pred.mean = pred.mean.clamp(*self._range)
         return pred
 
-    @staticmethod
-    def final(pred: Prediction) -> Any:
-        """What the last step returns: q_theta's mean where it has one (no draw), else x0_hat."""
-        return pred.mean if pred.mean is not None else pred.x0_hat
+    def final(self, pred: Prediction) -> Any:
+        """What the last step returns: q_theta's mean where it has one (no draw), else x0_hat; mapped to the data
+        by the corruption's ``to_data`` when its states are not data (a latent corruption rounds its latent
+        x0_hat to tokens here, and only here)."""
+        x0 = pred.mean if pred.mean is not None else pred.x0_hat
+        return self._to_data(x0) if self._to_data is not None else x0
 
     def report(self, i: int, x: Any, pred: Prediction | Any) -> None:
         """End of step i with the new state ``x``: run the corrector (every step but the last, written back into

@@ -43,7 +43,7 @@ def requires(*always: str, **when: tuple[str, ...] | str) -> Callable[[Callable[
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
         def rule(denoiser, corruption, times, x_init, *, corrector=None, **options):
-            from ..corruption import capabilities
+            from ..corruption import capabilities, describe_missing
             from ._correct import resolve_corrector, sampling_context
 
             needed = req.for_options(options)
@@ -52,8 +52,8 @@ def requires(*always: str, **when: tuple[str, ...] | str) -> Callable[[Callable[
                 name = getattr(corruption, "name", type(corruption).__name__)
                 raise CapabilityError(
                     f"sampler rule {fn.__name__!r}: corruption {name!r} must offer {', '.join(needed)}; it lacks "
-                    f"{', '.join(missing)}. Choose a sampler the corruption supports (`udm plugins` lists them per "
-                    f"corruption) or implement the missing method.")
+                    f"{describe_missing(corruption, missing)}. Choose a sampler the corruption supports (`udm plugins` "
+                    f"lists them per corruption) or implement the missing method.")
             fixer = resolve_corrector(corrector, corruption, where=f"sampler rule {fn.__name__!r}")
             with sampling_context(options.get("generator"), fixer):
                 return fn(denoiser, corruption, times, x_init, **options)

@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..corruption import capabilities
+from ..corruption import capabilities, describe_missing
 from ..errors import CapabilityError, ConfigError
 from ._requires import calls_per_step_of, requirements_of
 
@@ -87,7 +87,7 @@ class SamplerSpec:
             cname = getattr(corruption, "name", type(corruption).__name__)
             raise CapabilityError(
                 f"sampler {self.name!r}: corruption {cname!r} must offer {', '.join(self.required(options))}; "
-                f"it lacks {', '.join(missing)}."
+                f"it lacks {describe_missing(corruption, missing)}."
             )
         fixer = resolve_corrector(corrector, corruption, where=f"sampler {self.name!r}")
         with sampling_context(generator, fixer):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -127,6 +128,8 @@ def posterior_law(ctx: KitContext, alpha: float) -> CheckResult:
 def _flat_noise(eps: Any) -> torch.Tensor:
     if isinstance(eps, torch.Tensor):
         return eps.reshape(eps.shape[0], -1).double()
+    if isinstance(eps, Mapping):
+        return torch.cat([_flat_noise(v) for v in eps.values()], 1)
     return torch.cat([_flat_noise(getattr(eps, f.name)) for f in dataclasses.fields(eps)
                       if isinstance(getattr(eps, f.name), torch.Tensor)], 1)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,7 +74,14 @@ def _is_sequences(x: Any) -> bool:
 
 def rows_equal(a: Any, b: Any) -> torch.Tensor:
     """Bool ``(n,)`` on the CPU: which rows of two batches are equal (float tensors to ATOL + RTOL |b|;
-    integer tensors exactly; sequence batches by length and tokens; dataclasses of tensors field by field)."""
+    integer tensors exactly; sequence batches by length and tokens; dataclasses of tensors field by field; mappings
+    of parts part by part)."""
+    if isinstance(a, Mapping) and isinstance(b, Mapping) and set(a) == set(b) and a:
+        out = None
+        for k in a:
+            eq = rows_equal(a[k], b[k])
+            out = eq if out is None else out & eq
+        return out
     if isinstance(a, torch.Tensor):
         if not isinstance(b, torch.Tensor) or a.shape != b.shape:
             return torch.zeros(len(a), dtype=torch.bool)

@@ -10,7 +10,7 @@ marginal cannot see: projections of the concatenation and of the difference, and
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -126,7 +126,12 @@ def delta_features(features: Callable[..., Any]) -> Callable[..., Features]:
 
 def noise_features(eps: Any, generator: torch.Generator, label: str = "eps") -> Features | None:
     """Named features of a noise batch: a tensor (float: as :func:`default_features`; integer: the value at
-    every position) or a dataclass of tensors (each field, prefixed by its name); ``None`` otherwise."""
+    every position), a dataclass of tensors (each field, prefixed by its name) or a mapping of them (each part,
+    prefixed by its key: a chain's or a product's noise); ``None`` otherwise."""
+    if isinstance(eps, Mapping):
+        parts = [noise_features(v, generator, f"{label}[{k!r}]") for k, v in eps.items()]
+        parts = [p for p in parts if p is not None]
+        return Features.cat(parts) if parts else None
     if isinstance(eps, torch.Tensor):
         flat = eps.reshape(eps.shape[0], -1)
         if flat.dtype.is_floating_point:
