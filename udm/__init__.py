@@ -5,7 +5,7 @@ of reverse samplers. Corruptions, time types, samplers, models, datasets and met
 plugins found through entry points in the group ``udm``.
 """
 
-from . import bases, nn, samplers
+from . import bases, grids, nn, samplers
 from ._registry import PluginInfo, Registry, list_plugins, load_registry, registry
 from ._tensor import append_dims
 from .api import resolve_sampler, sample, supported_samplers
@@ -54,6 +54,7 @@ __all__ = [
     "AffineSchedule",
     "samplers",
     "bases",
+    "grids",
     "LinearGaussian",
     "Marginal",
     "Parameterization",

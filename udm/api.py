@@ -12,7 +12,7 @@ from .denoiser import Denoiser
 from .errors import CapabilityError
 from .samplers import SamplerSpec, SamplerStep
 
-__all__ = ["sample", "supported_samplers", "resolve_sampler"]
+__all__ = ["sample", "supported_samplers", "resolve_sampler", "sample_start", "describe_start"]
 
 
 def supported_samplers(corruption: Any, registry: Registry | None = None) -> list[str]:
@@ -40,6 +40,32 @@ def resolve_sampler(name: str | SamplerSpec, corruption: Any, registry: Registry
             f"{', '.join(missing)}. Samplers {cname!r} supports: {ok}."
         )
     return spec
+
+
+def sample_start(corruption: Any, t0: float, shape: tuple[int, ...], generator: torch.Generator | None, *,
+                 device: Any = None, dtype: torch.dtype | None = None) -> Any:
+    """x at the grid's first time t0: the corruption's prior at t0 = 1, else its ``noise_prior(t0)`` (a
+    linear-Gaussian corruption's x_t0 with a(t0) x_0 neglected; docs/math.md, "Time grids")."""
+    if t0 == 1.0:
+        return corruption.sample_prior(tuple(shape), generator, device=device, dtype=dtype)
+    noise_prior = getattr(corruption, "noise_prior", None)
+    if not callable(noise_prior):
+        cname = getattr(corruption, "name", type(corruption).__name__)
+        raise CapabilityError(f"udm.sample: the grid's first time must be 1 for corruption {cname!r}, which has a "
+                              f"prior only at t = 1; got t_0 = {t0:.6g}. Use a spacing that starts at t = 1 "
+                              f"(uniform, quadratic, trailing).")
+    return noise_prior(t0, tuple(shape), generator, device=device, dtype=dtype)
+
+
+def describe_start(corruption: Any, times: Any, shape: tuple[int, ...]) -> dict[str, Any]:
+    """The grid's first time and the prior a sampling run starts from, for run records."""
+    t0 = float(times[0])
+    if t0 == 1.0:
+        return {"first_time": 1.0, "prior": "the corruption's prior at t = 1 (sample_prior)"}
+    m = corruption.marginal(torch.tensor([t0], dtype=torch.float64),
+                            torch.zeros((1, *shape[1:]), dtype=torch.float64), derivatives=False)
+    return {"first_time": t0, "prior": f"noise_prior: x_t0 = s(t0) eps with s(t0) = {float(m.s64.max()):.6g} "
+                                       f"(a(t0) = {float(m.a64.abs().max()):.3g} times x_0 neglected)"}
 
 
 def _model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype | None]:
@@ -78,5 +104,5 @@ def sample(model: torch.nn.Module | Callable[..., Any], corruption: Any, time_ty
     elif device is None:
         device = generator.device if generator is not None else torch.device("cpu")
     times = time_type.grid(steps, spacing=spacing, corruption=corruption)
-    x_init = corruption.sample_prior(tuple(shape), generator, device=device, dtype=dtype)
+    x_init = sample_start(corruption, float(times[0]), tuple(shape), generator, device=device, dtype=dtype)
     return spec(model, corruption, times, x_init, generator=generator, callback=callback, clamp=clamp, **options)

@@ -12,7 +12,7 @@ import yaml
 from . import _artifacts, checkpoint
 from ._progress import Progress
 from ._schema import schema_of
-from .api import sample
+from .api import describe_start, sample
 from .config import sampler_schema
 from .errors import ConfigError
 
@@ -53,7 +53,9 @@ def sample_and_evaluate(exp: Any, network: torch.nn.Module, corruption: Any, tim
     metrics = {}
     for name, kwargs in exp.config["eval"].items():
         metrics[name] = float(exp.registry.get("metric", name)(x, reference, **(kwargs or {})))
-    record = {"step": step, "sampler": cfg["sampler"], "sample_steps": cfg["steps"], "seed": seed, "eval": metrics}
+    grid = time_type.grid(cfg["steps"], spacing=cfg["spacing"], corruption=corruption)
+    record = {"step": step, "sampler": cfg["sampler"], "sample_steps": cfg["steps"], "seed": seed,
+              "grid": {"spacing": cfg["spacing"], **describe_start(corruption, grid, shape)}, "eval": metrics}
     if log is not None:
         log.write(record)
     with (run_dir / "eval.jsonl").open("a") as fh:
