@@ -2,8 +2,14 @@
 
 from ._loop import Point, SamplerStep, Sampling, StepContext, require, sample_loop
 from ._requires import Requirements, requirements_of, requires
-from ._rules import CALLS_PER_STEP, RULES, SOLVERS, invert, ode, posterior, refresh, renoise, residual
+from ._adaptive import TABLEAUX, adaptive
+from ._multistep import METHODS, multistep
+from ._rules import CALLS_PER_STEP, SOLVERS, invert, ode, posterior, refresh, renoise, residual
+from ._rules import RULES as _FIRST_ORDER
 from ._spec import SamplerSpec
+
+#: rule name -> function (each declares its requirements with ``@requires``)
+RULES = {**_FIRST_ORDER, "multistep": multistep, "adaptive": adaptive}
 
 __all__ = [
     "SamplerSpec",
@@ -22,6 +28,10 @@ __all__ = [
     "residual",
     "ode",
     "posterior",
+    "multistep",
+    "METHODS",
+    "adaptive",
+    "TABLEAUX",
     "RULES",
     "SOLVERS",
     "CALLS_PER_STEP",
