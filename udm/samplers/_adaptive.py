@@ -78,36 +78,41 @@ def adaptive(denoiser, corruption, times, x_init, *, generator=None, callback=No
     c, a, b, b_low, order_low = TABLEAUX[method]
     last: list[Any] = [None]
 
-    def f(u: float, x: torch.Tensor) -> torch.Tensor:
+    u, u_end, x = math.sqrt(run.values[0]), math.sqrt(t_end), x_init
+
+    def time(v: float) -> float:  # the grid's own values at the ends, exactly
+        return run.values[0] if v == math.sqrt(run.values[0]) else t_end if v == u_end else v * v
+
+    def f(v: float, x: torch.Tensor) -> torch.Tensor:
         if run.nfe >= max_calls:
             raise UdmError(f"sampler 'adaptive': the model calls must stay within max_calls={max_calls}; got more "
-                           f"at t = {u * u:.6g}. Loosen rtol/atol or raise max_calls.")
-        p = run.point(u * u) if u * u != run.values[0] else 0
+                           f"at t = {time(v):.6g}. Loosen rtol/atol or raise max_calls.")
+        p = run.point(time(v)) if time(v) != run.values[0] else 0
         pred = run.predict(x, p)
         last[0] = pred
-        return 2 * u * run.velocity(pred.x0_hat, run.noise(x, pred.x0_hat, p), p)
+        return 2 * v * run.velocity(pred.x0_hat, run.noise(x, pred.x0_hat, p), p)
 
-    u, u_end, x = math.sqrt(run.values[0]), math.sqrt(t_end), x_init
     k1 = f(u, x)
     scale = atol + rtol * x.abs()
     d0, d1 = float((x / scale).pow(2).mean().sqrt()), float((k1 / scale).pow(2).mean().sqrt())
     h = -min(abs(u_end - u), 0.01 * d0 / d1 if d1 > 1e-5 and d0 > 1e-5 else 1e-2 * abs(u_end - u))
     taken = 0
     while u > u_end:
-        h = max(h, u_end - u)  # h < 0: do not step past the end
+        landing = u + h <= u_end or u + h - u_end < 1e-12 * u_end  # h < 0: land exactly on the end, never past it
+        if landing:
+            h = u_end - u
+        u_next = u_end if landing else u + h
         ks = [k1]
         for j in range(1, len(c)):
-            ks.append(f(u + c[j] * h, _combine(x, h, a[j], ks)))
+            ks.append(f(u_next if c[j] == 1 else u + c[j] * h, _combine(x, h, a[j], ks)))
         x_new = _combine(x, h, b, ks)  # FSAL: the last stage was evaluated at x_new
         x_low = _combine(x, h, b_low, ks)
         scale = atol + rtol * torch.maximum(x.abs(), x_new.abs())
         err = float(((x_new - x_low) / scale).pow(2).mean().sqrt())
         if err <= 1.0:
-            t, u, x, k1 = u * u, u + h, x_new, ks[-1]
-            if u - u_end < 1e-12 * max(1.0, u_end):
-                u = u_end
+            t, u, x, k1 = time(u), u_next, x_new, ks[-1]
             if run.callback is not None:
-                run.callback(SamplerStep(taken, taken + 1, t, u * u, x, last[0].x0_hat, run.nfe))
+                run.callback(SamplerStep(taken, taken + 1, t, time(u), x, last[0].x0_hat, run.nfe))
             taken += 1
         h = h * min(5.0, max(0.2, 0.9 * (err if err > 0 else 1e-10) ** (-1.0 / (order_low + 1))))
     if not ends_at_zero:
