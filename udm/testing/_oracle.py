@@ -26,7 +26,7 @@ class GaussianMixture:
         means: ``(K, D)``; stds: ``(K, D)`` or ``(K,)`` (isotropic); weights: ``(K,)`` summing to 1.
 
     For x_t = alpha x_0 + sigma eps the posterior is again a mixture; :meth:`denoiser` returns the exact
-    E[x_0 | x_t] (float64 inside):
+    E[x_0 | x_t] (float64 inside) and :meth:`posterior_variance` the diagonal of Cov[x_0 | x_t]:
 
         w_k(x_t) ∝ w_k N(x_t; alpha mu_k, alpha^2 s_k^2 + sigma^2)
         E[x_0 | x_t, k] = mu_k + alpha s_k^2 / (alpha^2 s_k^2 + sigma^2) (x_t - alpha mu_k)
@@ -55,8 +55,8 @@ class GaussianMixture:
         z = torch.randn(n, self.means.shape[1], generator=generator, dtype=torch.float64)
         return (self.means[k] + self.stds[k] * z).to(dtype)
 
-    def posterior_mean(self, x_t: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        """E[x_0 | x_t] for per-sample amplitudes ``alpha, sigma`` ``(batch,)``; x_t ``(batch, D)``."""
+    def _posterior(self, x_t: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor):
+        """Responsibilities ``(B, K, 1)`` and each component's posterior mean and variance ``(B, K, D)``."""
         x = x_t.to(torch.float64)[:, None, :]  # (B, 1, D)
         a = alpha.to(torch.float64).reshape(-1, 1, 1)
         s2 = sigma.to(torch.float64).reshape(-1, 1, 1) ** 2
@@ -64,9 +64,28 @@ class GaussianMixture:
         var = a * a * v + s2
         resid = x - a * self.means[None]
         logp = torch.log(self.weights)[None] - 0.5 * (var.log() + resid**2 / var).sum(-1)
-        w = logp.softmax(dim=1)[..., None]  # (B, K, 1)
-        cond = self.means[None] + a * v / var * resid
+        return logp.softmax(dim=1)[..., None], self.means[None] + a * v / var * resid, v * s2 / var
+
+    def posterior_mean(self, x_t: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """E[x_0 | x_t] for per-sample amplitudes ``alpha, sigma`` ``(batch,)``; x_t ``(batch, D)``."""
+        w, cond, _ = self._posterior(x_t, alpha, sigma)
         return (w * cond).sum(1).to(x_t.dtype)
+
+    def posterior_variance(self, x_t: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """The diagonal of Cov[x_0 | x_t] ``(batch, D)`` float64: sum_k w_k (var_k + mean_k^2) - mean^2."""
+        w, cond, cvar = self._posterior(x_t, alpha, sigma)
+        mean = (w * cond).sum(1)
+        return ((w * (cvar + cond**2)).sum(1) - mean**2).clamp_min(0)
+
+    def average_posterior_variance(self, alpha: float, sigma: float, n: int = 20000,
+                                   generator: torch.Generator | None = None) -> float:
+        """E_{x_t}[Var[x_0 | x_t]] averaged over dimensions (Monte Carlo over x_0 ~ p, eps ~ N(0, I); n draws): the
+        optimal isotropic variance of a Gaussian q_theta at this noise level (Bao et al. 2022; docs/math.md,
+        "q_theta with a variance"), e.g. for a :class:`udm.VarianceTable`."""
+        x0 = self.sample(n, generator, dtype=torch.float64)
+        x_t = alpha * x0 + sigma * torch.randn(x0.shape, generator=generator, dtype=torch.float64)
+        full = torch.full((n,), 1.0, dtype=torch.float64)
+        return float(self.posterior_variance(x_t, alpha * full, sigma * full).mean())
 
     def denoiser(self, corruption: Any):
         """An exact denoiser ``(x_t, t, generator) -> E[x_0 | x_t]`` for a corruption with ``schedule``."""
