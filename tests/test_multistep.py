@@ -301,3 +301,30 @@ def test_fewer_steps_than_the_order_degrade_with_a_note(cosine, steps, ends_at_z
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # enough steps: no note
         S.multistep(den, cosine, torch.linspace(1, 0, 6, dtype=F64), x, order=3)
+
+
+# ------------------------------------------------------------------------------- experiments
+def test_an_experiment_samples_with_a_solver_and_records_the_grid_start(tmp_path, reg):
+    """YAML names the preset and its options; a logsnr grid on cosine starts below t = 1 from noise_prior, and
+    eval.jsonl says so."""
+    import json
+
+    exp = tmp_path / "solver.yaml"
+    exp.write_text("""\
+corruption: {name: gaussian, schedule: cosine}
+time: {name: discrete, steps: 100}
+model: {name: mlp, width: 16, depth: 1, time_dim: 8}
+data: {name: two_moons, n: 128}
+train: {steps: 4, batch_size: 32, lr: 1e-2}
+sample: {sampler: unipc, steps: 6, n: 32, spacing: logsnr, order: 3}
+eval: {sliced_wasserstein: {projections: 8}}
+""")
+    udm.run_experiment(exp, out=tmp_path / "run", progress=False, registry=reg)
+    (record,) = [json.loads(line) for line in (tmp_path / "run" / "eval.jsonl").read_text().splitlines()]
+    grid = reg.create("time", "discrete", steps=100).grid(6, spacing="logsnr",
+                                                         corruption=reg.create("corruption", "gaussian",
+                                                                               schedule="cosine"))
+    assert record["sampler"] == "unipc" and record["grid"]["spacing"] == "logsnr"
+    assert record["grid"]["first_time"] == float(grid[0]) < 1
+    assert record["grid"]["prior"].startswith("noise_prior: x_t0 = s(t0) eps with s(t0) = ")
+    assert math.isfinite(record["eval"]["sliced_wasserstein"])
