@@ -191,9 +191,11 @@ def test_noise_level_grids_start_at_the_log_snr_floor_when_lambda_1_is_minus_inf
     x = udm.sample(lambda x, t, gen=None: torch.zeros_like(x), corr, time, shape=(20000, 1), sampler="invert",
                    steps=1, spacing="logsnr", generator=gen(0), dtype=torch.float64, callback=None)
     assert torch.equal(x, torch.zeros_like(x))  # one step: the prediction itself
-    start = udm.api.sample_start(corr, float(g[0]), (20000, 1), gen(1), dtype=torch.float64)
-    s0 = float(corr.noise_schedule.amplitudes(g[:1])[1])
-    assert abs(float(start.std()) / s0 - 1) < 5 * (1 / 40000) ** 0.5  # sd of a sample sd: sigma / sqrt(2n)
+    start = udm.api.sample_start(corr, float(g[0]), (50, 3), gen(1), dtype=torch.float64)
+    s0 = float(corr.noise_schedule.amplitudes(g[:1])[1])  # cosine 0.99983, flow 0.982
+    assert torch.allclose(start, s0 * torch.randn((50, 3), generator=gen(1), dtype=torch.float64), rtol=1e-12, atol=0)
+    one = udm.api.sample_start(corr, 1.0, (50, 3), gen(1), dtype=torch.float64)
+    assert torch.equal(one, corr.sample_prior((50, 3), gen(1), dtype=torch.float64))
 
 
 def test_continuous_errors(reg):
