@@ -162,9 +162,10 @@ def diffusers_loop(scheduler_cls, **step_kw):
     """A diffusers scheduler's set_timesteps/step loop (the way its pipelines call it) on udm's grid."""
 
     def make(steps: int):
+        extra = {"DDIMScheduler": {"set_alpha_to_one": True, "clip_sample": False},
+                 "DDPMScheduler": {"clip_sample": False}}.get(scheduler_cls.__name__, {})
         sched = scheduler_cls(num_train_timesteps=T, beta_start=BETA_START, beta_end=BETA_END, beta_schedule="linear",
-                              clip_sample=False, prediction_type="epsilon", timestep_spacing="trailing",
-                              **({"set_alpha_to_one": True} if scheduler_cls.__name__ == "DDIMScheduler" else {}))
+                              prediction_type="epsilon", timestep_spacing="trailing", **extra)
 
         def run(model, x, grid, abar, gen):
             sched.set_timesteps(steps, device=x.device)

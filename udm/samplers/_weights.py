@@ -185,23 +185,29 @@ class StepPlan:
 WeightFn = Callable[[int, Tensor, list[Tensor]], list[Tensor]]
 
 
-def _select(fn: WeightFn, q: int, lam: Tensor, i: int, valid: Tensor) -> Tensor:
-    """Weights ``(q, K)`` (``(q + 1, K)`` for a corrector) of order q at step i: each coefficient uses the order
-    ``min(q, valid)`` its finite nodes allow (1 where the step itself is not finite)."""
-    h = lam[i + 1] - lam[i]
-    finite = torch.isfinite(h) & torch.isfinite(lam[i])
-    q_k = torch.where(finite, valid.clamp(max=q), torch.ones_like(valid))
-    safe_h = torch.where(finite, h, torch.ones_like(h))
+def _all_steps(fn: WeightFn, lam: Tensor, orders: Tensor) -> Tensor:
+    """The weights of every step at once, ``(L, S, K)`` for S steps and K coefficients (L = the largest order, + 1
+    for a corrector): step i and coefficient k use the order min(orders[i], the finite nodes ending at i), and a
+    step from or to an infinite log-SNR puts all weight on the newest prediction (the h -> inf limit of every
+    formula here: the kernel concentrates at the step's end; for a predictor the newest is all it has)."""
+    n, k = lam.shape
+    idx = torch.arange(n)[:, None].expand(n, k)
+    last_bad = torch.cummax(torch.where(torch.isfinite(lam), torch.full_like(idx, -1), idx), dim=0).values
+    run_len = (idx - last_bad)[:-1]  # consecutive finite nodes ending at each step's start
+    lam_i, h = lam[:-1], lam[1:] - lam[:-1]
+    finite = torch.isfinite(h) & torch.isfinite(lam_i)
+    q = torch.where(finite, torch.minimum(run_len, orders[:, None]), torch.ones_like(run_len))
+    safe_h = torch.where(finite, h, torch.ones_like(h)).reshape(-1)
     ws = []
-    for qq in range(1, q + 1):  # non-finite nodes get distinct dummies; no coefficient selects them
-        d = [torch.where(torch.isfinite(lam[i - j]) & finite, lam[i - j] - lam[i], torch.full_like(h, -float(j)))
-             for j in range(1, qq)]
-        ws.append(torch.stack(fn(qq, safe_h, d)))
+    for qq in range(1, int(orders.max()) + 1):  # invalid nodes get distinct dummies; no coefficient selects them
+        d = []
+        for j in range(1, qq):
+            back = torch.cat([torch.full((j, k), float("nan"), dtype=lam.dtype), lam_i[:-j]]) - lam_i
+            d.append(torch.where(torch.isfinite(back) & finite, back, torch.full_like(back, -float(j))).reshape(-1))
+        ws.append(torch.stack(fn(qq, safe_h, d)).reshape(-1, *h.shape))
     out = torch.zeros_like(ws[-1])
     for qq, w in enumerate(ws, start=1):
-        out[: w.shape[0]] = torch.where(q_k == qq, w, out[: w.shape[0]])
-    # a step from or to an infinite log-SNR: all weight on the newest prediction (the h -> inf limit of every
-    # formula here: the kernel concentrates at the step's end; for a predictor the newest is all it has)
+        out[: w.shape[0]] = torch.where(q == qq, w, out[: w.shape[0]])
     out[:, ~finite] = 0.0
     out[0, ~finite] = 1.0
     return out
@@ -213,28 +219,28 @@ def plan(table: Marginal, like: Tensor, weights: WeightFn, orders: list[int], *,
 
     ``weights(q, h, d)``: the solver's weights of order q; ``orders``: each step's order; ``eps_history``: the
     weights act on the noise history (DEIS), else on the x0 history; ``corrector(q, h, d)``: UniC's weights.
-    Returns the plans and whether the weights are per basis coefficient (tensors) rather than scalars.
+    All steps are computed at once (a few dozen small tensor ops per sampler call, none per step). Returns the
+    plans and whether the weights are per basis coefficient (tensors) rather than scalars.
     """
     lam, cshape = half_log_snr(table)
-    finite = torch.isfinite(lam)
-    run_len = torch.zeros_like(lam, dtype=torch.long)  # consecutive finite nodes ending at point i
-    for i in range(lam.shape[0]):
-        run_len[i] = torch.where(finite[i], (run_len[i - 1] if i else 0) + 1, torch.zeros_like(run_len[i]))
+    steps = lam.shape[0] - 1
+    q = torch.tensor(orders[:steps], dtype=torch.long)
+    w = _all_steps(weights, lam, q)
+    corr = _all_steps(corrector, lam, q) if corrector is not None else None
+    eps = None
+    if eps_history:  # x0' = x0_i + sum_j rho_i w_j (eps_i - eps_{i-j}), rho_i = s_i / a_i
+        eps = torch.where(w[1:] == 0, torch.zeros_like(w[1:]), torch.exp(-lam[:-1]) * w[1:])
+        w = torch.cat([torch.ones_like(w[:1]), torch.zeros_like(w[1:])])
     scalar = lam.shape[1] == 1
 
-    def cast(w: Tensor) -> Any:
-        return float(w[0]) if scalar else w.reshape(1, *cshape).to(device=like.device, dtype=like.dtype)
+    def cast(ws: Tensor | None, i: int, n: int) -> tuple:
+        if ws is None:
+            return ()
+        if scalar:
+            return tuple(ws[:n, i, 0].tolist())
+        return tuple(v.reshape(1, *cshape).to(device=like.device, dtype=like.dtype) for v in ws[:n, i])
 
-    plans = []
-    for i, q in enumerate(orders[: lam.shape[0] - 1]):
-        w = _select(weights, q, lam, i, run_len[i])
-        corr = None
-        if corrector is not None and i + 2 < lam.shape[0]:
-            corr = tuple(cast(v) for v in _select(corrector, q, lam, i, run_len[i]))
-        if eps_history:  # x0' = x0_i + sum_j rho_i w_j (eps_i - eps_{i-j}), rho_i = s_i / a_i
-            rho = torch.exp(-lam[i])
-            ks = [torch.where(wj == 0, torch.zeros_like(wj), rho * wj) for wj in w[1:]]
-            plans.append(StepPlan(q, (cast(torch.ones_like(w[0])),), tuple(cast(k) for k in ks), corr))
-        else:
-            plans.append(StepPlan(q, tuple(cast(v) for v in w), (), corr))
+    plans = [StepPlan(o, cast(w, i, 1 if eps_history else o), cast(eps, i, o - 1),
+                      cast(corr, i, o + 1) if corr is not None and i + 1 < steps else None)
+             for i, o in enumerate(orders[:steps])]
     return plans, not scalar
