@@ -81,6 +81,11 @@ def _check(method: str, order: Any, eta: Any, corrector: bool, variant: str) -> 
     return m
 
 
+def _zero(w: Any) -> bool:
+    """A weight that is the number 0 (a dropped history term; tensor weights are always applied)."""
+    return isinstance(w, float) and w == 0.0
+
+
 class _History:
     """The newest-first history of q_theta's means (and, for DEIS, of the noise they imply) and the weighted sums
     of it, in data space for scalar weights and in the corruption's basis for per-coefficient ones."""
@@ -93,7 +98,7 @@ class _History:
     def combine(self, terms: list[tuple[Any, Any]]) -> Any:
         """sum_j w_j x_j for (w_j, x_j) pairs, weights per basis coefficient when they are tensors (``None`` when
         every weight is the number 0)."""
-        terms = [(w, x) for w, x in terms if not (isinstance(w, float) and w == 0.0)]
+        terms = [(w, x) for w, x in terms if not _zero(w)]
         if not terms:
             return None
         if not self.per_coef:
@@ -110,8 +115,7 @@ class _History:
         means = history if history is not None else list(self.means)
         d = self.combine(list(zip(x0_weights, means)))
         e = list(self.eps)
-        extra = self.combine([(k, e[0] - e[j + 1]) for j, k in enumerate(eps_weights)
-                              if not (isinstance(k, float) and k == 0.0)])
+        extra = self.combine([(k, e[0] - e[j + 1]) for j, k in enumerate(eps_weights) if not _zero(k)])
         return d if extra is None else d + extra
 
 
@@ -157,7 +161,7 @@ def multistep(denoiser, corruption, times, x_init, *, generator=None, callback=N
     for i in run:
         pred = run.predict(x, i)
         mean = pred.mean if pred.mean is not None else pred.x0_hat
-        delta = None if pred.x0_hat is mean else pred.x0_hat - mean  # a draw of q_theta: enters once, undamped
+        delta = None if pred.x0_hat is mean else pred.x0_hat - mean  # a draw of q_theta: added once, not extrapolated
         if corrector and before is not None and not run.last(i):  # UniC: redo step i - 1 with mean_i known
             d = hist.estimate(plans[i - 1].corrector, (), [mean, *hist.means])
             x = _advance(run, before, d if before_delta is None else d + before_delta, i - 1, eta, amounts)
