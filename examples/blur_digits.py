@@ -13,7 +13,7 @@ Writes a sample grid (first row: held-out digits; then one row per configuration
     python examples/blur_digits.py --minutes 3 --out docs/img/blur_digits.png
     python examples/blur_digits.py --configs heat,blurring --samplers invert,dpm++2m --steps 10,20
 
-Needs scikit-learn (``pip install udm[digits]``).
+Needs scikit-learn and matplotlib (``pip install udm[digits,plots]``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import time
 import torch
 
 import udm
-from udm._plots import image_grid, write_png
+from udm import _plots
 
 CONFIGS = {
     # name: corruption options (continuous time suits the smooth heat schedule)
@@ -81,7 +81,9 @@ def main() -> None:
                 print(f"  {sampler:9s} {steps:3d} steps: FD = {fd(x, held_out):.3f}  "
                       f"({time.perf_counter() - start:.0f} s)", flush=True)
             rows.append(x[:12])
-    write_png(args.out, image_grid(torch.cat(rows), value_range=(-1, 1), nrow=12, pad=2, scale=6))
+    caption = (f"rows: held-out digits, then for each of {', '.join(args.configs.split(','))}:\n"
+               f"{', '.join(SAMPLERS)} ({args.steps.split(',')[-1]} steps)")
+    _plots.save(_plots.image_grid_figure(torch.cat(rows), (-1, 1), caption, nrow=12), args.out)
     print(f"wrote {args.out}")
 
 

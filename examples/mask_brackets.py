@@ -2,7 +2,9 @@
 
 Trains the small token Transformer for a fixed wall-clock budget, then reports the validity rate of samples
 (the fraction of exactly balanced strings) at 8, 32 and `length` sampling steps, for the ancestral ``invert``
-sampler and the MaskGIT-style ``confidence`` sampler. Run: python examples/mask_brackets.py [--minutes 3]
+sampler and the greedy MaskGIT-style order (``confidence`` with ``by="drawn"``, ``choice_temperature=0``: the
+drawn token's probability, mode-seeking, which raises validity, a precision measure).
+Run: python examples/mask_brackets.py [--minutes 3]
 
 Measured (length 16, 1000 samples; --minutes 11 = 5000 steps on a busy 2-core CPU, loss 1.28 -> 0.845 nats
 per position, the language's entropy is log(366080)/16 = 0.80): validity at 8 / 16 / 32 steps
@@ -18,7 +20,7 @@ import torch
 import udm
 
 
-def train_and_report(corruption_cfg: dict, time_cfg: dict, samplers: tuple[str, ...], *, length: int = 16,
+def train_and_report(corruption_cfg: dict, time_cfg: dict, samplers: tuple, *, length: int = 16,
                      minutes: float = 3.0, n_samples: int = 1000, seed: int = 0) -> dict:
     reg = udm.registry()
     data = reg.create("dataset", "brackets", n=20000, length=length, seed=seed)
@@ -34,16 +36,17 @@ def train_and_report(corruption_cfg: dict, time_cfg: dict, samplers: tuple[str, 
     print(f"{corruption!r}, {time_type!r}: {trainer.step} steps in {time.perf_counter() - start:.0f} s, "
           f"loss {sum(losses[:100]) / 100:.3f} -> {sum(losses[-100:]) / 100:.3f}")
     validity, results = reg.get("metric", "bracket_validity"), {}
-    for sampler in samplers:
+    for entry in samplers:  # a sampler name, or (name, options)
+        sampler, options = (entry, {}) if isinstance(entry, str) else entry
         for steps in (8, 32, length):
             x = udm.sample(trainer.ema, corruption, time_type, shape=(n_samples, length), sampler=sampler,
-                           steps=steps, generator=torch.Generator().manual_seed(seed + 1))
+                           steps=steps, generator=torch.Generator().manual_seed(seed + 1), **options)
             results[(sampler, steps)] = validity(x)
             print(f"  {sampler:>10s} {steps:3d} steps: validity {results[(sampler, steps)]:.3f}")
     return results
 
 
-def main(corruption: dict, time: dict, samplers: tuple[str, ...]) -> None:
+def main(corruption: dict, time: dict, samplers: tuple) -> None:
     """Command line shared by the bracket examples: --minutes, --length, --threads."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--minutes", type=float, default=3.0)
@@ -55,4 +58,5 @@ def main(corruption: dict, time: dict, samplers: tuple[str, ...]) -> None:
 
 
 if __name__ == "__main__":
-    main({"name": "mask", "schedule": "linear"}, {"name": "continuous"}, ("invert", "confidence"))
+    main({"name": "mask", "schedule": "linear"}, {"name": "continuous"},
+         ("invert", ("confidence", {"by": "drawn", "choice_temperature": 0.0})))

@@ -6,10 +6,12 @@ noise corrupts. Private to the built-in plugin package (not an entry point).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
 
+import udm
 from udm.errors import ConfigError, did_you_mean
 
 
@@ -69,3 +71,62 @@ def redraw(u: torch.Tensor, amount, generator: torch.Generator | None) -> torch.
     fresh = torch.rand(u.shape, generator=generator, device=u.device, dtype=torch.float64)
     coin = torch.rand(u.shape, generator=generator, device=u.device, dtype=torch.float64)
     return torch.where(coin < a, fresh, u)
+
+
+def categorical_family(where: str, family) -> udm.Categorical:
+    """The categorical family a structured ``sample_x0`` draws with (default: plain softmax sampling)."""
+    if family is None:
+        return udm.Categorical()
+    if not isinstance(family, udm.Categorical):
+        raise ConfigError(f"{where}: family must be a udm.Categorical (its temperature, top_k, top_p, greedy); got "
+                          f"{type(family).__name__}. Sample with the corruption's own family, categorical.")
+    return family
+
+
+def sampling_probs(family: udm.Categorical, logits: torch.Tensor) -> torch.Tensor:
+    """float64 probabilities ``(..., k)`` after the family's temperature and truncations (not its greedy flag,
+    which callers apply as :func:`choose`)."""
+    return dataclasses.replace(family, greedy=False).probs(logits)
+
+
+def choose(probs: torch.Tensor, generator, greedy: bool) -> torch.Tensor:
+    """One index per row of unnormalised ``probs (..., k)``: the argmax when ``greedy``, else a draw by inverse
+    CDF (float64; much faster than ``torch.multinomial`` for many small rows)."""
+    if greedy:
+        return probs.argmax(-1)
+    cdf = probs.double().cumsum(-1)
+    u = torch.rand(cdf.shape[:-1] + (1,), generator=generator, dtype=torch.float64, device=cdf.device)
+    return (cdf < u * cdf[..., -1:]).sum(-1).clamp(max=probs.shape[-1] - 1)
+
+
+def inclusion_probabilities(d: torch.Tensor, k: torch.Tensor, floor: float = 1e-12) -> torch.Tensor:
+    """pi ``(B, L)`` proportional to ``d (B, L)`` (clamped to >= floor), capped at 1, summing to ``k (B,)``:
+    pi_l = min(1, c d_l) with c found by repeatedly fixing the capped positions at 1 and rescaling the rest."""
+    d = d.double().clamp(min=floor)
+    full = torch.zeros_like(d, dtype=torch.bool)
+    pi = d
+    for _ in range(d.shape[1] + 1):
+        rest = torch.where(full, torch.zeros_like(d), d)
+        left = (k.to(d.device) - full.sum(1)).double().clamp(min=0)
+        pi = torch.where(full, torch.ones_like(d), rest * (left / rest.sum(1).clamp_min(1e-300))[:, None])
+        over = (pi > 1) & ~full
+        if not bool(over.any()):
+            break
+        full = full | over
+    return pi.clamp(max=1)
+
+
+def systematic_subset(pi: torch.Tensor, k: torch.Tensor, generator) -> torch.Tensor:
+    """Bool ``(B, L)``: exactly ``k (B,)`` positions, position l chosen with probability ``pi_l`` (``pi`` in
+    [0, 1], summing to k per row): systematic sampling in a random order (Madow 1949; Hartley & Rao 1962).
+    The positions are shuffled, laid end to end as intervals of lengths pi_l on [0, k], and the ones holding
+    the points U, U + 1, ..., U + k - 1 (U ~ U[0, 1)) are taken."""
+    b, n = pi.shape
+    dev = pi.device
+    order = torch.rand(b, n, generator=generator, dtype=torch.float64, device=dev).argsort(1)
+    ends = pi.double().gather(1, order).cumsum(1)
+    ends = ends * (k.to(dev).double() / ends[:, -1:].squeeze(1).clamp_min(1e-300))[:, None]  # exactly k at the end
+    starts = torch.cat([torch.zeros(b, 1, dtype=torch.float64, device=dev), ends[:, :-1]], 1)
+    u = torch.rand(b, 1, generator=generator, dtype=torch.float64, device=dev)
+    hit = (torch.floor(ends - u) > torch.floor(starts - u)) & (k.to(dev) > 0)[:, None]
+    return torch.zeros_like(hit).scatter(1, order, hit)

@@ -1,6 +1,6 @@
 """The ``delete`` corruption: a length-changing forward process whose reverse process inserts tokens.
 
-Forward (MATH.md §2.6). Noise eps = u ~ U[0, 1) per token; with the deletion schedule tau(t)
+Forward (docs/explanation.md). Noise eps = u ~ U[0, 1) per token; with the deletion schedule tau(t)
 (tau(0) = 0, tau(1) = 1)
 
     F_t(x_0, u) = (x_0[i] for i in order if u_i >= tau(t)),     x_1 = the empty sequence,
@@ -31,6 +31,13 @@ p(alignment | x_t, x_0), since every kept set of a given size is equally likely)
 u ~ U[tau(t), 1) and the others u ~ U[0, tau(t)). F_s then re-inserts each missing token
 independently with probability (tau(t) - tau(s)) / tau(t). For ``exact_count`` the posterior draws n
 sorted uniforms and gives the lowest n - |x_t| to the deleted tokens (in random order).
+
+A reverse ``invert`` step never removes a token of x_t. With ``exact_count`` that needs care: an x0_hat
+with fewer insertions than x_t's count requires (n - |x_t| < round(tau(t) n)) is explained by no noise,
+and F_s would delete round(tau(s) n) > n - |x_t| tokens, some of them x_t's. The posterior then gives
+x_t's tokens u = 1, which q never draws (u ~ U[0, 1)) and which ``keep_mask`` never deletes, so x_s keeps
+all of x_t and re-inserts n - round(tau(s) n) - |x_t| of x0_hat's extra tokens when that is positive
+(none otherwise: x_s = x_t, and the next prediction tries again).
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ import torch
 import udm
 from udm.errors import ConfigError, did_you_mean
 
-from ._tokens import SCHEDULES, redraw
+from ._tokens import SCHEDULES, categorical_family, choose, redraw, sampling_probs
 
 
 
@@ -59,14 +66,6 @@ class Aligned(udm.Sequences):
             got = None if self.kept is None else f"{self.kept.dtype} {tuple(self.kept.shape)}"
             raise ConfigError(f"Aligned: kept must be a bool tensor shaped like tokens {tuple(self.tokens.shape)}; "
                               f"got {got}. Pass the positions of x_t's tokens inside x0_hat.")
-
-
-def _categorical(probs: torch.Tensor, generator) -> torch.Tensor:
-    """One draw per row of unnormalised ``probs (..., k)`` by inverse CDF (float64; much faster than
-    ``torch.multinomial`` for many small rows)."""
-    cdf = probs.double().cumsum(-1)
-    u = torch.rand(cdf.shape[:-1] + (1,), generator=generator, dtype=torch.float64, device=cdf.device)
-    return (cdf < u * cdf[..., -1:]).sum(-1).clamp(max=probs.shape[-1] - 1)
 
 
 def _time(t: torch.Tensor, x) -> torch.Tensor:
@@ -113,7 +112,8 @@ class Delete(udm.Corruption):
         return torch.rand(x0.tokens.shape, generator=generator, dtype=torch.float64, device=x0.device)
 
     def keep_mask(self, x0, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Bool ``(batch, max_length)``: the positions of x_0 that survive to x_t."""
+        """Bool ``(batch, max_length)``: the positions of x_0 that survive to x_t (u >= 1 always survives;
+        q never draws it, the exact-count noise posterior uses it, see the module docstring)."""
         tau = self.tau(_time(t, x0))[:, None]
         real = x0.mask
         if not self.exact_count:
@@ -121,7 +121,7 @@ class Delete(udm.Corruption):
         u = torch.where(real, eps, torch.full_like(eps, 2.0))  # padding never among the lowest
         rank = u.argsort(1).argsort(1)
         k = torch.round(tau[:, 0] * x0.lengths.to(torch.float64)).long()
-        return real & (rank >= k[:, None])
+        return real & ((rank >= k[:, None]) | (eps >= 1))
 
     def forward(self, x0, eps, t):
         """x_t: the tokens of x_0 kept by :meth:`keep_mask`, in order (``udm.Sequences``)."""
@@ -180,7 +180,10 @@ class Delete(udm.Corruption):
             values = torch.rand(shape, generator=generator, dtype=torch.float64, device=dev)
             values = torch.where(real, values, torch.full_like(values, 2.0)).sort(1).values
             keys = torch.rand(shape, generator=generator, dtype=torch.float64, device=dev) + 2 * kept + 4 * ~real
-            return torch.empty_like(values).scatter(1, keys.argsort(1), values)
+            u = torch.empty_like(values).scatter(1, keys.argsort(1), values)
+            k_t = torch.round(self.tau(_time(t, x0)) * x0.lengths.to(torch.float64)).long()
+            short = (x0.lengths - x_t.lengths.to(dev)) < k_t  # too few insertions: no noise explains x_t
+            return torch.where(short[:, None] & kept, torch.ones_like(u), u)  # u = 1: x_t's tokens stay
         tau = self.tau(_time(t, x0))[:, None]
         r = torch.rand(shape, generator=generator, dtype=torch.float64, device=dev)
         below = torch.minimum(tau * r, torch.nextafter(tau, torch.zeros_like(tau)))
@@ -218,11 +221,16 @@ class Delete(udm.Corruption):
         token_nll = -(tok.gather(2, x0.tokens.clamp(min=0)[..., None])[..., 0] * holes).sum(1)
         return count_nll + token_nll
 
-    def sample_x0(self, output, x_t, t, generator) -> Aligned:
+    def sample_x0(self, output, x_t, t, generator, *, family: udm.Categorical | None = None) -> Aligned:
         """x0_hat ~ q_theta(x_0 | x_t): counts per gap (left to right, capped so the total stays within
-        ``output.max_length`` when given), then tokens at the inserted placeholders."""
+        ``output.max_length`` when given), then tokens at the inserted placeholders.
+
+        ``family`` (a :class:`udm.Categorical`, as the Denoiser's ``family_options`` build it) shapes both
+        draws: counts and tokens come from softmax(logits / temperature) truncated by top_k / top_p, or
+        are the most likely allowed values with ``greedy``. Default: plain softmax sampling."""
         self._check_output(output, "sample_x0")
-        probs = output.count_logits.double().softmax(-1)
+        family = categorical_family("corruption delete.sample_x0", family)
+        probs = sampling_probs(family, output.count_logits)
         dev, b = probs.device, len(x_t)
         width, top = probs.shape[1] - 1, probs.shape[2] - 1
         cap = getattr(output, "max_length", None)
@@ -234,12 +242,12 @@ class Delete(udm.Corruption):
             p = probs[:, g] * (vals[None] <= left[:, None].clamp(min=0))
             p = torch.where((g <= x_t.lengths.to(dev))[:, None], p, (vals[None] == 0).double())
             p = torch.where(p.sum(1, keepdim=True) > 0, p, (vals[None] == 0).double())
-            counts[:, g] = _categorical(p, generator)
+            counts[:, g] = choose(p, generator, family.greedy)
             left = left - counts[:, g]
         x = self.insert_placeholders(x_t.to(dev), counts)
         holes = x.mask & ~x.kept
-        tok = output.token_logits(x, holes).double().softmax(-1)
-        draws = _categorical(tok, generator)
+        tok = sampling_probs(family, output.token_logits(x, holes))
+        draws = choose(tok, generator, family.greedy)
         return Aligned(torch.where(holes, draws, x.tokens), x.lengths, x.pad, x.kept)
 
     @staticmethod

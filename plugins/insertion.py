@@ -12,25 +12,25 @@ One bidirectional Transformer trunk, used in two passes (the second only when as
 A learned pass embedding tells the trunk which pass it runs; the time encoding ``(batch,)`` enters
 through a sinusoidal embedding added to every position. Padding is masked out of attention, so a
 row's outputs do not depend on the other rows of the batch.
+
+**Length limit.** Positions are *learned absolute* embeddings for 0 .. max_length + 1 (BOS, the tokens,
+EOS), so the model reads sequences of at most ``max_length`` tokens, and ``sample_x0`` never grows x0_hat
+beyond it (``InsertionOutput.max_length``). A longer sequence is refused with an error naming the limit;
+padding beyond the longest row does not count. Left unset, ``max_length`` is the data's longest sequence
+(the experiment runner passes ``data_shape``), else 64. Relative or rotary positions would lift the
+limit; they are not implemented.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
+from einops import rearrange
 from torch import nn
 
 import udm
 from udm.errors import ConfigError
-
-
-def _time_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    args = t.float()[:, None] * freqs[None]
-    return torch.cat([args.cos(), args.sin()], -1)
 
 
 @dataclass
@@ -55,15 +55,20 @@ class Insertion(nn.Module):
 
     Args:
         vocab_size: data tokens are 0..vocab_size - 1 (ids vocab_size.. are MASK, BOS, EOS).
-        max_length: longest sequence (x_0) it reads; counts go up to ``max_count`` (default ``max_length``).
+        max_length: longest sequence (x_0) it reads (learned absolute positions; module docstring); counts
+            go up to ``max_count`` (default ``max_length``). Default: ``data_shape[0]``, else 64.
         width, depth, heads: Transformer size; dropout: attention/MLP dropout.
+        data_shape: ``[padded width]`` of the training data (injected by the experiment runner).
     """
 
     name = "insertion"
 
-    def __init__(self, vocab_size: int, max_length: int = 64, width: int = 128, depth: int = 3, heads: int = 4,
-                 dropout: float = 0.0, max_count: int | None = None) -> None:
+    def __init__(self, vocab_size: int, max_length: int | None = None, width: int = 128, depth: int = 3,
+                 heads: int = 4, dropout: float = 0.0, max_count: int | None = None,
+                 data_shape: list[int] | tuple[int, ...] | None = None) -> None:
         super().__init__()
+        if max_length is None:
+            max_length = int(data_shape[0]) if data_shape else 64
         if vocab_size < 1 or max_length < 1 or width % heads or width % 2:
             raise ConfigError(f"model insertion: vocab_size and max_length must be >= 1 and width an even multiple of "
                               f"heads; got vocab_size={vocab_size}, max_length={max_length}, width={width}, "
@@ -85,9 +90,14 @@ class Insertion(nn.Module):
     def _encode(self, tokens: torch.Tensor, lengths: torch.Tensor, t_enc: torch.Tensor, which: int) -> torch.Tensor:
         """States ``(batch, L + 2, width)`` of ``[BOS] tokens [EOS]`` (ids already mapped, padding anywhere)."""
         b, w = tokens.shape
-        if w > self.max_length:
-            raise ConfigError(f"model insertion: sequences must be at most max_length={self.max_length} long; got "
-                              f"width {w}. Build the model with a larger max_length.")
+        longest = int(lengths.max()) if b else 0
+        if longest > self.max_length:
+            raise ConfigError(f"model insertion: sequences must be at most max_length={self.max_length} tokens long "
+                              f"(learned absolute positions); got a sequence of {longest}. Build the model with "
+                              f"max_length >= the longest sequence (left unset, it is taken from the data).")
+        if w > self.max_length:  # padding only: encode the real width, pad the states back (never read)
+            h = self._encode(tokens[:, :longest], lengths, t_enc, which)
+            return torch.nn.functional.pad(h, (0, 0, 0, w - longest))
         pos = torch.arange(w + 2, device=tokens.device)[None]
         ids = torch.full((b, w + 2), self.eos_id, dtype=torch.long, device=tokens.device)
         ids[:, 0] = self.bos_id
@@ -95,7 +105,8 @@ class Insertion(nn.Module):
         ids[:, 1:-1] = torch.where(inside, tokens, ids[:, 1:-1])
         pad = pos > (lengths[:, None] + 1)
         h = self.embed(ids) + self.pos(pos) + self.pass_embed.weight[which]
-        h = h + self.time_mlp(_time_embedding(t_enc, self.width).to(h.dtype))[:, None]
+        temb = self.time_mlp(udm.nn.timestep_embedding(t_enc, self.width).to(h.dtype))
+        h = h + rearrange(temb, "b w -> b 1 w")  # the same time embedding at every position
         return self.norm(self.trunk(h, src_key_padding_mask=pad))
 
     def forward(self, x_t: udm.Sequences, t_enc: torch.Tensor) -> InsertionOutput:

@@ -1,4 +1,4 @@
-"""The ``mask`` corruption: absorbing-state (masked) diffusion of tokens (MDLM; Su's "mask model", MATH.md §2.4).
+"""The ``mask`` corruption: absorbing-state (masked) diffusion of tokens (MDLM; Su's "mask model").
 
 Tokens ``LongTensor (batch, length)`` with ids in [0, V); ``[MASK]`` is the extra id V (never a data token).
 Noise: u ~ U[0, 1]^length, one uniform per position (float64). With tau(t) the masking probability
@@ -49,6 +49,8 @@ class MaskCorruption(udm.Corruption):
     name = "mask"
     data_kind = "tokens"
     family = "categorical"
+    #: q(x_0 | x_t) depends on x_t only (the visible tokens), not on t: samplers reuse x0_hat while x_t stays put
+    time_invariant_posterior = True
 
     def __init__(self, vocab_size: int, schedule: str = "linear", exact_count: bool = False,
                  loss: str = "elbo") -> None:
@@ -85,6 +87,10 @@ class MaskCorruption(udm.Corruption):
     def refresh_noise(self, eps, amount, generator):
         """Redraw each u_l with probability ``amount`` (q-invariant; re-masks revealed tokens, as ReMDM)."""
         return redraw(eps, amount, generator)
+
+    def uncorrupted(self, x_t) -> torch.Tensor:
+        """Bool ``(batch,)``: rows without ``[MASK]`` (x_0 = x_t, nothing left to predict)."""
+        return (x_t != self.mask_id).all(1)
 
     def masked_count(self, x_t, t, s, generator=None) -> torch.Tensor:
         """How many of x_t's masked positions stay masked at s < t ``(batch,)``: exact_count: round(tau_s L);

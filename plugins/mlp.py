@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
+from einops import pack, unpack
 from torch import nn
 
 import udm
@@ -34,8 +36,9 @@ class MLP(nn.Module):
 
     name = "mlp"
 
-    def __init__(self, data_shape: tuple[int, ...] | list[int] = (2,), width: int = 256, depth: int = 3,
-                 time_dim: int = 64) -> None:
+    def __init__(self, data_shape: tuple[int, ...] | list[int] = (2,), width: Annotated[int, udm.Interval(ge=1)] = 256,
+                 depth: Annotated[int, udm.Interval(ge=0)] = 3,
+                 time_dim: Annotated[int, udm.Interval(ge=2)] = 64) -> None:
         super().__init__()
         self.data_shape = tuple(int(d) for d in data_shape)
         dim = math.prod(self.data_shape)
@@ -48,11 +51,12 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         temb = self.time_mlp(timestep_embedding(t, self.time_dim).to(x.dtype))
-        h = self.inp(x.reshape(x.shape[0], -1)) + temb
+        flat, data_shape = pack([x], "b *")  # (batch, prod(data_shape))
+        h = self.inp(flat) + temb
         act = nn.functional.silu(temb)
         for block, proj in zip(self.blocks, self.temb):
             h = block(h, proj(act))
-        return self.out(h).reshape(x.shape)
+        return unpack(self.out(h), data_shape, "b *")[0]
 
 
 @udm.hookimpl

@@ -27,7 +27,7 @@ _PRESETS = (
     ("euler", "ode", {"solver": "euler"}, "probability-flow ODE, Euler"),
     ("heun", "ode", {"solver": "heun"}, "probability-flow ODE, Heun (2nd order)"),
     ("rk4", "ode", {"solver": "rk4"}, "probability-flow ODE, classic Runge-Kutta (4th order)"),
-    ("cold", "residual", {}, "Cold Diffusion improved sampling (Algorithm 2)"),
+    ("cold", "residual", {}, "Cold Diffusion Algorithm 2 when F is deterministic; equals invert when F inverts in eps"),
     ("naive", "renoise", {}, "Cold Diffusion naive sampling (Algorithm 1)"),
     ("dpm++2m", "multistep", {"method": "dpm++", "order": 2}, "DPM-Solver++(2M) (Lu et al. 2022)"),
     ("dpm++3m", "multistep", {"method": "dpm++", "order": 3}, "DPM-Solver++(3M)"),

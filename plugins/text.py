@@ -1,8 +1,9 @@
 """Character-level text data, never downloaded: a built-in public-domain passage (the opening of Lewis
-Carroll's *Alice's Adventures in Wonderland*, 1865) or any local UTF-8 file.
+Carroll's *Alice's Adventures in Wonderland*, 1865), a local UTF-8 file, or a folder of ``*.txt`` files.
 
-:func:`text` returns ``n`` random windows ``LongTensor (n, length)`` of character ids; :func:`char_vocab`
-gives the id <-> character table (sorted distinct characters of the corpus) to decode samples.
+:func:`text` returns ``n`` random windows ``LongTensor (n, length)`` of character ids (a window never
+spans two files); :func:`char_vocab` gives the id <-> character table (sorted distinct characters of
+the whole corpus) to decode samples.
 """
 
 from __future__ import annotations
@@ -53,19 +54,25 @@ class CharVocab:
         return ["".join(self.chars[v] if 0 <= v < len(self.chars) else "_" for v in row.tolist()) for row in tokens]
 
 
-def _corpus(path: str | None) -> str:
+def _documents(path: str | None) -> list[str]:
+    """The texts of the corpus: the built-in passage, one file, or every ``*.txt`` in a folder (sorted by name)."""
     if path is None:
-        return ALICE
+        return [ALICE]
     p = Path(path)
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.suffix == ".txt" and f.is_file())
+        if not files:
+            raise ConfigError(f"dataset text: the folder must contain .txt files; got none in {str(path)!r}.")
+        return [f.read_text(encoding="utf-8") for f in files]
     if not p.is_file():
-        raise ConfigError(f"dataset text: path must be an existing UTF-8 text file; got {str(path)!r}. "
-                          f"Omit path to use the built-in passage.")
-    return p.read_text(encoding="utf-8")
+        raise ConfigError(f"dataset text: path must be an existing UTF-8 text file or a folder of .txt files; got "
+                          f"{str(path)!r}. Omit path to use the built-in passage.")
+    return [p.read_text(encoding="utf-8")]
 
 
 def char_vocab(path: str | None = None) -> CharVocab:
     """The character table of the corpus at ``path`` (default: the built-in passage)."""
-    return CharVocab("".join(sorted(set(_corpus(path)))))
+    return CharVocab("".join(sorted(set().union(*map(set, _documents(path))))))
 
 
 def text(n: int = 20000, length: int = 32, path: str | None = None, seed: int = 0) -> torch.Tensor:
@@ -73,13 +80,19 @@ def text(n: int = 20000, length: int = 32, path: str | None = None, seed: int = 
     for key, value in (("n", n), ("length", length)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"dataset text: {key} must be an integer >= 1; got {value!r}.")
-    corpus = _corpus(path)
-    if len(corpus) < length:
-        raise ConfigError(f"dataset text: length must be at most the corpus size {len(corpus)}; got {length}. "
-                          f"Use a shorter length or a longer file.")
-    ids = CharVocab("".join(sorted(set(corpus)))).encode(corpus)
+    docs = _documents(path)
+    if max(map(len, docs)) < length:
+        raise ConfigError(f"dataset text: length must be at most the longest document's size {max(map(len, docs))}; "
+                          f"got {length}. Use a shorter length or longer files.")
+    vocab = CharVocab("".join(sorted(set().union(*map(set, docs)))))
+    docs = [d for d in docs if len(d) >= length]  # a window lies inside one document
+    ids = torch.cat([vocab.encode(d) for d in docs])
+    first = torch.tensor([0] + [len(d) for d in docs]).cumsum(0)[:-1]  # where each document starts in ids
+    windows = torch.tensor([len(d) - length + 1 for d in docs])  # start positions per document
     g = torch.Generator().manual_seed(int(seed))
-    start = torch.randint(0, len(corpus) - length + 1, (n,), generator=g)
+    k = torch.randint(0, int(windows.sum()), (n,), generator=g)  # uniform over all windows of all documents
+    doc = torch.searchsorted(windows.cumsum(0), k, right=True)
+    start = first[doc] + k - (windows.cumsum(0) - windows)[doc]
     return ids[start[:, None] + torch.arange(length)[None]]
 
 

@@ -24,12 +24,18 @@ def _strictly_decreasing_ints(pos: torch.Tensor, top: int) -> torch.Tensor:
     return n
 
 
-class _Spaced:
-    """The spacing names a grid accepts: every entry of :data:`udm.grids.SPACINGS`."""
+class _SpacingNames:
+    """The spacing names a grid accepts, read from :data:`udm.grids.SPACINGS` when asked, on the class (the
+    configuration check reads the registered class) as on an instance."""
 
-    @property
-    def spacings(self) -> tuple[str, ...]:
+    def __get__(self, obj: object, owner: type) -> tuple[str, ...]:
         return tuple(SPACINGS)
+
+
+class _Spaced:
+    """Time types whose grids take every entry of :data:`udm.grids.SPACINGS`."""
+
+    spacings = _SpacingNames()
 
 
 class Discrete(_Spaced, udm.TimeType):

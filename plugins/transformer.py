@@ -9,6 +9,7 @@ residual branches gated by a zero-initialised projection of the time embedding. 
 from __future__ import annotations
 
 import torch
+from einops import rearrange
 from torch import nn
 from torch.nn import functional as F
 
@@ -18,7 +19,8 @@ from udm.nn import timestep_embedding
 
 
 def _modulate(h, shift, scale):
-    return h * (1 + scale[:, None]) + shift[:, None]
+    """adaLN: h ``(B, L, W)`` scaled and shifted per example by ``(B, W)`` vectors."""
+    return h * (1 + rearrange(scale, "b w -> b 1 w")) + rearrange(shift, "b w -> b 1 w")
 
 
 class _Block(nn.Module):
@@ -36,12 +38,12 @@ class _Block(nn.Module):
 
     def forward(self, h: torch.Tensor, temb: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
         s1, c1, g1, s2, c2, g2 = self.ada(temb).chunk(6, dim=-1)
-        B, L, W = h.shape
-        q, k, v = self.qkv(_modulate(self.norm1(h), s1, c1)).view(B, L, 3, self.heads, W // self.heads).unbind(2)
-        a = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=attn_mask,
+        qkv = self.qkv(_modulate(self.norm1(h), s1, c1))
+        q, k, v = rearrange(qkv, "b l (three heads d) -> three b heads l d", three=3, heads=self.heads)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
                                            dropout_p=self.dropout if self.training else 0.0)
-        h = h + g1[:, None] * self.proj(a.transpose(1, 2).reshape(B, L, W))
-        return h + g2[:, None] * self.mlp(_modulate(self.norm2(h), s2, c2))
+        h = h + rearrange(g1, "b w -> b 1 w") * self.proj(rearrange(a, "b heads l d -> b l (heads d)"))
+        return h + rearrange(g2, "b w -> b 1 w") * self.mlp(_modulate(self.norm2(h), s2, c2))
 
 
 class TokenTransformer(nn.Module):
@@ -90,7 +92,7 @@ class TokenTransformer(nn.Module):
                               f"{tuple(x.shape)}. Build the model with a larger max_length.")
         temb = F.silu(self.time_mlp(timestep_embedding(t, self.time_dim)))
         h = self.embed(x.clamp(0, self.vocab_size)) + self.pos[: x.shape[1]]
-        attn_mask = None if padding is None else ~padding[:, None, None, :]
+        attn_mask = None if padding is None else rearrange(~padding, "b l -> b 1 1 l")
         for block in self.blocks:
             h = block(h, temb, attn_mask)
         shift, scale = self.ada(temb).chunk(2, dim=-1)

@@ -10,6 +10,7 @@ and goes through a sinusoidal embedding (Vaswani et al. 2017) and a two-layer ML
 from __future__ import annotations
 
 import torch
+from einops import rearrange
 from torch import nn
 from torch.nn import functional as F
 
@@ -32,7 +33,7 @@ class _ResBlock(nn.Module):
 
     def forward(self, x, emb):
         h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.temb(emb)[:, :, None, None]
+        h = h + rearrange(self.temb(emb), "b c -> b c 1 1")
         h = self.conv2(self.drop(F.silu(self.norm2(h))))
         return self.skip(x) + h
 
@@ -44,10 +45,9 @@ class _Attention(nn.Module):
         self.attn = nn.MultiheadAttention(ch, heads if ch % heads == 0 else 1, batch_first=True)
 
     def forward(self, x, emb=None):
-        b, c, h, w = x.shape
-        seq = self.norm(x).flatten(2).transpose(1, 2)
+        seq = rearrange(self.norm(x), "b c h w -> b (h w) c")
         out, _ = self.attn(seq, seq, seq, need_weights=False)
-        return x + out.transpose(1, 2).reshape(b, c, h, w)
+        return x + rearrange(out, "b (h w) c -> b c h w", h=x.shape[2])
 
 
 class UNet(nn.Module):

@@ -46,3 +46,30 @@ def gen(seed: int) -> torch.Generator:
 @pytest.fixture
 def make_gen():
     return gen
+
+
+TINY_RUN = """\
+corruption: {name: gaussian, schedule: cosine}
+time: {name: discrete, steps: 100}
+model: {name: mlp, width: 32, depth: 1, time_dim: 16}
+data: {name: two_moons, n: 512}
+train: {steps: 20, batch_size: 64, lr: 1e-2, ema: 0.9, warmup: 5}
+sample: {sampler: ddim, steps: 5, n: 128}
+eval: {sliced_wasserstein: {projections: 16}}
+run: {checkpoint_every: 0, keep: 1, log_every: 5}
+"""
+
+
+def run_tiny(out, *overrides: str):
+    """Train and sample the tiny two-moons experiment into ``out`` (about a second); returns the run directory."""
+    from udm.experiment import Experiment, run_experiment
+    from udm.config import apply_overrides, parse_config
+
+    cfg = apply_overrides(parse_config(TINY_RUN), list(overrides))
+    return run_experiment(Experiment.from_dict(cfg), out=out, progress=False).run_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """One tiny finished run directory shared by the tests that only read it."""
+    return run_tiny(tmp_path_factory.mktemp("tiny") / "run")

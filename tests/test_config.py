@@ -98,7 +98,7 @@ def test_valid_third_party_config_gets_its_defaults_and_tuples(reg):
 def test_kwargs_plugins_accept_any_key_and_missing_required_keys_are_named(reg):
     validate(_cfg(model={"name": "open_model", "anything": 1}), reg)
     with pytest.raises(ConfigError, match=r"train\.steps: the key must be given \(it has no default\); got None\. "
-                                          r"Add steps: <int> to train\."):
+                                          r"Add steps: <an integer >= 0> to train\."):
         validate(_cfg(train={"batch_size": 8}), reg)
     with pytest.raises(ConfigError, match=r"exp.yaml: model: the section must be present; got None\."):
         validate({k: v for k, v in BASE.items() if k != "model"}, reg, "exp.yaml")

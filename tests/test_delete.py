@@ -243,3 +243,107 @@ def test_errors():
         c.nll(out, x0, u, c.forward(x0, u, t_(0.9, 1)), t_(0.9, 1))
     with pytest.raises(ConfigError, match=r"Aligned: kept must be a bool tensor shaped like tokens \(1, 3\); got None\."):
         Aligned(x0.tokens, x0.lengths)
+
+
+# ------------------------------------------------- a reverse step keeps x_t's tokens
+def _is_subsequence(short: list, long: list) -> bool:
+    it = iter(long)
+    return all(tok in it for tok in short)
+
+
+def test_exact_count_invert_never_deletes_observed_tokens():
+    """The issue's case: x_t = [1, 2], x0_hat = [7, 1, 2] with x_t's tokens at positions 1, 2, t = 0.75 -> 0.5.
+    round(0.75 * 3) = 2 deletions would be needed to explain x_t but x0_hat has one; round(0.5 * 3) = 2 at s.
+    The step used to delete one of x_t's tokens in every row (length 1 in 2000 of 2000); it must keep both."""
+    n = 2000
+    x0 = Aligned(torch.tensor([[7, 1, 2]]).expand(n, 3).clone(), torch.full((n,), 3), -1,
+                 torch.tensor([[False, True, True]]).expand(n, 3).clone())
+    x_t = udm.Sequences.pad_list([[1, 2]] * n)
+    c, g = Delete(exact_count=True), torch.Generator().manual_seed(0)
+    x_s = c.forward(x0, c.noise_posterior(x_t, x0, t_(0.75, n), g), t_(0.5, n))
+    assert x_s.tolist() == [[1, 2]] * n  # 3 - 2 = 1 token at s: fewer than |x_t|, so nothing is re-inserted
+    # at s = 0.1 round(0.3) = 0 deletions: the extra token 7 comes back in every row
+    x_s = c.forward(x0, c.noise_posterior(x_t, x0, t_(0.75, n), g), t_(0.1, n))
+    assert x_s.tolist() == [[7, 1, 2]] * n
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_invert_with_wrong_predictions_keeps_every_token_of_x_t(exact):
+    """Random x_t and random x0_hat built by inserting 0..4 tokens into it (too few, right or too many for the
+    exact count): one invert step from t to s < t must return a subsequence of x0_hat containing x_t."""
+    g = torch.Generator().manual_seed(1)
+    c = Delete(exact_count=exact)
+    rows_t, rows_0, kept = [], [], []
+    for _ in range(400):
+        m = int(torch.randint(0, 6, (1,), generator=g))
+        xt = torch.randint(0, 3, (m,), generator=g).tolist()
+        extra = int(torch.randint(0, 5, (1,), generator=g))
+        pos = sorted(torch.randint(0, m + 1, (extra,), generator=g).tolist())
+        row, keep, j = [], [], 0
+        for i in range(m + 1):
+            while pos and pos[0] == i:
+                row.append(9), keep.append(False), pos.pop(0)
+            if i < m:
+                row.append(xt[i]), keep.append(True)
+        rows_t.append(xt), rows_0.append(row), kept.append(keep)
+    x_t, x0 = udm.Sequences.pad_list(rows_t), udm.Sequences.pad_list(rows_0)
+    k = torch.zeros_like(x0.tokens, dtype=torch.bool)
+    for i, keep in enumerate(kept):
+        k[i, : len(keep)] = torch.tensor(keep, dtype=torch.bool)
+    x0 = Aligned(x0.tokens, x0.lengths, x0.pad, k)
+    for t, s in [(0.9, 0.6), (0.75, 0.5), (0.5, 0.1)]:
+        out = udm.samplers.invert(FixedDenoiser(x0), c, torch.tensor([t, s]), x_t, generator=g)
+        for a, b, full in zip(rows_t, out.tolist(), rows_0):
+            assert _is_subsequence(a, b) and _is_subsequence(b, full), (t, s, a, b, full)
+
+
+# ------------------------------------------------- family options reach the structured q_theta
+class _FixedNet(torch.nn.Module):
+    """Insertion counts per gap with probabilities [0.3, 0.45, 0.25] (0, 1, 2 tokens), tokens [0.6, 0.3, 0.1]."""
+
+    def forward(self, x_t, enc):
+        w = x_t.tokens.shape[1]
+        counts = torch.tensor([0.3, 0.45, 0.25], dtype=torch.float64).log().expand(len(x_t), w + 1, 3)
+        tokens = torch.tensor([0.6, 0.3, 0.1], dtype=torch.float64).log()
+        return _Out(counts, tokens)
+
+
+class _Out:
+    def __init__(self, counts, tokens):
+        self.count_logits, self._tok = counts, tokens
+
+    def token_logits(self, x, holes):
+        return self._tok.expand(*x.tokens.shape, 3)
+
+
+@pytest.mark.parametrize("options, counts, tokens", [
+    ({}, {0: 0.3, 1: 0.45, 2: 0.25}, {0: 0.6, 1: 0.3, 2: 0.1}),
+    ({"temperature": 0.02}, {1: 1.0}, {0: 1.0}),  # (0.3 / 0.45)^50 = 2e-9: the mode only
+    ({"greedy": True}, {1: 1.0}, {0: 1.0}),
+    ({"top_k": 2}, {0: 0.4, 1: 0.6}, {0: 2 / 3, 1: 1 / 3}),
+    ({"top_p": 0.5}, {0: 0.4, 1: 0.6}, {0: 1.0}),
+])
+def test_sample_x0_honours_the_family_options(reg, options, counts, tokens):
+    """Denoiser(..., **family_options) reaches delete's structured q_theta: counts and inserted tokens are drawn
+    with the family's temperature / top_k / top_p / greedy (they were drawn from the plain softmax whatever
+    the options). Frequencies within 5 standard errors of the truncated, renormalised laws."""
+    n = 4000
+    den = udm.Denoiser(_FixedNet(), Delete(), reg.create("time", "continuous"), **options)
+    x_t = udm.Sequences.pad_list([[]] * n)  # one gap per row
+    x0 = den(x_t, t_(0.5, n), torch.Generator().manual_seed(0))
+    got = Counter(x0.lengths.tolist())
+    for k, p in counts.items():
+        assert abs(got.get(k, 0) / n - p) <= 5 * math.sqrt(p * (1 - p) / n) + 1e-12, (options, got)
+    assert set(got) <= set(counts)
+    toks = Counter(x0.tokens[x0.mask].tolist())
+    m = sum(toks.values())
+    for v, p in tokens.items():
+        assert abs(toks.get(v, 0) / m - p) <= 5 * math.sqrt(p * (1 - p) / m) + 1e-12, (options, toks)
+    assert set(toks) <= set(tokens)
+
+
+def test_sample_x0_refuses_a_non_categorical_family():
+    out = _Out(torch.zeros(1, 1, 3), torch.zeros(3))
+    with pytest.raises(ConfigError, match=r"corruption delete.sample_x0: family must be a udm.Categorical \(its "
+                                          r"temperature, top_k, top_p, greedy\); got Gaussian\. Sample with"):
+        Delete().sample_x0(out, udm.Sequences.pad_list([[]]), t_(0.5, 1), None, family=udm.Gaussian())

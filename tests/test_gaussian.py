@@ -182,15 +182,19 @@ def test_constructor_errors(make):
                                           r"schedule; got 'cosin'\. Available: cosine, flow, linear, table, ve, vp\. "
                                           r"Did you mean 'cosine'\?"):
         make(schedule="cosin")
-    with pytest.raises(ConfigError, match=r"parameterisation: prediction must be one of x0, eps, v, score, flow; "
-                                          r"got 'epsilon'"):
+    with pytest.raises(ConfigError, match=r"corruption 'gaussian': prediction must be one of 'x0', 'eps', 'v', 'score', "
+                                          r"'flow'; got 'epsilon'"):
         make(prediction="epsilon")
-    with pytest.raises(ConfigError, match=r"parameterisation: weighting must be one of .*min_snr.*; "
-                                          r"got 'min-snr'\. Did you mean 'min_snr'\?"):
+    with pytest.raises(ConfigError, match=r"corruption 'gaussian': weighting must be one of .*'min_snr'.*; "
+                                          r"got 'min-snr'"):
         make(weighting="min-snr")
+    with pytest.raises(ConfigError, match=r"corruption 'gaussian': schedule must be a registered schedule name or a "
+                                          r"mapping \{name: <schedule>, <options>\}; got \{'steps': 10\}"):
+        make(schedule={"steps": 10})
+    from udm.plugins.gaussian import GaussianCorruption  # the class itself (no registry check first)
     with pytest.raises(ConfigError, match=r"corruption gaussian: schedule: a schedule given as a mapping must have a "
                                           r"`name` key"):
-        make(schedule={"steps": 10})
+        GaussianCorruption(schedule={"steps": 10})
     with pytest.raises(ConfigError, match=r"corruption gaussian: schedule: schedule 'linear': keyword arguments must "
                                           r"match its signature"):
         make(schedule={"name": "linear", "beta_max": 0.02})

@@ -79,7 +79,47 @@ def test_errors():
     with pytest.raises(ConfigError, match=r"model insertion: vocab_size and max_length must be >= 1 and width an even multiple of heads; got vocab_size=5, max_length=8, width=30, heads=4\. Pick"):
         Insertion(5, 8, width=30, heads=4)
     net = _net()
-    with pytest.raises(ConfigError, match=r"model insertion: sequences must be at most max_length=8 long; got width 9\. Build"):
+    with pytest.raises(ConfigError, match=r"model insertion: sequences must be at most max_length=8 tokens long "
+                                          r"\(learned absolute positions\); got a sequence of 9\. Build the model"):
         net(udm.Sequences.pad_list([[0] * 9]), torch.zeros(1))
     with pytest.raises(ConfigError, match=r"model insertion: x_t must be a udm.Sequences batch; got Tensor\. Use"):
         net(torch.zeros(1, 3, dtype=torch.long), torch.zeros(1))
+
+
+def test_the_length_limit_is_max_length_tokens_not_the_padded_width():
+    """Learned absolute positions: max_length tokens are read (also inside a wider padded batch, with the same
+    outputs as unpadded), max_length + 1 are refused; sample_x0 never grows x0_hat beyond max_length."""
+    net, c = _net(max_length=8), Delete()
+    full = udm.Sequences.pad_list([[1] * 8, [2, 3]])
+    wide = udm.Sequences(torch.nn.functional.pad(full.tokens, (0, 4), value=full.pad), full.lengths, full.pad)
+    t = torch.tensor([300.0, 600.0])
+    with torch.no_grad():
+        a, b = net(full, t), net(wide, t)
+    assert b.count_logits.shape == (2, 13, 9)
+    assert torch.allclose(a.count_logits, b.count_logits[:, :9], atol=1e-5)
+    holes = torch.zeros_like(full.tokens, dtype=torch.bool)
+    wide_holes = torch.zeros_like(wide.tokens, dtype=torch.bool)
+    assert torch.allclose(a.token_logits(full, holes), b.token_logits(wide, wide_holes)[:, :8], atol=1e-5)
+    with torch.no_grad():
+        half = torch.full((2,), 0.5, dtype=torch.float64)
+        x0 = c.sample_x0(net(full, t), full, half, torch.Generator().manual_seed(0))
+    assert int(x0.lengths.max()) <= 8
+
+
+def test_max_length_is_taken_from_the_data(reg, tmp_path):
+    """Left unset, max_length is the data's longest sequence (the runner passes data_shape): data of length 70
+    train with no max_length given, where the old fixed default of 64 failed at the first step."""
+    assert Insertion(vocab_size=3, data_shape=[70], width=16, depth=1, heads=2).max_length == 70
+    assert Insertion(vocab_size=3, width=16, depth=1, heads=2).max_length == 64
+    data = udm.Sequences.pad_list([[0, 1, 2] * 23 + [0], [1, 2]])  # lengths 70 and 2
+    net = reg.create("model", "insertion", vocab_size=3, data_shape=list(data.shape[1:]), width=16, depth=1, heads=2)
+    res = udm.train(net, Delete(), reg.create("time", "continuous"), data, steps=2, batch_size=2, ema=0.0)
+    assert len(res.losses) == 2 and all(torch.isfinite(torch.tensor(res.losses)))
+    # the runner injects data_shape = [longest sequence] of the dataset
+    exp = udm.Experiment.from_dict({"corruption": {"name": "delete"}, "time": {"name": "continuous"},
+                                    "model": {"name": "insertion", "width": 16, "depth": 1, "heads": 2},
+                                    "data": {"name": "brackets", "n": 64, "length": 12, "variable_length": True},
+                                    "train": {"steps": 1}}, reg)
+    brackets = exp.build_data()
+    _, _, built = exp.build(list(brackets.shape[1:]), 4, seed=0)
+    assert built.max_length == int(brackets.lengths.max()) == 12

@@ -110,7 +110,7 @@ def test_blur_refuses_singular_targets():
 
 @pytest.mark.parametrize("time_type", [Discrete(100), Continuous()], ids=["discrete", "continuous"])
 def test_blur_ddpm_passes_the_marginal_check(time_type):
-    c = BlurCorruption(blur="sin2", blur_max=2.0, noise="linear", sigma=0.2)
+    c = BlurCorruption(blur="sin2", noise="linear", sigma=0.2)
     x0 = images(1, 1, 4, 4, seed=7)
     c.fit(images(8, 1, 4, 4, seed=8))
     assert_conforms(c, x0, time_type=time_type, n=1500, samplers=["ddpm", "posterior"])
@@ -118,7 +118,8 @@ def test_blur_ddpm_passes_the_marginal_check(time_type):
 
 # ------------------------------------------------------------------- a coloured-noise instance
 class Coloured(udm.LinearGaussian):
-    """Heat dissipation with frequency-dependent noise: s_ij(t) = t (1 + lambda_ij)^(-1/2) (pink-ish)."""
+    """Heat dissipation with frequency-dependent noise: a_ij(t) = cos(pi t / 2) exp(-0.3 lambda_ij t),
+    s_ij(t) = sin(pi t / 2) (1 + lambda_ij)^(-1/2) (pink-ish); a(1) = 0, so the default prior is exact."""
 
     name = "coloured"
     basis = DCT2()
@@ -130,8 +131,8 @@ class Coloured(udm.LinearGaussian):
     def amplitudes(self, t, shape):
         lam = heat_frequencies(*shape[-2:])
         a = torch.exp(-lam[None] * 0.3 * t[:, None, None])[:, None]
-        s = t[:, None, None, None] * (1 + lam)[None, None].rsqrt()
-        return torch.sqrt(1 - 0.5 * t)[:, None, None, None] * a, s
+        s = torch.sin(t * math.pi / 2)[:, None, None, None] * (1 + lam)[None, None].rsqrt()
+        return torch.cos(t * math.pi / 2)[:, None, None, None] * a, s
 
 
 def test_coloured_noise_instance_conforms_and_has_the_exact_posterior():
@@ -180,3 +181,90 @@ def test_sampling_returns_the_clean_batch_on_the_last_step_for_every_rule():
         out = reg.get("sampler", name)(FixedDenoiser(x0), c, grid, c.sample_prior(x0.shape, gen(0), dtype=x0.dtype),
                                        generator=gen(1), **opts)
         assert torch.equal(out, x0), name
+
+
+# ----------------------------------------------------------- refresh at the schedule's end (issue 18)
+def test_one_ddpm_step_on_diffusers_cosine_table_matches_float64_issue_18(reg):
+    """Issue 18, item 4: from n = 1000 to 750 on diffusers' cosine table, SNR_t / SNR_s = 1.4e-8, so the kept
+    fraction of eps_hat, sqrt(1 - a^2) with a = sqrt(1 - SNR_t/SNR_s), cancels to 0 in float32 instead of
+    sqrt(SNR_t/SNR_s) = 1.2e-4. One float32 ``ddpm`` step must match the float64 hand computation of
+    x_s = alpha_s x0 + sigma_s (sqrt(rho) eps_hat + sqrt(1 - rho) z) to float32 rounding."""
+    c = reg.create("corruption", "gaussian", schedule={"name": "table", "beta_schedule": "squaredcos_cap_v2"})
+    times = Discrete(1000).grid(4)
+    n = 4096
+    den = lambda x, t, g=None: 0.5 * torch.tanh(x)  # noqa: E731 - any deterministic x0_hat
+    steps = []
+    reg.get("sampler", "ddpm")(den, c, times, c.sample_prior((n, 2), gen(0)), generator=gen(1), callback=steps.append)
+    x_s = steps[0].x
+    # by hand, float64, the same draws: the prior's eps (seed 0), the refresh's z (seed 1)
+    eps1, z = torch.randn(n, 2, generator=gen(0)).double(), torch.randn(n, 2, generator=gen(1)).double()
+    sch = c.schedule(times[:2])
+    (a_t, a_s), (s_t, s_s) = sch.alpha.tolist(), sch.sigma.tolist()
+    x_t = (eps1 * s_t).float().double()  # the prior was drawn in float32
+    x0 = 0.5 * torch.tanh(x_t.float()).double()
+    eps_hat = (x_t - a_t * x0) / s_t
+    rho = (a_t * s_s) ** 2 / (a_s * s_t) ** 2
+    want = a_s * x0 + s_s * (math.sqrt(rho) * eps_hat + math.sqrt(1 - rho) * z)
+    err = float((x_s.double() - want).abs().max())
+    # what the float32 formula sqrt(1 - a^2), a = sqrt(1 - rho), gave before
+    a32 = torch.tensor(1 - rho, dtype=torch.float32).sqrt()
+    old = a_s * x0 + s_s * (float((1 - a32 * a32).clamp_min(0).sqrt()) * eps_hat + float(a32) * z)
+    old_err = float((old - want).abs().max())
+    print(f"rho {rho:.3g}; error {err:.2e}, the float32 formula's {old_err:.2e}")
+    assert 1e-8 < rho < 6e-8
+    assert err < 2e-6 < old_err / 100
+
+
+def test_blur_eps_round_trip_holds_inside_the_range_where_it_is_non_singular():
+    """eps is refused for blur as a training target (the finest frequencies vanish at t = 1), but the
+    conversion itself is exact per frequency wherever a_ij(t) is not tiny."""
+    c = BlurCorruption(noise="vp", sigma=0.5)
+    p = udm.Parameterization("eps")
+    x0 = images(seed=11)
+    eps = torch.randn(x0.shape, generator=gen(12), dtype=torch.float64)
+    t = torch.linspace(0.02, 0.15, 6, dtype=torch.float64)  # early enough that every frequency keeps a_ij > 0.1
+    m = c.marginal(t, x0)
+    assert float(m.a64.min()) > 0.1
+    xt = c.forward(x0, eps, t)
+    back = c.from_basis(p.to_x0(c.to_basis(eps), c.to_basis(xt), m.a, m.s))
+    assert float((back - x0).abs().max()) < 1e-8
+
+
+def test_an_instance_reports_its_own_capabilities():
+    """A wrapper says what it really supports (udm.capabilities asks the instance before discovering)."""
+    class Wrapper(BlurCorruption):
+        def capabilities(self):
+            return {"noise_posterior", "vector_space"}
+
+    w = Wrapper(sigma=0.1)
+    assert udm.capabilities(w) == {"noise_posterior", "vector_space"}
+    names = udm.supported_samplers(w)
+    assert "ddim" in names and "ddpm" not in names and "posterior" not in names
+
+
+def test_gradients_through_the_denoiser_are_opt_in():
+    reg = udm.registry()
+    corr = reg.create("corruption", "gaussian", schedule="linear", prediction="eps")
+    time = reg.create("time", "discrete", steps=100)
+    net = torch.nn.Linear(2, 2).double()
+
+    class Net(torch.nn.Module):
+        def forward(self, x, t):
+            return net(x)
+
+    x = torch.randn(4, 2, dtype=torch.float64, requires_grad=True)
+    t = torch.full((4,), 0.5, dtype=torch.float64)
+    assert not udm.Denoiser(Net(), corr, time).predict(x, t).x0_hat.requires_grad  # sampling needs no graph
+    out = udm.Denoiser(Net(), corr, time, grad=True).predict(x, t).x0_hat
+    out.sum().backward()  # e.g. classifier guidance differentiates x0_hat with respect to x_t
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0
+
+
+def test_sampling_follows_the_network_dtype():
+    reg = udm.registry()
+    corr = reg.create("corruption", "gaussian", schedule="linear")
+    time = reg.create("time", "discrete", steps=100)
+    net64 = reg.create("model", "mlp", data_shape=[2], width=8, depth=1).double()
+    x = udm.sample(net64, corr, time, shape=(3, 2), steps=3)
+    assert x.dtype == torch.float64
+    assert udm.sample(net64.float(), corr, time, shape=(3, 2), steps=3).dtype == torch.float32

@@ -116,9 +116,10 @@ def test_to_x0_keeps_visible_tokens():
 def test_conformance(reg, exact, schedule):
     c = MaskCorruption(4, schedule=schedule, exact_count=exact)
     x0 = torch.tensor([[0, 1, 2, 3, 3, 2, 1, 0]])
-    report = assert_conforms(c, x0, registry=reg, n=3000)
+    report = assert_conforms(c, x0, registry=reg, n=3000, samplers="all")
     names = {r.name for r in report.results}
-    assert {"marginal[invert]", "marginal[refresh]", "marginal[confidence]", "marginal[maskgit]"} <= names
+    assert {"marginal[invert]", "marginal[refresh]", "marginal[confidence]", "marginal[maskgit]", "joint[invert]",
+            "joint[refresh]", "prior", "noise_posterior_law", "refresh_noise_preserves_q"} <= names
 
 
 @pytest.mark.parametrize("exact", [False, True])
@@ -178,3 +179,18 @@ def test_tv_falls_with_steps_independent_masking(markov):
     tvs = [_tv(chain, c, n, s) for s in (1, 4, 16)]
     assert all(a > b for a, b in zip(tvs, tvs[1:])), tvs
     assert tvs[-1] < floor + 0.1, (tvs, floor)
+
+
+def test_exact_count_invert_reaches_the_floor_with_8_model_calls_not_64(markov):
+    """Issue 18, item 7: on a 64-step grid only 8 steps reveal a token (round(8 t) changes 8 times); the others
+    change nothing, so they reuse the prediction (q(x_0 | x_t) does not depend on t), and the state after the
+    last reveal has nothing masked left: 8 model calls, and the law is still exact."""
+    chain, n, floor = markov
+    c = MaskCorruption(6, exact_count=True)
+    times = torch.linspace(1, 0, 65, dtype=torch.float64)
+    steps = []
+    x = invert(MarkovOracle(chain, c), c, times, c.sample_prior((n, chain.length), g(0)), generator=g(0),
+               callback=steps.append)
+    assert [s.nfe for s in steps][-1] == 8 and steps[-1].reused == 56
+    assert sum(a.nfe < b.nfe for a, b in zip(steps, steps[1:])) == 7  # a call follows each of the 7 first reveals
+    assert chain.tv(x) <= floor, (chain.tv(x), floor)

@@ -56,8 +56,8 @@ def test_ode_would_be_wrong_without_the_opt_out(reg):
         vector_space = True
     x0 = torch.linspace(-1, 1, 64).view(1, 1, 8, 8)
     report = check_corruption(Leaky(fill=-2.0), x0, registry=reg, samplers=["euler"], n=1000, fine_steps=10)
-    (res,) = [r for r in report.results if r.name == "marginal[euler]"]
-    assert not res.passed, res.detail
+    results = [r for r in report.results if r.name == "marginal[euler]"]
+    assert len(results) == 4 and not any(r.passed for r in results), [r.detail for r in results]
 
 
 @pytest.mark.parametrize("exact", [False, True])
@@ -151,6 +151,7 @@ def test_unet_mask_channel():
     assert torch.equal(seen["x"][:, 1], (x[:, 0] == -2.0).float())
 
 
+@pytest.mark.slow  # 300 U-Net training steps: 10-20 s on two cores (CI runs -m slow)
 def test_training_learns_masked_pixels_and_inpaints(reg):
     """A few hundred steps on 8x8 digits: masked-pixel MSE well below the per-pixel-mean baseline."""
     torch.manual_seed(0)

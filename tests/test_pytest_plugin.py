@@ -15,19 +15,21 @@ from udm.testing.pytest_plugin import conformance_tests
 
 
 class Shift(udm.GaussianNoise, udm.Corruption):
-    """x_t = x_0 + t eps; noise_posterior exact unless BUG."""
+    """x_t = (1 - t) x_0 + t eps; noise_posterior exact unless BUG."""
 
     name = "shift"
     bug = False
 
     def forward(self, x0, eps, t):
-        return x0 + udm.append_dims(t, x0.ndim).to(x0.dtype) * eps
+        t = udm.append_dims(t, x0.ndim).to(x0.dtype)
+        return (1 - t) * x0 + t * eps
 
     def sample_prior(self, shape, generator, *, device=None, dtype=None):
         return torch.randn(shape, generator=generator)
 
     def noise_posterior(self, x_t, x0, t, generator=None):
-        eps = (x_t - x0) / udm.append_dims(t, x0.ndim).to(x0.dtype)
+        t = udm.append_dims(t, x0.ndim).to(x0.dtype)
+        eps = (x_t - (1 - t) * x0) / t
         return 2 * eps if self.bug else eps
 
 
@@ -56,6 +58,10 @@ def test_the_plugin_is_registered_as_a_pytest11_entry_point():
 def test_conformance_tests_one_test_per_check_and_fixtures(pytester):
     pytester.makepyfile(test_author=AUTHOR_TESTS)
     result = pytester.runpytest_inprocess("-q", "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=1 + 6 + 4, failed=2)  # fixtures; good: 6 checks; bad: 4 of 6 pass
-    result.stdout.fnmatch_lines(["*test_bad*noise_posterior_explains_x_t*", "*test_bad*marginal*invert*"])
+    # fixtures; good: 11 checks (shapes, determinism, t0_identity, noise_posterior_explains_x_t,
+    # noise_posterior_law, refresh_noise_preserves_q, prior, marginal/joint[invert], marginal/joint[naive]);
+    # bad: the 4 that involve its noise posterior fail, 7 pass
+    result.assert_outcomes(passed=1 + 11 + 7, failed=4)
+    result.stdout.fnmatch_lines(["*test_bad*noise_posterior_explains_x_t*", "*test_bad*noise_posterior_law*",
+                                 "*test_bad*marginal*invert*", "*test_bad*joint*invert*"])
     assert "test_good" not in "\n".join(line for line in result.outlines if line.startswith("FAILED"))

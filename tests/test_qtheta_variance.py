@@ -123,3 +123,19 @@ def test_per_frequency_variance_is_drawn_in_the_dct_basis():
     got = coef.var(0)
     assert float((got / sig[0] - 1).abs().max()) < 6 * math.sqrt(2 / 20000)
     assert torch.equal(pred.mean, torch.zeros_like(pred.mean))
+
+
+def test_last_step_returns_the_mean_not_a_draw():
+    """With a variance source x0_hat is drawn on every step but the last, which returns q_theta's mean."""
+    reg = udm.registry()
+    corr = reg.create("corruption", "gaussian", schedule="linear", prediction="x0")
+    time = reg.create("time", "discrete", steps=1000)
+    mu = torch.tensor([0.3, 0.5], dtype=torch.float64)
+    grid = time.grid(5)
+    table = udm.VarianceTable(times=grid[:-1], values=torch.full((5,), 0.2, dtype=torch.float64))
+    den = udm.Denoiser(Constant(mu), corr, time, variance=table)
+    drawn = []
+    out = reg.get("sampler", "ddim")(den, corr, grid, torch.zeros(64, 2, dtype=torch.float64), generator=gen(0),
+                                     callback=lambda st: drawn.append(st.x0_hat))
+    assert torch.equal(out, mu.expand(64, 2))
+    assert float((drawn[0] - mu).std()) > 0.3  # the earlier predictions were draws (std sqrt(0.2))

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -41,6 +42,7 @@ def _losses(run: Path) -> list[tuple[int, float]]:
     return [(r["step"], r["loss"]) for r in rows]
 
 
+@pytest.mark.slow  # three training subprocesses: 10-20 s on two cores (CI runs -m slow)
 def test_sigkill_then_resume_is_bit_for_bit(tmp_path: Path):
     exp = tmp_path / "exp.yaml"
     exp.write_text(EXP)
@@ -70,6 +72,7 @@ def test_sigkill_then_resume_is_bit_for_bit(tmp_path: Path):
     assert _losses(tmp_path / "full") == _losses(tmp_path / "killed")  # metrics.jsonl rewritten identically
 
 
+@pytest.mark.slow  # two training subprocesses: about 15 s on two cores (CI runs -m slow)
 def test_resume_of_a_finished_run_changes_nothing_and_can_extend_it(tmp_path: Path):
     exp = tmp_path / "exp.yaml"
     exp.write_text(EXP.replace("steps: 300", "steps: 40"))

@@ -95,8 +95,8 @@ def test_refresh_option_errors(gauss):
 
 def test_unknown_solver(gauss, reg):
     corr, time, den = gauss
-    with pytest.raises(ConfigError, match=r"sampler 'ode': solver must be one of euler, heun, rk4; got 'heunn'\. "
-                                          r"Did you mean 'heun'\?"):
+    with pytest.raises(ConfigError, match=r"udm.sample: sampler 'ode': option.solver: the value must be one of 'euler', "
+                                          r"'heun', 'rk4'; got 'heunn'\."):
         udm.sample(den, corr, reg.create("time", "continuous"), shape=(4, 2), sampler="ode", steps=5,
                    solver="heunn", registry=reg)
 
@@ -152,3 +152,121 @@ def test_refresh_amount_interpolates_between_invert_and_renoise(gauss):
                        S.invert(den, corr, grid, x_T, generator=gen(1)))
     got = S.refresh(den, corr, grid, x_T, amount=1.0, generator=gen(1))
     assert torch.allclose(got, S.renoise(den, corr, grid, x_T, generator=gen(1)), atol=1e-6)
+
+
+class Counting:
+    """A token denoiser that counts its calls and predicts token 0 everywhere."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, x_t, t, generator=None):
+        self.calls += 1
+        return torch.zeros_like(x_t)
+
+
+def test_sampling_reuses_a_prediction_only_for_an_unchanged_state_of_a_time_invariant_corruption():
+    from udm.plugins.mask import MaskCorruption
+
+    class TimeDependent(MaskCorruption):
+        time_invariant_posterior = False
+
+    times = torch.linspace(1, 0, 5, dtype=torch.float64)
+    x = torch.full((3, 4), 2, dtype=torch.long)  # all [MASK] (vocab 2)
+    den = Counting()
+    run = S.Sampling(den, MaskCorruption(2), times, x)
+    run.predict(x, 0)
+    first = run.predict(x, 0)  # a second prediction at the same time and state is a new draw: a call
+    assert run.predict(x.clone(), 1) is first and (run.nfe, run.reused, den.calls) == (2, 1, 2)
+    x[0, 0] = 1  # changed in place: detected (the state is copied at each call)
+    assert run.predict(x, 2) is not first and (run.nfe, run.reused) == (3, 1)
+    done = torch.ones(3, 4, dtype=torch.long)  # nothing masked: x0_hat = x_t without a call
+    assert torch.equal(run.predict(done, 3).x0_hat, done) and (run.nfe, run.reused, den.calls) == (3, 2, 3)
+    for corruption, reuse in ((TimeDependent(2), None), (MaskCorruption(2), False)):
+        den = Counting()
+        run = S.Sampling(den, corruption, times, x, reuse=reuse)
+        for i in range(3):
+            run.predict(done if i == 2 else x, i)
+        assert (run.nfe, run.reused, den.calls) == (3, 0, 3)
+
+
+class EpsNet(torch.nn.Module):
+    """The exact eps network for data x_0 = 0 (eps = x_t / sigma_t), off by 1e-3 (a good float32 network);
+    the model sees the discrete index n = 1000 t."""
+
+    def __init__(self, corruption):
+        super().__init__()
+        self.sigma = lambda t: corruption.schedule(t).sigma
+
+    def forward(self, x, n):
+        return x / self.sigma(n / 1000).to(x.dtype)[:, None] + 1e-3
+
+
+COS_TABLE = {"name": "table", "beta_schedule": "squaredcos_cap_v2"}  # diffusers' cosine: alpha(1) = 4.9e-5
+
+
+def test_eps_network_started_where_alpha_is_tiny_warns_with_the_gain(reg):
+    """Issue 18, item 3: diffusers' cosine table ends at alpha_bar = 2.4e-9; an eps network's x0_hat there is
+    (x_t - sigma eps_hat) / alpha, so its error is multiplied by sigma/alpha = 2.0e4: an error of 1e-3 puts
+    x0_hat at -20 for data that are all 0."""
+    c = reg.create("corruption", "gaussian", schedule=COS_TABLE, prediction="eps")
+    time = reg.create("time", "discrete", steps=1000)
+    first = []
+    with pytest.warns(udm.IllConditionedWarning,
+                      match=r"sampling with corruption 'gaussian': the amplitude alpha where a network predicting eps "
+                            r"starts must be >= 0\.0001 .*; got alpha = 4\.93e-05 at t = 1, an error gain of 2\.03e\+04\. "
+                            r"Clamp x0_hat \(clamp=True with the corruption's data_range\)") as record:
+        udm.sample(EpsNet(c), c, time, shape=(64, 2), sampler="ddim", steps=10, generator=gen(0),
+                   callback=first.append)
+    assert record[0].filename == __file__  # points at the caller, not into udm
+    sch = c.schedule(torch.ones(1, dtype=torch.float64))
+    gain = float(sch.sigma / sch.alpha)
+    assert gain == pytest.approx(2.03e4, rel=2e-3)
+    assert torch.allclose(first[0].x0_hat, torch.full((64, 2), -1e-3 * gain), rtol=1e-3)  # the damage
+
+
+@pytest.mark.parametrize("case", ["clamped", "v", "linear", "callable", "later_start"])
+def test_no_ill_conditioning_warning_where_the_conversion_is_safe(reg, case):
+    import warnings
+
+    schedule = "linear" if case == "linear" else COS_TABLE
+    c = reg.create("corruption", "gaussian", schedule=schedule, prediction="v" if case == "v" else "eps",
+                   data_range=[-1, 1])
+    time = reg.create("time", "discrete", steps=1000)
+    model = (lambda x, t, g=None: torch.zeros_like(x)) if case == "callable" else EpsNet(c)
+    times = torch.tensor([0.99, 0.5, 0.0], dtype=torch.float64) if case == "later_start" else time.grid(4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", udm.IllConditionedWarning)
+        den = model if case == "callable" else udm.Denoiser(model, c, time)
+        S.invert(den, c, times, torch.randn(8, 2, generator=gen(0)), clamp=case == "clamped")
+
+
+class ClosedForm(torch.nn.Module):
+    """The exact mixture denoiser as a network predicting x_0 from (x_t, n = 100 t): no parameters; with
+    ``buffer`` its mixture means are a float64 buffer (so the run is float64), else plain attributes."""
+
+    def __init__(self, corruption, buffer: bool):
+        super().__init__()
+        self.corruption = corruption
+        if buffer:
+            self.register_buffer("means", MIX.means.clone())
+
+    def forward(self, x, n):
+        sch = self.corruption.schedule(n.double() / 100)
+        return MIX.posterior_mean(x, sch.alpha, sch.sigma)
+
+
+@pytest.mark.parametrize("buffer", [True, False])
+def test_sample_with_a_network_without_parameters(gauss, reg, buffer):
+    """Issue 18, item 2: a closed-form network (only a buffer, or nothing at all) samples like the same
+    denoiser given as a callable; the run's dtype is the buffer's, else float32 (it raised StopIteration)."""
+    _, time, _ = gauss
+    corr = reg.create("corruption", "gaussian", schedule="cosine", prediction="x0")
+    net = ClosedForm(corr, buffer)
+    assert not list(net.parameters()) and len(list(net.buffers())) == int(buffer)
+    x = udm.sample(net, corr, time, shape=(256, 2), sampler="ddim", steps=20, generator=gen(3))
+    dtype = torch.float64 if buffer else torch.float32
+    ref = udm.sample(MIX.denoiser(corr), corr, time, shape=(256, 2), sampler="ddim", steps=20, generator=gen(3),
+                     dtype=dtype)
+    assert x.dtype == dtype and x.device.type == "cpu"
+    assert torch.allclose(x, ref, atol=1e-5 if buffer else 1e-4)

@@ -425,8 +425,8 @@ def test_table_from_a_saved_scheduler_config(reg, tmp_path):
     ("table", dict(alphas_cumprod=[1.0, 0.5]), r"schedule table: alphas_cumprod must be .*; got 1\.0 at index 0\."),
     ("table", dict(alphas_cumprod=[0.5, 0.0, 0.0]), r"schedule table: alphas_cumprod must be .*; got 0\.0 at index 1\."),
     ("table", dict(beta_schedule="sigmoid"),
-     r"schedule table: beta_schedule must be one of 'linear', 'scaled_linear', 'squaredcos_cap_v2'; got 'sigmoid'\. "
-     r"For another schedule pass its values: table\(alphas_cumprod="),
+     r"schedule 'table': beta_schedule must be one of 'linear', 'scaled_linear', 'squaredcos_cap_v2' or None; got "
+     r"'sigmoid'\."),
 ])
 def test_constructor_errors(reg, name, kwargs, message):
     with pytest.raises(ConfigError, match=message):

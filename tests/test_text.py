@@ -27,9 +27,10 @@ def test_local_file(tmp_path):
 
 
 def test_errors(tmp_path):
-    with pytest.raises(udm.ConfigError, match=r"dataset text: path must be an existing UTF-8 text file; got '.*nope'"):
+    with pytest.raises(udm.ConfigError, match=r"dataset text: path must be an existing UTF-8 text file or a folder of "
+                                              r"\.txt files; got '.*nope'"):
         text(path=str(tmp_path / "nope"))
     with pytest.raises(udm.ConfigError, match=r"dataset text: length must be an integer >= 1; got 0\."):
         text(length=0)
-    with pytest.raises(udm.ConfigError, match=r"dataset text: length must be at most the corpus size"):
+    with pytest.raises(udm.ConfigError, match=r"dataset text: length must be at most the longest document's size"):
         text(length=10**6)

@@ -3,82 +3,90 @@
 Describe a forward corruption x_t = F_t(x_0, eps) and a time type; udm derives the loss and a family
 of reverse samplers. Corruptions, time types, samplers, models, datasets and metrics are pluggy
 plugins found through entry points in the group ``udm``.
+
+``import udm`` is light: each public name is imported from its module on first use (PEP 562), so the
+``udm`` command answers ``--help``, usage errors and Ctrl-C before torch is loaded.
 """
 
-from . import bases, grids, nn, samplers
-from ._registry import PluginInfo, Registry, list_plugins, load_registry, registry
-from ._tensor import append_dims
-from .api import resolve_sampler, sample, supported_samplers
-from .corruption import Corruption, GaussianNoise, capabilities
-from .denoiser import Denoiser, Prediction
-from .linear_gaussian import LinearGaussian, Marginal
-from .parameterization import Parameterization
-from .plugin_spec import PluginSpec, build_plugin
-from .variance import VarianceTable
-from .errors import CapabilityError, ConfigError, PluginError, UdmError, UnknownPluginError
-from .families import Categorical, Family, Gaussian, Laplace, get_family
-from .hookspecs import hookimpl
-from .losses import LossOutput, diffusion_loss
-from .samplers import SamplerSpec, SamplerStep
-from .schedule import AffineSchedule, Schedule
-from .sequences import Sequences
-from .time import TimeType, check_grid
-from .training import Trainer, TrainResult, TrainStep, train
-from .experiment import Experiment, RunResult, TrainingError, run_experiment
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "hookimpl",
-    "Registry",
-    "PluginInfo",
-    "load_registry",
-    "registry",
-    "list_plugins",
-    "Corruption",
-    "GaussianNoise",
-    "capabilities",
-    "TimeType",
-    "check_grid",
-    "Family",
-    "Gaussian",
-    "Laplace",
-    "Categorical",
-    "get_family",
-    "Denoiser",
-    "Prediction",
-    "SamplerSpec",
-    "SamplerStep",
-    "Sequences",
-    "Schedule",
-    "AffineSchedule",
-    "samplers",
-    "bases",
-    "grids",
-    "LinearGaussian",
-    "Marginal",
-    "Parameterization",
-    "PluginSpec",
-    "build_plugin",
-    "VarianceTable",
-    "nn",
-    "sample",
-    "supported_samplers",
-    "resolve_sampler",
-    "diffusion_loss",
-    "LossOutput",
-    "Trainer",
-    "TrainResult",
-    "TrainStep",
-    "train",
-    "Experiment",
-    "RunResult",
-    "TrainingError",
-    "run_experiment",
-    "append_dims",
-    "UdmError",
-    "ConfigError",
-    "PluginError",
-    "UnknownPluginError",
-    "CapabilityError",
-]
+#: public name -> the module (under ``udm``) that defines it; a module's own name means the module itself
+_EXPORTS = {
+    "hookimpl": "hookspecs",
+    "Registry": "_registry", "PluginInfo": "_registry", "load_registry": "_registry", "registry": "_registry",
+    "list_plugins": "_registry",
+    "Corruption": "corruption", "GaussianNoise": "corruption", "capabilities": "corruption",
+    "TimeType": "time", "check_grid": "time",
+    "Family": "families", "Gaussian": "families", "Laplace": "families", "Categorical": "families",
+    "get_family": "families",
+    "Denoiser": "denoiser", "Prediction": "denoiser",
+    "SamplerSpec": "samplers", "SamplerStep": "samplers",
+    "Sequences": "sequences",
+    "samplers": "samplers", "nn": "nn", "bases": "bases", "grids": "grids", "accelerators": "accelerators",
+    "accelerate": "accelerators", "Quantisation": "quantisation",
+    "Schedule": "schedule", "AffineSchedule": "schedule",
+    "LinearGaussian": "linear_gaussian", "Marginal": "linear_gaussian", "Parameterization": "parameterization",
+    "PluginSpec": "plugin_spec", "build_plugin": "plugin_spec", "VarianceTable": "variance",
+    "sample": "api", "supported_samplers": "api", "resolve_sampler": "api",
+    "diffusion_loss": "losses", "LossOutput": "losses",
+    "Trainer": "training", "TrainResult": "training", "TrainStep": "training", "train": "training",
+    "Experiment": "experiment", "RunResult": "experiment", "TrainingError": "experiment",
+    "run_experiment": "experiment",
+    "append_dims": "_tensor",
+    "UdmError": "errors", "ConfigError": "errors", "PluginError": "errors", "UnknownPluginError": "errors",
+    "CapabilityError": "errors", "UdmWarning": "errors", "IllConditionedWarning": "errors",
+    "NoiseLevelTime": "noise_level",
+    "Interval": "_schema",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    try:
+        mod = importlib.import_module(f"{__name__}.{module or name}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{__name__}.{module or name}":
+            raise
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    value = mod if module in (None, name) else getattr(mod, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # what type checkers and IDEs see
+    from . import accelerators, bases, grids, nn, samplers
+    from .accelerators import accelerate
+    from .linear_gaussian import LinearGaussian, Marginal
+    from .parameterization import Parameterization
+    from .plugin_spec import PluginSpec, build_plugin
+    from .quantisation import Quantisation
+    from .schedule import AffineSchedule, Schedule
+    from .variance import VarianceTable
+    from ._registry import PluginInfo, Registry, list_plugins, load_registry, registry
+    from ._schema import Interval
+    from ._tensor import append_dims
+    from .api import resolve_sampler, sample, supported_samplers
+    from .corruption import Corruption, GaussianNoise, capabilities
+    from .denoiser import Denoiser, Prediction
+    from .errors import (CapabilityError, ConfigError, IllConditionedWarning, PluginError, UdmError, UdmWarning,
+                         UnknownPluginError)
+    from .experiment import Experiment, RunResult, TrainingError, run_experiment
+    from .families import Categorical, Family, Gaussian, Laplace, get_family
+    from .hookspecs import hookimpl
+    from .losses import LossOutput, diffusion_loss
+    from .samplers import SamplerSpec, SamplerStep
+    from .sequences import Sequences
+    from .noise_level import NoiseLevelTime
+    from .time import TimeType, check_grid
+    from .training import Trainer, TrainResult, TrainStep, train

@@ -19,14 +19,15 @@ from __future__ import annotations
 import importlib.metadata as metadata
 import inspect
 import os
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pluggy
 
-from . import hookspecs
-from .errors import ConfigError, PluginError, UnknownPluginError, did_you_mean
+from . import _validate, hookspecs
+from .errors import ConfigError, PluginError, UdmWarning, UnknownPluginError, did_you_mean
 
 __all__ = ["PluginInfo", "Registry", "load_registry", "registry", "list_plugins"]
 
@@ -79,6 +80,8 @@ class Registry:
         self._pm = pluggy.PluginManager(hookspecs.PROJECT)
         self._pm.add_hookspecs(hookspecs)
         self._table: dict[str, dict[str, _Entry]] = {k: {} for k in hookspecs.KINDS}
+        #: the plugin switches this registry was loaded with (named in "not found" errors)
+        self.settings: dict[str, str] = {}
         self._conflicts: dict[tuple[str, str], str] = {}
 
     # ------------------------------------------------------------------ lookup
@@ -101,9 +104,32 @@ class Registry:
                 ) + "."
             raise UnknownPluginError(
                 f"{kind} {name!r}: name must be a registered {kind}; got {name!r}. "
-                f"Available: {available}.{did_you_mean(name, table)}{note}"
+                f"Available: {available}.{did_you_mean(name, table)}{note}{self._switch_note()}"
             )
         return table[name].obj
+
+    def _switch_note(self) -> str:
+        """What the plugin switches in effect hid, for "not found" errors."""
+        if not self.settings:
+            return ""
+        set_ = ", ".join(f"{k}={v}" for k, v in self.settings.items())
+        return (f" Plugin loading was restricted by {set_}; unset {'it' if len(self.settings) == 1 else 'them'} "
+                f"to load every installed plugin.")
+
+    def supports(self, sampler: str, corruption: Any) -> bool:
+        """Whether the sampler ``sampler`` can run on ``corruption``; a plugin failing to answer (a raising
+        ``supports()`` or capability property) is a :class:`PluginError` naming its distribution."""
+        spec = self.get("sampler", sampler)
+        try:
+            return bool(spec.supports(corruption))
+        except Exception as exc:  # the sampler's or the corruption's plugin code
+            cname = getattr(type(corruption), "name", type(corruption).__name__)
+            providers = [self.provider("sampler", sampler).label]
+            if isinstance(cname, str) and cname in self._table["corruption"]:
+                providers.append(self.provider("corruption", cname).label)
+            raise PluginError(f"sampler {sampler!r}: supports(corruption {cname!r}) must answer; got "
+                              f"{type(exc).__name__}: {exc}. The fault is in {' or '.join(providers)}: fix or "
+                              f"block it with UDM_BLOCK_PLUGINS.") from None
 
     def provider(self, kind: str, name: str) -> PluginInfo:
         """The plugin that registered ``name``."""
@@ -113,9 +139,9 @@ class Registry:
     def create(self, kind: str, name: str, /, **kwargs: Any) -> Any:
         """Call the registered factory (class or function) ``name`` with ``kwargs``."""
         factory = self.get(kind, name)
-        if kind == "sampler":
-            raise PluginError(f"sampler {name!r}: create() must be used for factories; got a sampler, which is a "
-                              f"function, not a factory. Use registry.get('sampler', {name!r}) and call it.")
+        if not hookspecs.KINDS[kind].factory:
+            raise PluginError(f"{kind} {name!r}: create() must be used for factories; got a {kind}, which is not "
+                              f"built from keywords. Use registry.get({kind!r}, {name!r}) and call it.")
         try:
             sig = inspect.signature(factory)
         except (TypeError, ValueError):  # builtins without a signature: let the call report
@@ -129,6 +155,7 @@ class Registry:
             hint = did_you_mean(unknown[0], valid) if unknown else ""
             raise ConfigError(f"{kind} {name!r}: keyword arguments must match its signature {sig}; got {exc}. "
                               f"Valid keys: {', '.join(valid) or '(none)'}.{hint}") from None
+        _validate.check_factory_kwargs(f"{kind} {name!r}", factory, kwargs)
         return factory(**kwargs)
 
     def _kind(self, kind: str) -> dict[str, _Entry]:
@@ -155,18 +182,20 @@ class Registry:
             self._pm.check_pending()
         except pluggy.PluginValidationError as exc:
             self._pm.unregister(plugin)
-            known = ", ".join(hookspecs.HOOK_OF_KIND.values())
-            hint = "".join(did_you_mean(a, hookspecs.HOOK_OF_KIND.values()) for a in dir(plugin)
-                           if a.startswith("udm_") and a not in hookspecs.HOOK_OF_KIND.values())
-            self._fail(info, f"{exc}. Hooks must be one of: {known}.{hint}")
+            hooks = [k.hook for k in hookspecs.KINDS.values()]
+            hint = "".join(did_you_mean(a, hooks) for a in dir(plugin) if a.startswith("udm_") and a not in hooks)
+            self._fail(info, f"{exc}. Hooks must be one of: {', '.join(hooks)}.{hint}")
             return info
-        for kind, hook_name in hookspecs.HOOK_OF_KIND.items():
+        for kind, spec in hookspecs.KINDS.items():
+            hook_name = spec.hook
             for impl in getattr(self._pm.hook, hook_name).get_hookimpls():
                 if impl.plugin is not plugin:
                     continue
                 try:
                     impl.function(register=self._registrar(kind, hook_name, info))
-                except Exception as exc:
+                except BaseException as exc:  # sys.exit() or a BaseException in a plugin is isolated too
+                    if isinstance(exc, KeyboardInterrupt):
+                        raise
                     self._pm.unregister(plugin)
                     self._rollback(info)
                     self._fail(info, f"{hook_name} raised {type(exc).__name__}: {exc}")
@@ -177,7 +206,7 @@ class Registry:
         for attr in dir(plugin):
             if attr.startswith("udm_") and callable(getattr(plugin, attr, None)):
                 fn = getattr(plugin, attr)
-                if not hasattr(fn, hookspecs.PROJECT + "_impl") and attr in hookspecs.HOOK_OF_KIND.values():
+                if not hasattr(fn, hookspecs.PROJECT + "_impl") and hookspecs.kind_of_hook(attr) is not None:
                     raise PluginError(f"{attr} is not marked with @udm.hookimpl; add the decorator")
 
     def _registrar(self, kind: str, hook_name: str, info: PluginInfo) -> Callable[..., Any]:
@@ -188,7 +217,7 @@ class Registry:
                     f"{info.label}, {hook_name}: register() needs a name; got {obj!r} without one. "
                     f"Pass register(obj, name='...') or give the object a `name` attribute."
                 )
-            _validate(kind, key, obj, info, hook_name)
+            _check_contract(kind, key, obj, info, hook_name)
             table = self._table[kind]
             if key in info.registered.get(kind, []):
                 raise PluginError(f"{kind} {key!r}: names must be registered once per plugin; got a second "
@@ -228,37 +257,23 @@ class Registry:
             )
 
 
-def _validate(kind: str, key: str, obj: Any, info: PluginInfo, hook_name: str) -> None:
-    required = {
-        "corruption": ("sample_noise", "forward", "sample_prior"),
-        "time": ("sample_train", "grid", "encode"),
-        "sampler": ("rule", "supports"),
-        "schedule": ("amplitudes",),
-    }.get(kind, ())
-    missing = [m for m in required if not hasattr(obj, m)]
+def _check_contract(kind: str, key: str, obj: Any, info: PluginInfo, hook_name: str) -> None:
+    spec = hookspecs.KINDS[kind]
+    missing = [m for m in spec.required if not hasattr(obj, m)]
     if missing:
         raise PluginError(
-            f"{info.label}, {hook_name}: {kind} {key!r} must provide {', '.join(required)}; "
+            f"{info.label}, {hook_name}: {kind} {key!r} must provide {', '.join(spec.required)}; "
             f"missing {', '.join(missing)}. See the {kind} contract in udm's reference docs."
         )
-    if not required and not callable(obj):
+    if spec.must_be_callable and not callable(obj):
         raise PluginError(f"{info.label}, {hook_name}: {kind} {key!r} must be callable; got {obj!r}.")
     _check_signatures(kind, key, obj, info, hook_name)
-
-
-#: positional parameters each contract method must accept (DESIGN.md §3); optional ones only when present
-_SIGNATURES = {
-    "corruption": {"sample_noise": ("x0", "generator"), "forward": ("x0", "eps", "t"),
-                   "sample_prior": ("shape", "generator"), "noise_posterior": ("x_t", "x0", "t", "generator"),
-                   "refresh_noise": ("eps", "amount", "generator"), "posterior": ("x_t", "x0", "t", "s", "generator")},
-    "time": {"sample_train": ("batch", "generator"), "grid": ("steps",), "encode": ("t",)},
-}
 
 
 def _check_signatures(kind: str, key: str, obj: Any, info: PluginInfo, hook_name: str) -> None:
     """Reject a contract method that cannot be called with the contract's positional arguments."""
 
-    for method, params in _SIGNATURES.get(kind, {}).items():
+    for method, params in hookspecs.KINDS[kind].signatures.items():
         fn = getattr(obj, method, None)
         if not callable(fn):
             continue
@@ -300,6 +315,9 @@ def load_registry(entry_points: Iterable[Any] | None = None, *, strict: bool | N
     block_set = set(block) if block is not None else (_env_list("UDM_BLOCK_PLUGINS") or set())
     autoload = (not _env_flag("UDM_DISABLE_PLUGIN_AUTOLOAD")) if autoload is None else autoload
     reg = Registry(strict=strict)
+    reg.settings = {k: v for k, v in (("UDM_DISABLE_PLUGIN_AUTOLOAD", None if autoload else "1"),
+                                      ("UDM_PLUGINS", ",".join(sorted(only_set)) if only_set is not None else None),
+                                      ("UDM_BLOCK_PLUGINS", ",".join(sorted(block_set)) or None)) if v is not None}
     if not autoload:
         return reg
     eps = _entry_points() if entry_points is None else list(entry_points)
@@ -317,13 +335,28 @@ def load_registry(entry_points: Iterable[Any] | None = None, *, strict: bool | N
             continue
         try:
             plugin = ep.load()
-        except Exception as exc:
+        except BaseException as exc:  # sys.exit() or a BaseException at import is isolated too
+            if isinstance(exc, KeyboardInterrupt):
+                raise
             info = PluginInfo(name=ep.name, distribution=dist, version=version, value=getattr(ep, "value", ""))
             reg.plugins.append(info)
             reg._fail(info, f"import failed: {type(exc).__name__}: {exc}")
             continue
         reg.add_plugin(plugin, name=ep.name, distribution=dist, version=version, value=getattr(ep, "value", ""))
+    _warn_unmatched(eps, dist_of, only_set, block_set)
     return reg
+
+
+def _warn_unmatched(eps: list[Any], dist_of: Callable[[Any], tuple[str, str]], only: set[str] | None,
+                    block: set[str]) -> None:
+    """A name in UDM_PLUGINS / UDM_BLOCK_PLUGINS that matches no installed entry point or distribution is
+    almost always a typo (and a block that silently blocks nothing): say so."""
+    known = sorted({ep.name for ep in eps} | {dist_of(ep)[0] for ep in eps})
+    for var, names in (("UDM_PLUGINS", only or set()), ("UDM_BLOCK_PLUGINS", block)):
+        for name in sorted(set(names) - set(known)):
+            warnings.warn(f"{var}: every name must be an installed entry point or distribution; got {name!r}, which "
+                          f"matches none.{did_you_mean(name, known)} Installed: {', '.join(known) or '(none)'}.",
+                          UdmWarning, stacklevel=3)
 
 
 _DEFAULT: Registry | None = None

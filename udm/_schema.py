@@ -1,14 +1,20 @@
 """Keyword-argument schemas read from a callable's signature: which keys it takes, with which types.
 
-Used by :mod:`udm.config` to check every YAML section against the plugin it names. Types come from
-annotations (``int``, ``float``, ``str``, ``bool``, ``list[...]``, ``tuple[...]``, ``X | None``,
-``Literal[...]``, ``dict``); parameters without an annotation are checked against their default's
-type; anything else (a class such as ``torch.device``) is accepted as written.
+Used by :mod:`udm.config` to check every YAML section against the plugin it names, and by
+:mod:`udm._validate` to check Python arguments the same way. Types come from annotations (``int``,
+``float``, ``str``, ``bool``, ``list[...]``, ``tuple[...]``, ``X | None``, ``Literal[...]``, ``dict``);
+parameters without an annotation are checked against their default's type; anything else (a class
+such as ``torch.device``) is accepted as written. A range is declared with ``typing.Annotated`` and
+:class:`Interval`, so that it is checked (and described) like the type::
+
+    def __init__(self, width: Annotated[int, Interval(ge=1)] = 256, eta: Annotated[float, Interval(0, 1)] = 0.0)
 """
 
 from __future__ import annotations
 
 import inspect
+import math
+import numbers
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -17,7 +23,7 @@ from typing import Any
 
 from .plugin_spec import plugin_ref
 
-__all__ = ["Param", "Schema", "schema_of", "conforms", "describe", "coerce"]
+__all__ = ["Param", "Schema", "Interval", "schema_of", "conforms", "describe", "coerce"]
 
 _EMPTY = inspect.Parameter.empty
 
@@ -37,6 +43,34 @@ class Param:
 class Schema:
     params: dict[str, Param]
     open: bool = False  #: the callable takes ``**kwargs``: any extra key is accepted
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A numeric range for ``Annotated[int | float, Interval(...)]``: ``ge``/``le`` (closed ends) or
+    ``gt``/``lt`` (open ends); ``Interval(0, 1)`` is [0, 1]. NaN and infinities never conform."""
+
+    ge: float | None = None
+    le: float | None = None
+    gt: float | None = None
+    lt: float | None = None
+
+    def __call__(self, value: Any) -> bool:
+        if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
+            return False
+        return ((self.ge is None or value >= self.ge) and (self.le is None or value <= self.le)
+                and (self.gt is None or value > self.gt) and (self.lt is None or value < self.lt))
+
+    def __str__(self) -> str:
+        low = f"[{self.ge}" if self.ge is not None else f"({self.gt}" if self.gt is not None else None
+        high = f"{self.le}]" if self.le is not None else f"{self.lt})" if self.lt is not None else None
+        if low and high:
+            return f"in {low}, {high}"
+        if low:
+            return f">= {self.ge}" if self.ge is not None else f"> {self.gt}"
+        if high:
+            return f"<= {self.le}" if self.le is not None else f"< {self.lt}"
+        return "finite"
 
 
 def _hints(fn: Callable[..., Any]) -> dict[str, Any]:
@@ -77,14 +111,29 @@ def _is_union(tp: Any) -> bool:
     return _origin(tp) is typing.Union or isinstance(tp, types.UnionType)
 
 
+def _constraints(tp: Any) -> tuple[Any, list[Interval]]:
+    """``Annotated[T, Interval(...), ...]`` -> (T, [intervals]); any other ``tp`` -> (tp, [])."""
+    if _origin(tp) is typing.Annotated and plugin_ref(tp) is None:
+        base, *meta = typing.get_args(tp)
+        return base, [m for m in meta if isinstance(m, Interval)]
+    return tp, []
+
+
 def conforms(value: Any, tp: Any) -> bool:
-    """Whether a YAML value (None, bool, int, float, str, list, dict) fits the annotation ``tp``."""
+    """Whether a value (from YAML: None, bool, int, float, str, list, dict; or a Python argument)
+    fits the annotation ``tp``, ranges declared with :class:`Interval` included."""
+    tp, ranges = _constraints(tp)
+    if ranges:
+        return conforms(value, tp) and all(r(value) for r in ranges)
     if tp is Any or tp is _EMPTY or tp is object:
         return True
     if _origin(tp) is typing.Annotated:
         ref = plugin_ref(tp)
         if ref is not None:
-            return isinstance(value, str) or (isinstance(value, dict) and isinstance(value.get("name"), str))
+            if isinstance(value, dict):
+                return isinstance(value.get("name"), str)
+            # a name, or (from Python) an instance; never a YAML number, boolean, list or null
+            return isinstance(value, str) or not isinstance(value, (int, float, bool, list, tuple, type(None)))
         return conforms(value, typing.get_args(tp)[0])
     if tp is None or tp is type(None):
         return value is None
@@ -96,9 +145,9 @@ def conforms(value: Any, tp: Any) -> bool:
     if tp is bool:
         return isinstance(value, bool)
     if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
     if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
     if tp is str:
         return isinstance(value, str)
     seq = {list, tuple, Sequence, typing.Sequence}
@@ -117,6 +166,10 @@ def conforms(value: Any, tp: Any) -> bool:
 
 def describe(tp: Any) -> str:
     """A short human form of an annotation: ``int``, ``list of int``, ``one of 'a', 'b'``, ``float or None``."""
+    tp, ranges = _constraints(tp)
+    if ranges:
+        base = {"int": "an integer", "float": "a number"}.get(describe(tp), describe(tp))
+        return f"{base} " + " and ".join(str(r) for r in ranges)
     if tp is Any or tp is _EMPTY:
         return "any value"
     if _origin(tp) is typing.Annotated:
@@ -142,9 +195,10 @@ def describe(tp: Any) -> str:
 
 def coerce(value: Any, tp: Any) -> Any:
     """Turn a YAML list into a tuple where the annotation asks for a tuple only (e.g. AdamW ``betas``)."""
+    tp = _constraints(tp)[0]
     if isinstance(value, list):
         branches = typing.get_args(tp) if _is_union(tp) else (tp,)
-        kinds = {(_origin(b) or b) for b in branches if b is not type(None)}
+        kinds = {(_origin(_constraints(b)[0]) or _constraints(b)[0]) for b in branches if b is not type(None)}
         if kinds == {tuple}:
             return tuple(value)
     return value

@@ -7,18 +7,20 @@ from typing import Any
 
 import torch
 
+from . import _validate
 from ._registry import Registry, registry as default_registry
 from .denoiser import Denoiser
-from .errors import CapabilityError
+from .errors import CapabilityError, ConfigError
 from .samplers import SamplerSpec, SamplerStep
 
-__all__ = ["sample", "supported_samplers", "resolve_sampler", "sample_start", "describe_start"]
+__all__ = ["sample", "supported_samplers", "resolve_sampler", "resolve_steps", "sampling_grid", "sample_start",
+           "describe_start"]
 
 
 def supported_samplers(corruption: Any, registry: Registry | None = None) -> list[str]:
     """Names of the registered samplers whose required capabilities ``corruption`` offers."""
     reg = registry or default_registry()
-    return [n for n in reg.names("sampler") if reg.get("sampler", n).supports(corruption)]
+    return [n for n in reg.names("sampler") if reg.supports(n, corruption)]
 
 
 def resolve_sampler(name: str | SamplerSpec, corruption: Any, registry: Registry | None = None,
@@ -40,6 +42,33 @@ def resolve_sampler(name: str | SamplerSpec, corruption: Any, registry: Registry
             f"{', '.join(missing)}. Samplers {cname!r} supports: {ok}."
         )
     return spec
+
+
+def resolve_steps(spec: SamplerSpec, steps: int | None, nfe: int | None, options: dict[str, Any] | None = None,
+                  where: str = "udm.sample") -> int:
+    """The number of steps to run: ``steps``, or the most steps whose model calls fit the budget ``nfe``
+    (:meth:`SamplerSpec.steps_for`), or 50 when neither is given."""
+    if steps is not None and nfe is not None:
+        raise ConfigError(f"{where}: steps and nfe must not both be given (nfe sets the steps); got steps={steps!r}, "
+                          f"nfe={nfe!r}. Give steps for a grid, or nfe for a budget of model calls.")
+    if nfe is not None:
+        return spec.steps_for(nfe, options)
+    return 50 if steps is None else steps
+
+
+def sampling_grid(spec: SamplerSpec, time_type: Any, steps: int, spacing: str, corruption: Any, nfe: int | None,
+                  options: dict[str, Any], where: str = "udm.sample") -> torch.Tensor:
+    """The time type's grid of ``steps`` steps; when ``nfe`` set the steps, a grid the time type refuses is
+    reported as a budget error."""
+    try:
+        return time_type.grid(steps, spacing=spacing, corruption=corruption)
+    except ConfigError as exc:
+        if nfe is None:
+            raise
+        per, last = spec.per_step(options)
+        raise ConfigError(f"{where}: nfe must give a grid the time type accepts; got nfe={nfe}, i.e. {steps} "
+                          f"steps of {spec.name!r} ({per} model call(s) a step, {last} on the last). Lower nfe. "
+                          f"({exc})") from None
 
 
 def sample_start(corruption: Any, t0: float, shape: tuple[int, ...], generator: torch.Generator | None, *,
@@ -68,7 +97,7 @@ def describe_start(corruption: Any, times: Any, shape: tuple[int, ...]) -> dict[
                                        f"(a(t0) = {float(m.a64.abs().max()):.3g} times x_0 neglected)"}
 
 
-def _model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype | None]:
+def model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype | None]:
     """The device and floating dtype of a network's first parameter or buffer (CPU / None if it has none)."""
     for tensor in (*model.parameters(), *model.buffers()):
         return tensor.device, (tensor.dtype if tensor.dtype.is_floating_point else None)
@@ -76,33 +105,44 @@ def _model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dty
 
 
 def sample(model: torch.nn.Module | Callable[..., Any], corruption: Any, time_type: Any, *, shape: tuple[int, ...],
-           sampler: str | SamplerSpec = "invert", steps: int = 50, spacing: str = "uniform",
-           generator: torch.Generator | None = None, registry: Registry | None = None,
+           sampler: str | SamplerSpec = "invert", steps: int | None = None, nfe: int | None = None,
+           spacing: str = "uniform", generator: torch.Generator | None = None, registry: Registry | None = None,
            callback: Callable[[SamplerStep], Any] | None = None, clamp: bool = False,
            family_options: dict[str, Any] | None = None, dtype: torch.dtype | None = None,
-           device: torch.device | str | None = None, variance: Any = None, **options: Any) -> Any:
+           device: torch.device | str | None = None, variance: Any = None, x_init: Any = None,
+           **options: Any) -> Any:
     """Draw ``shape[0]`` samples: prior x_1, then ``steps`` reverse steps of ``sampler`` on the time grid.
 
     Args:
         model: a trained network (wrapped in :class:`Denoiser`) or a denoiser ``(x_t, t, g) -> x0_hat``.
         shape: ``(n, *data_shape)`` for the prior.
         sampler: a registered sampler name (``invert``, ``ddim``, ``ddpm``, ``heun``, ...) or a spec.
-        steps, spacing: the time type's sampling grid.
+        steps, spacing: the time type's sampling grid (default 50 steps).
+        nfe: instead of ``steps``, a budget of model calls: the most steps whose calls fit it
+            (:meth:`SamplerSpec.calls`: Heun makes 2 steps - 1, RK4 4 steps - 3). The calls a run made are
+            ``SamplerStep.nfe`` of the last step (steps that change nothing may cost none).
         dtype: the prior's (and so the run's) dtype; default: the network's parameter dtype, else float32.
         device: where to sample; default: the network's device, else the generator's, else the CPU.
         variance: q_theta's variance source (see :class:`Denoiser`); ``None``: the mean.
+        x_init: the starting batch x_{t_0} at the grid's first time (default: drawn with ``generator`` from the
+            corruption's prior at t_0 = 1, else its ``noise_prior(t_0)``; which is what happens first, so
+            passing that same draw changes nothing).
         options: sampler options (``eta``, ``solver``, ...).
     Returns:
         x0 samples of ``shape``.
     """
+    _validate.check_sample_args(model, corruption, time_type, shape=shape, sampler=sampler, steps=steps, spacing=spacing,
+                                generator=generator, family_options=family_options, options=options, registry=registry)
     spec = resolve_sampler(sampler, corruption, registry, options)
     if isinstance(model, torch.nn.Module):
-        model_device, model_dtype = _model_device_dtype(model)
+        model_device, model_dtype = model_device_dtype(model)
         device = device if device is not None else model_device
         dtype = dtype or model_dtype
         model = Denoiser(model.eval(), corruption, time_type, variance=variance, **(family_options or {}))
     elif device is None:
         device = generator.device if generator is not None else torch.device("cpu")
-    times = time_type.grid(steps, spacing=spacing, corruption=corruption)
-    x_init = sample_start(corruption, float(times[0]), tuple(shape), generator, device=device, dtype=dtype)
+    steps = resolve_steps(spec, steps, nfe, options)
+    times = sampling_grid(spec, time_type, steps, spacing, corruption, nfe, options)
+    if x_init is None:
+        x_init = sample_start(corruption, float(times[0]), tuple(shape), generator, device=device, dtype=dtype)
     return spec(model, corruption, times, x_init, generator=generator, callback=callback, clamp=clamp, **options)

@@ -7,32 +7,47 @@ One checkpoint is a directory ``checkpoints/step-00001000/``::
     optimizer.safetensors   optimizer state tensors, keyed ``state.<param index>.<name>``
     corruption.safetensors  the corruption's fitted statistics (``state_dict()``)
     rng.safetensors         per rank: the trainer's two generators and torch's global RNG (``rank<r>.<name>``)
-    state.json              step, optimizer param groups, scheduler, numpy/python RNG states per rank
+    state.json              step, optimizer param groups, scheduler, numpy/python RNG states per rank,
+                            the size and SHA-256 of every file above, and its own checksum
 
 It is written into ``checkpoints/.tmp-...`` and renamed into place, so a crash while writing leaves
 the previous checkpoints untouched; the oldest beyond ``keep`` are deleted afterwards.
+
+Reading verifies every checksum: a truncated, bit-flipped or missing file (a missing EMA file included:
+the EMA is never silently reset) raises :class:`CheckpointError` naming the file.
+:func:`newest_intact` walks back to the newest checkpoint that verifies, and says which it skipped.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
 import shutil
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load as load_bytes, save as save_bytes
 
-from .errors import ConfigError
+from .errors import ConfigError, UdmError, UdmWarning
 
-__all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "list_checkpoints", "rng_state",
-           "set_rng_state", "clean", "Checkpoint"]
+__all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "list_checkpoints", "newest_intact",
+           "rng_state", "set_rng_state", "clean", "Checkpoint", "CheckpointError"]
 
 _PREFIX = "step-"
+#: where :func:`newest_intact` moves a checkpoint that failed verification (``quarantine=True``)
+CORRUPT_PREFIX = "corrupt-"
+
+
+class CheckpointError(UdmError, RuntimeError):
+    """A checkpoint is incomplete or damaged (a file missing, truncated or changed since it was written)."""
 
 
 @dataclass
@@ -47,9 +62,18 @@ class Checkpoint:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, str(path))
+def _write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Write ``tensors`` as safetensors; returns the file's size and SHA-256 (computed from the bytes written)."""
+    raw = save_bytes({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()})
+    with open(path, "wb") as fh:
+        fh.write(raw)
     _fsync(path)
+    return {"bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
+
+
+def _checksum(meta: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps({k: v for k, v in meta.items() if k != "checksum"}, sort_keys=True)
+                          .encode()).hexdigest()
 
 
 def _fsync(path: Path) -> None:
@@ -111,15 +135,16 @@ def save_checkpoint(ckpt_dir: str | Path, trainer: Any, *, corruption: Any = Non
     tmp.mkdir()
     state = trainer.state_dict()
     rng = rng if rng is not None else {0: rng_state(trainer)}
-    _write_tensors(tmp / "model.safetensors", state["network"])
-    if state["ema"] is not None:
-        _write_tensors(tmp / "ema.safetensors", state["ema"])
     opt = state["optimizer"]
-    _write_tensors(tmp / "optimizer.safetensors",
-                   {f"state.{i}.{k}": v for i, s in opt["state"].items() for k, v in s.items()})
-    _write_tensors(tmp / "corruption.safetensors", dict(corruption.state_dict()) if corruption is not None else {})
-    _write_tensors(tmp / "rng.safetensors", {f"rank{r}.{k}": s[k] for r, s in rng.items()
-                                             for k in ("generator", "data_generator", "torch")})
+    tensors = {
+        "model.safetensors": state["network"],
+        **({"ema.safetensors": state["ema"]} if state["ema"] is not None else {}),
+        "optimizer.safetensors": {f"state.{i}.{k}": v for i, s in opt["state"].items() for k, v in s.items()},
+        "corruption.safetensors": dict(corruption.state_dict()) if corruption is not None else {},
+        "rng.safetensors": {f"rank{r}.{k}": s[k] for r, s in rng.items()
+                            for k in ("generator", "data_generator", "torch")},
+    }
+    files = {name: _write_tensors(tmp / name, t) for name, t in tensors.items()}
     meta = {
         "step": trainer.step,
         "optimizer": {"param_groups": _to_json(opt["param_groups"]),
@@ -128,7 +153,9 @@ def save_checkpoint(ckpt_dir: str | Path, trainer: Any, *, corruption: Any = Non
         "scheduler": _to_json(state["scheduler"]),
         "rng": {str(r): {"numpy": s["numpy"], "python": s["python"]} for r, s in rng.items()},
         "extra": _to_json(extra or {}),
+        "files": files,
     }
+    meta["checksum"] = _checksum(meta)
     (tmp / "state.json").write_text(json.dumps(meta))
     _fsync(tmp / "state.json")
     os.rename(tmp, final)  # atomic on POSIX: the checkpoint appears complete or not at all
@@ -169,8 +196,71 @@ def latest_checkpoint(ckpt_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
-def _optimizer_state(path: Path, meta: dict[str, Any], template: Any) -> dict[str, Any]:
-    tensors = load_file(str(path / "optimizer.safetensors"))
+def newest_intact(ckpt_dir: str | Path, *, quarantine: bool = False, optimizer: Any = None,
+                  warn: Callable[[str], None] | None = None) -> Checkpoint | None:
+    """The newest checkpoint that verifies, read back; ``None`` when there is none at all.
+
+    Each damaged checkpoint skipped on the way is reported through ``warn`` (default: a
+    :class:`~udm.errors.UdmWarning`), and with ``quarantine`` renamed to ``corrupt-step-...`` (kept for
+    inspection, out of the way of the resumed run's own saves). Raises :class:`CheckpointError` when
+    checkpoints exist but none verifies.
+    """
+    warn = warn or (lambda msg: warnings.warn(msg, UdmWarning, stacklevel=3))
+    found, problems = list_checkpoints(ckpt_dir), []
+    for path in reversed(found):
+        try:
+            ckpt = load_checkpoint(path, optimizer=optimizer)
+        except CheckpointError as exc:
+            problems.append(str(exc))
+            moved = ""
+            if quarantine:
+                target = path.with_name(CORRUPT_PREFIX + path.name)
+                os.rename(path, target)
+                moved = f" It was moved to {str(target)!r}."
+            warn(f"{exc}{moved} Falling back to the previous checkpoint.")
+            continue
+        return ckpt
+    if problems:
+        raise CheckpointError(f"checkpoints: at least one checkpoint in {str(ckpt_dir)!r} must be intact; got "
+                              f"{len(problems)} damaged ones. Restore them from a backup, or start the run again.")
+    return None
+
+
+def _read(path: Path, name: str, files: dict[str, Any] | None) -> dict[str, torch.Tensor]:
+    """The tensors of ``path / name``, verified against the size and SHA-256 in ``files`` (when recorded)."""
+    where = path / name
+    try:
+        raw = where.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {str(path)!r}: {name} must be present; got it missing. The checkpoint "
+                              f"is incomplete.") from None
+    if files is not None:
+        want = files[name]
+        got = {"bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
+        if got != want:
+            raise CheckpointError(f"checkpoint {str(path)!r}: {name} must match the checksum written with it; got "
+                                  f"{got['bytes']} bytes, sha256 {got['sha256'][:12]}... (written: {want['bytes']} "
+                                  f"bytes, {want['sha256'][:12]}...). The file is truncated or damaged.")
+    try:
+        return load_bytes(raw)
+    except (SafetensorError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"checkpoint {str(path)!r}: {name} must be a readable safetensors file; got "
+                              f"{type(exc).__name__}: {exc}. The file is damaged.") from None
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads((path / "state.json").read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"checkpoint {str(path)!r}: state.json must be valid JSON; got {exc}. The file is "
+                              f"damaged.") from None
+    if not isinstance(meta, dict) or ("checksum" in meta and meta["checksum"] != _checksum(meta)):
+        raise CheckpointError(f"checkpoint {str(path)!r}: state.json must match its checksum; got different "
+                              f"content. The file is damaged.")
+    return meta
+
+
+def _optimizer_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any], template: Any) -> dict[str, Any]:
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         _, idx, name = key.split(".", 2)
@@ -193,20 +283,22 @@ def load_checkpoint(path: str | Path, *, optimizer: Any = None) -> Checkpoint:
     if not (path / "state.json").is_file():
         raise ConfigError(f"checkpoint: {str(path)!r} must be a complete checkpoint directory (with state.json); "
                           f"got one without. Use udm.checkpoint.latest_checkpoint(run_dir / 'checkpoints').")
-    meta = json.loads((path / "state.json").read_text())
-    rng_t = load_file(str(path / "rng.safetensors"))
+    meta = _read_state(path)
+    files = meta.get("files")  # None: written before checksums existed
+    has_ema = "ema.safetensors" in files if files is not None else (path / "ema.safetensors").is_file()
+    tensors = {name: _read(path, name, files) for name in ("model.safetensors", "optimizer.safetensors",
+                                                           "corruption.safetensors", "rng.safetensors")}
+    rng_t = tensors["rng.safetensors"]
     rng: dict[int, dict[str, Any]] = {}
     for r, rest in meta["rng"].items():
         rng[int(r)] = {k: rng_t[f"rank{r}.{k}"] for k in ("generator", "data_generator", "torch")} | rest
-    ema = path / "ema.safetensors"
     trainer = {
         "step": meta["step"],
-        "network": load_file(str(path / "model.safetensors")),
-        "ema": load_file(str(ema)) if ema.is_file() else None,
-        "optimizer": _optimizer_state(path, meta["optimizer"], optimizer),
+        "network": tensors["model.safetensors"],
+        "ema": _read(path, "ema.safetensors", files) if has_ema else None,
+        "optimizer": _optimizer_state(tensors["optimizer.safetensors"], meta["optimizer"], optimizer),
         "scheduler": meta["scheduler"],
         "generator": rng[0]["generator"],
         "data_generator": rng[0]["data_generator"],
     }
-    return Checkpoint(path, meta["step"], trainer, load_file(str(path / "corruption.safetensors")), rng,
-                      meta.get("extra", {}))
+    return Checkpoint(path, meta["step"], trainer, tensors["corruption.safetensors"], rng, meta.get("extra", {}))

@@ -2,33 +2,51 @@
 
 ::
 
-    udm run EXP.yaml [--resume] [--out DIR] [--set key.path=value ...]   train, then sample and evaluate
+    udm run EXP.yaml [--resume | --overwrite] [--out DIR] [--set key.path=value ...]   train, sample, evaluate
     udm train EXP.yaml [...]                                             train only
     udm sample RUN_DIR [--sampler NAME --steps N --n N --seed S]          sample a trained run
-    udm check EXP.yaml [--set ...]                                       validate without running
+    udm check EXP.yaml [--set ...]                                       validate, build, and run 2 examples
+    udm report RUN_DIR [--out FILE]                                      one HTML page: metrics, curves, samples
     udm plugins [--json]                                                 what is installed
 
-Exit codes: 0 success, 2 usage or configuration error, 1 runtime failure. Multi-process:
+Without ``--out`` (and ``run.out``) a run writes ``runs/<experiment name>``, or its next free version
+``runs/<name>-2``, ``-3``, ... when that is taken; ``--resume`` continues the newest version. An explicit
+directory that holds a finished run is refused unless ``--resume`` (continue it) or ``--overwrite``
+(replace its outputs). A folder that is not a udm run is never written into.
+
+Exit codes: 0 success, 2 usage or configuration error, 1 runtime failure, 130 interrupted (Ctrl-C).
+Warnings udm raises (:class:`udm.errors.UdmWarning`) print as ``udm CMD: warning: ...``. Multi-process:
 ``torchrun --nproc_per_node=N -m udm run EXP.yaml``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+import warnings
+from collections.abc import Iterator, Sequence
 
-from .errors import ConfigError, PluginError, UnknownPluginError
+from .errors import CapabilityError, ConfigError, PluginError, UdmWarning, UnknownPluginError
 
-__all__ = ["main"]
+__all__ = ["main", "exit_code"]
 
-USAGE_ERRORS = (ConfigError, UnknownPluginError)
+USAGE_ERRORS = (ConfigError, UnknownPluginError, CapabilityError)
+
+
+def exit_code(exc: BaseException) -> int:
+    """The exit status for an exception: 2 configuration/usage/plugin errors, 130 Ctrl-C, 1 anything else."""
+    if isinstance(exc, (*USAGE_ERRORS, PluginError)):
+        return 2
+    return 130 if isinstance(exc, KeyboardInterrupt) else 1
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="udm", description="Unified diffusion models: run YAML experiments.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{run,train,sample,check,plugins}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{run,train,sample,check,report,plugins}")
     for name, help_ in (("run", "train, then sample and evaluate"), ("train", "train only"),
                         ("check", "validate an experiment without running it")):
         sp = sub.add_parser(name, help=help_)
@@ -36,8 +54,11 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="override a config value (repeatable), e.g. --set train.steps=100")
         if name != "check":
-            sp.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
-            sp.add_argument("--out", help="run directory (default: run.out, else runs/<config name>)")
+            mode = sp.add_mutually_exclusive_group()
+            mode.add_argument("--resume", action="store_true", help="continue from the newest intact checkpoint")
+            mode.add_argument("--overwrite", action="store_true",
+                              help="replace the outputs of an earlier run in --out/run.out (deletes them)")
+            sp.add_argument("--out", help="run directory (default: run.out, else runs/<config name>[-N])")
             sp.add_argument("--quiet", action="store_true", help="no progress bars")
     sp = sub.add_parser("sample", help="sample from a trained run directory")
     sp.add_argument("run_dir")
@@ -48,6 +69,9 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                     help="sampler options, e.g. --set sample.eta=0.5")
     sp.add_argument("--quiet", action="store_true")
+    sp = sub.add_parser("report", help="write one HTML summary of a run (metrics, curves, samples, config)")
+    sp.add_argument("run_dir")
+    sp.add_argument("--out", help="the HTML file (default: RUN_DIR/report.html)")
     sp = sub.add_parser("plugins", help="list installed plugins and what they register")
     sp.add_argument("--json", action="store_true", help="machine-readable output (udm.plugin_report)")
     return p
@@ -57,21 +81,75 @@ def _plugins(as_json: bool = False) -> None:
     from ._registry import registry
     from .plugin_report import build_report
 
-    report = build_report(registry())
+    with contextlib.redirect_stdout(sys.stderr):  # what plugins print never mixes with the report
+        report = build_report(registry())
     print(report.to_json() if as_json else report.to_text())
+
+
+@contextlib.contextmanager
+def _warnings_as_lines(command: str) -> Iterator[None]:
+    """udm's warnings as one ``udm CMD: warning: ...`` line each on stderr (no source line)."""
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, UdmWarning):
+            print(f"udm {command}: warning: {message}", file=sys.stderr)
+        else:
+            previous(message, category, filename, lineno, file, line)
+
+    with warnings.catch_warnings():  # restores the filters and showwarning on exit
+        warnings.simplefilter("always", UdmWarning)
+        warnings.showwarning = show
+        yield
+
+
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Hold Ctrl-C while torch, numpy and the plugins are imported, then raise it.
+
+    An interrupt that lands inside those imports can be swallowed by C code (torch's numpy set-up catches
+    any exception) and leave a half-imported module behind that fails later in strange ways; deferring it
+    by the second or so the imports take keeps them whole, and the command still exits 130 right after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
+def _start_up() -> None:
+    """Import everything a command needs and load the plugins (under :func:`_sigint_deferred`)."""
+    from . import experiment, sampling  # noqa: F401 - torch, numpy, safetensors, yaml
+    from ._registry import registry
+
+    with contextlib.redirect_stdout(sys.stderr):  # what plugins print at import never mixes with our output
+        registry()
 
 
 def _dispatch(args: argparse.Namespace) -> None:
     if args.command == "plugins":
         _plugins(args.json)
         return
+    if args.command == "report":
+        from .report import write_report
+
+        print("report written to", write_report(args.run_dir, args.out))
+        return
     progress = False if getattr(args, "quiet", False) else None
     if args.command == "check":
         from .experiment import Experiment
 
         exp = Experiment.from_file(args.config, args.overrides)
+        built = exp.check()
         named = ", ".join(f"{s}={exp.config[s].get('name', 'file')}" for s in ("corruption", "time", "model", "data"))
-        print(f"{args.config}: OK ({named}, sampler={exp.config['sample']['sampler']})")
+        print(f"{args.config}: OK ({named}, sampler={exp.config['sample']['sampler']}; data "
+              f"{tuple(built.data.shape)}; a training loss and 2 sampling steps ran on 2 examples)")
         return
     if args.command == "sample":
         from .sampling import sample_run
@@ -82,8 +160,8 @@ def _dispatch(args: argparse.Namespace) -> None:
         return
     from .experiment import run_experiment
 
-    result = run_experiment(args.config, out=args.out, resume=args.resume, overrides=args.overrides,
-                            sample=args.command == "run", progress=progress)
+    result = run_experiment(args.config, out=args.out, resume=args.resume, overwrite=args.overwrite,
+                            overrides=args.overrides, sample=args.command == "run", progress=progress)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"run directory: {result.run_dir} (step {result.step})",
               *(f"{k}={v:.6g}" for k, v in result.metrics.items()))
@@ -91,25 +169,34 @@ def _dispatch(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``udm`` console script; returns the exit code."""
-    parser = _parser()
     try:
-        args = parser.parse_args(argv)
+        args = _parser().parse_args(argv)
     except SystemExit as exc:  # argparse: 2 on usage errors, 0 on --help
         return int(exc.code or 0)
+    except KeyboardInterrupt:
+        print("udm: interrupted", file=sys.stderr)
+        return 130
     try:
-        _dispatch(args)
+        with _warnings_as_lines(args.command):
+            with _sigint_deferred():
+                _start_up()
+            _dispatch(args)
     except USAGE_ERRORS as exc:
         print(f"udm {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return exit_code(exc)
     except PluginError as exc:
         print(f"udm {args.command}: plugin error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"udm {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return exit_code(exc)
+    except KeyboardInterrupt as exc:
+        run_dir = getattr(exc, "run_dir", None)
+        where = f": {exc}" if run_dir is not None else ""
+        again = (f" Resume with: udm {args.command} {args.config} --resume --out {run_dir}"
+                 + "".join(f" --set {o}" for o in args.overrides) if run_dir is not None else "")
+        print(f"udm {args.command}: interrupted{where}{again}", file=sys.stderr)
+        return exit_code(exc)
     except Exception as exc:  # runtime failure: message first, no traceback unless UDM_DEBUG
         if os.environ.get("UDM_DEBUG"):
             raise
         print(f"udm {args.command}: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+        return exit_code(exc)
     return 0

@@ -1,4 +1,4 @@
-"""Experiment files: YAML that names registered plugins and their keyword arguments (DESIGN.md §6).
+"""Experiment files: YAML that names registered plugins and their keyword arguments (docs/tutorial.md).
 
 ::
 
@@ -6,8 +6,10 @@
     time:       {name: discrete, steps: 1000}
     model:      {name: mlp, width: 256, depth: 4}         # data_shape / vocab_size filled in from the data
     data:       {name: two_moons, n: 20000}               # or {file: points.npy} (.npy, .safetensors, .txt)
+                                                          # + quantisation: {bins: 256, range: [-1, 1]} (images)
     train:      {steps: 3000, batch_size: 512, lr: 2.0e-3, ema: 0.999}   # udm.Trainer's keywords
-    sample:     {sampler: invert, steps: 50, n: 4096}     # + the sampler's own options (eta, solver, ...)
+    sample:     {sampler: invert, steps: 50, n: 4096}     # or nfe: 10 (model calls) instead of steps; + the
+                                                          # sampler's own options (eta, solver, ...)
     eval:       {sliced_wasserstein: {projections: 256}}  # metric name -> its keywords
     run:        {out: runs/moons, seed: 0, checkpoint_every: 500, keep: 3}
 
@@ -19,68 +21,53 @@ a config names plugins, it never imports or runs code.
 from __future__ import annotations
 
 import copy
-import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from . import _yaml
+from ._options import RunOptions, SampleOptions, TrainOptions
 from ._registry import Registry
-from ._schema import Param, Schema, conforms, describe, schema_of
+from ._schema import Param, Schema, schema_of
+from ._validate import check_keys
 from .errors import ConfigError, UnknownPluginError, did_you_mean
-from .training import Trainer
+from . import hookspecs
+from .hookspecs import PluginKind
+from ._runlog import check_log
+from ._plots import require_matplotlib
+from .quantisation import Quantisation
 
-__all__ = ["load_config", "parse_config", "apply_overrides", "validate", "SECTIONS", "KIND_OF_SECTION"]
+__all__ = ["load_config", "parse_config", "apply_overrides", "validate", "plugin_schema", "sampler_schema",
+           "plugin_sections", "sections", "required_sections", "OPTION_SECTIONS"]
 
-KIND_OF_SECTION = {"corruption": "corruption", "time": "time", "model": "model", "data": "dataset"}
-SECTIONS = ("corruption", "time", "model", "data", "train", "sample", "eval", "run", "versions")
-REQUIRED = ("corruption", "time", "model", "data", "train")
-#: keys the runner fills in from the data when the plugin's signature takes them
-INJECTED = {"model": ("data_shape", "vocab_size"), "corruption": ("vocab_size",), "time": (), "data": ()}
-
-_TRAIN_EXTRA = {"steps": Param("steps", int), "batch_size": Param("batch_size", int, 256)}
-_SAMPLE = {
-    "sampler": Param("sampler", str, "invert"), "steps": Param("steps", int, 50), "n": Param("n", int, 1024),
-    "spacing": Param("spacing", str, "uniform"), "clamp": Param("clamp", bool, False),
-    "seed": Param("seed", int | None, None), "family_options": Param("family_options", dict, None),
-}
-_RUN = {
-    "out": Param("out", str | None, None), "seed": Param("seed", int, 0), "device": Param("device", str | None, None),
-    "checkpoint_every": Param("checkpoint_every", int, 500), "keep": Param("keep", int, 3),
-    "log_every": Param("log_every", int, 10),
-}
-_DATA_FILE = {"file": Param("file", str)}
-_RULE_SKIP = ("denoiser", "corruption", "times", "x_init", "generator", "callback", "clamp")
+#: section -> the options dataclass its keys are checked against
+OPTION_SECTIONS = {"train": TrainOptions, "sample": SampleOptions, "run": RunOptions}
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads ``1e-3`` as a float (YAML 1.1 needs ``1.0e-3``)."""
+def plugin_sections() -> dict[str, PluginKind]:
+    """Section -> its plugin kind, for every kind configured by a ``{name: ..., keywords}`` section."""
+    return {k.section: k for k in hookspecs.KINDS.values() if k.section is not None}
 
 
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-                   |\.[0-9_]+(?:[eE][-+][0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""", re.X),
-    list("-+0123456789."),
-)
+def sections() -> tuple[str, ...]:
+    """Every top-level section an experiment may have."""
+    return (*plugin_sections(), "train", "sample", "eval", "run", "versions")
+
+
+def required_sections() -> tuple[str, ...]:
+    """The sections an experiment must have."""
+    return (*(s for s, k in plugin_sections().items() if k.section_required), "train")
+
+_DATA_FILE = {"file": Param("file", str), "quantisation": Param("quantisation", dict, None)}
 
 
 def parse_config(text: str, source: str = "<config>") -> dict[str, Any]:
-    """Parse YAML text into a mapping (safe loader); syntax errors name ``source:line:column``."""
-    try:
-        cfg = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader subclass
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
-        raise ConfigError(f"{where}: YAML syntax must be valid; got {exc.problem or exc}. "
-                          f"Fix the file at line {mark.line + 1 if mark else '?'}, column "
-                          f"{mark.column + 1 if mark else '?'}.") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: YAML must be valid; got {exc}. Fix the file.") from None
+    """Parse YAML text into a mapping (safe loader, no duplicate keys, bounded aliases); errors name
+    ``source:line:column``."""
+    cfg = _yaml.load(text, source)
     if cfg is None:
         cfg = {}
     if not isinstance(cfg, dict):
-        raise ConfigError(f"{source}: the top level must be a mapping of sections ({', '.join(SECTIONS)}); "
+        raise ConfigError(f"{source}: the top level must be a mapping of sections ({', '.join(sections())}); "
                           f"got {type(cfg).__name__}. Write `section: {{key: value}}` lines.")
     return cfg
 
@@ -90,7 +77,12 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config: the experiment file must exist; got {str(path)!r}. Check the path.")
-    cfg = parse_config(path.read_text(), str(path))
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config: the experiment file must be readable UTF-8 text; got {str(path)!r} "
+                          f"({type(exc).__name__}: {exc}). Check the file.") from None
+    cfg = parse_config(text, str(path))
     cfg = apply_overrides(cfg, overrides)
     data = cfg.get("data")
     if isinstance(data, dict) and isinstance(data.get("file"), str):
@@ -122,37 +114,27 @@ def _fail(src: str, path: str, what: str, rule: str, got: Any, fix: str) -> None
 
 def _check_keys(src: str, section: str, body: dict[str, Any], schema: Schema, optional: tuple[str, ...] = (),
                 kind: str = "") -> None:
-    for key, value in body.items():
-        param = schema.params.get(key)
-        if param is None:
-            if schema.open:
-                continue
-            valid = sorted(schema.params) + (["name"] if kind else [])
-            _fail(src, f"{section}.{key}", "the key", f"one of {', '.join(valid)}", key,
-                  f"Remove or rename it.{did_you_mean(key, valid)}")
-        if not conforms(value, param.annotation):
-            _fail(src, f"{section}.{key}", "the value", describe(param.annotation), value,
-                  f"Write {key}: <{describe(param.annotation)}>.")
-    for name, param in schema.params.items():
-        if param.required and name not in body and name not in optional:
-            _fail(src, f"{section}.{name}", "the key", "given (it has no default)", None,
-                  f"Add {name}: <{describe(param.annotation)}> to {section}.")
+    check_keys(f"{src}: {section}", body, schema, optional=optional, extra_valid=("name",) if kind else ())
 
 
 def plugin_schema(registry: Registry, kind: str, name: str) -> Schema:
-    """What a plugin's factory accepts (a dataset's ``seed`` included)."""
-    return schema_of(registry.get(kind, name))
+    """The config keys of the plugin ``name`` of ``kind``: its options callable's keyword parameters
+    (a dataset's ``seed`` included), less what udm supplies itself."""
+    spec = hookspecs.KINDS[kind]
+    return schema_of(spec.options(registry.get(kind, name)), skip=spec.supplied)
 
 
 def sampler_schema(registry: Registry, name: str) -> Schema:
-    """The sample section's keys: the runner's own plus the sampler rule's keyword options."""
-    spec = registry.get("sampler", name)
-    rule = schema_of(spec.rule, skip=_RULE_SKIP)
-    return Schema({**_SAMPLE, **rule.params}, rule.open)
+    """The sample section's keys: :class:`SampleOptions` plus the sampler rule's keyword options."""
+    rule = plugin_schema(registry, "sampler", name)
+    return Schema({**schema_of(SampleOptions).params, **rule.params}, rule.open)
 
 
 def _plugin_section(src: str, section: str, body: dict[str, Any], registry: Registry) -> None:
-    kind = KIND_OF_SECTION[section]
+    kind = plugin_sections()[section].name
+    if section == "data" and "quantisation" in body:  # a runner key of every data section (udm.Quantisation)
+        Quantisation.from_config(body["quantisation"], f"{src}: data.quantisation")
+        body = body if "file" in body else {k: v for k, v in body.items() if k != "quantisation"}
     if section == "data" and "file" in body:
         _check_keys(src, section, body, Schema(_DATA_FILE))
         if not Path(body["file"]).is_file():
@@ -163,26 +145,32 @@ def _plugin_section(src: str, section: str, body: dict[str, Any], registry: Regi
         _fail(src, f"{section}.name", "the key", f"given (a registered {kind})", None,
               f"Add name: <one of {', '.join(registry.names(kind)) or '(none installed)'}>.")
     name = body["name"]
-    if not isinstance(name, str) or name not in registry.names(kind):
-        names = registry.names(kind)
-        try:
-            registry.get(kind, str(name))
-        except UnknownPluginError as exc:  # keeps the note on plugins that failed to load
-            note = str(exc).split(". Available: ", 1)[-1]
-            raise ConfigError(f"{src}: {section}.name: the name must be a registered {kind}; got {name!r}. "
-                              f"Available: {note}") from None
-        _fail(src, f"{section}.name", "the name", f"a registered {kind}", name, f"Available: {', '.join(names)}.")
+    _registered(src, f"{section}.name", "the name", registry, kind, name)
     rest = {k: v for k, v in body.items() if k != "name"}
-    _check_keys(src, section, rest, plugin_schema(registry, kind, name), INJECTED[section], kind)
+    _check_keys(src, section, rest, plugin_schema(registry, kind, name), plugin_sections()[section].injected, kind)
+
+
+def _registered(src: str, path: str, what: str, registry: Registry, kind: str, name: Any) -> None:
+    """``name`` must be registered for ``kind``; the error lists the alternatives and keeps the registry's
+    notes (plugins that failed to load, plugin switches in effect)."""
+    if isinstance(name, str) and name in registry.names(kind):
+        return
+    try:
+        registry.get(kind, str(name))
+    except UnknownPluginError as exc:
+        note = str(exc).split(". Available: ", 1)[-1]
+        raise ConfigError(f"{src}: {path}: {what} must be a registered {kind}; got {name!r}. Available: {note}") from None
+    _fail(src, path, what, f"a registered {kind} (a string)", name, f"Available: {', '.join(registry.names(kind))}.")
 
 
 def validate(cfg: dict[str, Any], registry: Registry, source: str = "<config>") -> dict[str, Any]:
     """Check every section and key; return the config with each section's defaults filled in."""
+    known = sections()
     for section in cfg:
-        if section not in SECTIONS:
-            _fail(source, section, "the section", f"one of {', '.join(SECTIONS)}", section,
-                  f"Remove or rename it.{did_you_mean(section, SECTIONS)}")
-    for section in REQUIRED:
+        if section not in known:
+            _fail(source, section, "the section", f"one of {', '.join(known)}", section,
+                  f"Remove or rename it.{did_you_mean(section, known)}")
+    for section in required_sections():
         if section not in cfg:
             _fail(source, section, "the section", "present", None, f"Add a `{section}:` mapping.")
     for section, body in cfg.items():
@@ -190,40 +178,37 @@ def validate(cfg: dict[str, Any], registry: Registry, source: str = "<config>") 
             cfg[section] = body = {}
         if not isinstance(body, dict):
             _fail(source, section, "the section", "a mapping of key: value", body, f"Write {section}: {{key: value}}.")
-    for section in KIND_OF_SECTION:
-        _plugin_section(source, section, cfg[section], registry)
-    train = Schema({**schema_of(Trainer, skip=("network", "corruption", "time_type", "seed", "device")).params,
-                    **_TRAIN_EXTRA})
-    _check_keys(source, "train", cfg["train"], train)
+    for section in plugin_sections():
+        if section in cfg:
+            _plugin_section(source, section, cfg[section], registry)
+    _check_keys(source, "train", cfg["train"], schema_of(TrainOptions))
     sample = cfg.setdefault("sample", {})
-    sampler = sample.get("sampler", "invert")
-    if not isinstance(sampler, str) or sampler not in registry.names("sampler"):
-        names = registry.names("sampler")
-        _fail(source, "sample.sampler", "the name", "a registered sampler", sampler,
-              f"Available: {', '.join(names)}.{did_you_mean(str(sampler), names)}")
+    sampler = sample.get("sampler", SampleOptions.sampler)
+    _registered(source, "sample.sampler", "the name", registry, "sampler", sampler)
     _check_keys(source, "sample", sample, sampler_schema(registry, sampler))
-    _check_keys(source, "run", cfg.setdefault("run", {}), Schema(_RUN))
+    _check_spacing(source, sample.get("spacing", SampleOptions.spacing), registry, cfg["time"].get("name"))
+    _check_keys(source, "run", cfg.setdefault("run", {}), schema_of(RunOptions))
+    if sample.get("nfe") is not None and sample.get("steps") is not None:
+        _fail(source, "sample.nfe", "the key", "given without sample.steps (a budget of model calls sets the steps)",
+              sample["nfe"], f"Remove steps: {sample['steps']} or nfe: {sample['nfe']}.")
+    check_log(cfg["run"].get("log", ["jsonl"]), f"{source}: run.log")
+    if cfg["run"].get("plots", True):
+        require_matplotlib(f"{source}: run.plots")
     for metric, kwargs in cfg.setdefault("eval", {}).items():
-        if metric not in registry.names("metric"):
-            names = registry.names("metric")
-            _fail(source, f"eval.{metric}", "the key", "a registered metric", metric,
-                  f"Available: {', '.join(names)}.{did_you_mean(metric, names)}")
+        _registered(source, f"eval.{metric}", "the key", registry, "metric", metric)
         if kwargs is not None and not isinstance(kwargs, dict):
             _fail(source, f"eval.{metric}", "the value", "a mapping of the metric's keywords (or null)", kwargs,
                   f"Write {metric}: {{}}.")
-        skip = ("samples", "reference", "generator")
-        _check_keys(source, f"eval.{metric}", kwargs or {}, schema_of(registry.get("metric", metric), skip=skip))
-    _positive(source, cfg)
-    return _with_defaults(cfg, registry, train)
+        _check_keys(source, f"eval.{metric}", kwargs or {}, plugin_schema(registry, "metric", metric))
+    return _with_defaults(cfg, registry)
 
 
-def _positive(src: str, cfg: dict[str, Any]) -> None:
-    for section, key, low in (("train", "steps", 0), ("train", "batch_size", 1), ("sample", "steps", 1),
-                              ("sample", "n", 1), ("run", "checkpoint_every", 0), ("run", "keep", 1),
-                              ("run", "log_every", 1)):
-        value = cfg[section].get(key)
-        if isinstance(value, int) and value < low:
-            _fail(src, f"{section}.{key}", "the value", f"an integer >= {low}", value, f"Set {key} >= {low}.")
+def _check_spacing(src: str, spacing: Any, registry: Registry, time_name: Any) -> None:
+    """``sample.spacing`` must be one the time type offers (its ``spacings``), when it declares them."""
+    offered = getattr(registry.get("time", time_name), "spacings", None) if isinstance(time_name, str) else None
+    if isinstance(offered, (tuple, list)) and spacing not in offered:
+        _fail(src, "sample.spacing", "the value", f"one of {', '.join(map(repr, offered))} (the spacings time "
+              f"{time_name!r} offers)", spacing, f"Choose one of them.{did_you_mean(str(spacing), offered)}")
 
 
 def _defaults(body: dict[str, Any], params: dict[str, Param], skip: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -242,14 +227,14 @@ def _plain(value: Any) -> bool:
     return isinstance(value, dict) and all(isinstance(k, str) and _plain(v) for k, v in value.items())
 
 
-def _with_defaults(cfg: dict[str, Any], registry: Registry, train: Schema) -> dict[str, Any]:
+def _with_defaults(cfg: dict[str, Any], registry: Registry) -> dict[str, Any]:
     out = copy.deepcopy(cfg)
-    for section, kind in KIND_OF_SECTION.items():
-        body = out[section]
-        if "name" in body:
-            params = plugin_schema(registry, kind, body["name"]).params
-            out[section] = {"name": body["name"], **_defaults(body, params, INJECTED[section])}
-    out["train"] = _defaults(out["train"], train.params)
-    out["sample"] = _defaults(out["sample"], {k: v for k, v in _SAMPLE.items() if k != "family_options"})
-    out["run"] = _defaults(out["run"], _RUN)
+    for section, kind in plugin_sections().items():
+        body = out.get(section)
+        if body is not None and "name" in body:
+            params = plugin_schema(registry, kind.name, body["name"]).params
+            out[section] = {"name": body["name"], **_defaults(body, params, kind.injected)}
+    for section, options in OPTION_SECTIONS.items():
+        skip = ("family_options",) + (("steps",) if section == "sample" and out[section].get("nfe") is not None else ())
+        out[section] = _defaults(out[section], schema_of(options).params, skip)  # nfe sets the steps
     return out

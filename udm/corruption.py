@@ -1,8 +1,9 @@
-"""The forward-corruption contract, x_t = F_t(x_0, eps) (DESIGN.md §3, MATH.md §6.1).
+"""The forward-corruption contract, x_t = F_t(x_0, eps) (docs/reference.md, the corruptions hook).
 
 A corruption is any object with the *required* members of :class:`Corruption`; subclassing it is
-the easy way. Optional capabilities are discovered from the object (a method is there or it is
-not) by :func:`capabilities`; each unlocks samplers (MATH.md §6.3):
+the easy way. Optional capabilities are typed protocols (:data:`PROTOCOLS`), discovered from the object
+(its methods are there or not) by :func:`capabilities` unless the object reports them itself with a
+``capabilities()`` method; each unlocks samplers (docs/explanation.md):
 
 ==================  ===========================================================  ==================
 capability          signature                                                     unlocks
@@ -10,7 +11,9 @@ capability          signature                                                   
 noise_posterior     ``(x_t, x_0, t, generator) -> eps_hat`` ~ p(eps | x_t, x_0)  invert, residual, ode
 refresh_noise       ``(eps, amount, generator) -> eps'``, q(eps)-invariant        refresh
 posterior           ``(x_t, x_0, t, s, generator) -> x_s`` ~ p(x_s | x_t, x_0)   posterior
-schedule            ``(t) -> AffineSchedule`` for F = alpha_t x_0 + sigma_t eps   eta-refresh, conversions
+schedule            ``(t) -> AffineSchedule`` for F = alpha_t x_0 + sigma_t eps   logsnr spacing, oracles
+linear_gaussian     :class:`udm.LinearGaussian`: per-coefficient amplitudes in    eta-refresh, ddpm, targets,
+                    an orthonormal basis (``amplitudes``, ``grid_table``, ...)     q_theta variances
 fit                 ``(data) -> None``; statistics the prior needs                (saved with state_dict)
 masked_count        ``(x_t, t, s, generator) -> (batch,)`` how many of x_t's      confidence, maskgit
                     ``mask_id`` positions stay masked at s ~ p(|S_s| | S_t)
@@ -22,6 +25,11 @@ vector_space        ``data_kind == "continuous"`` (x_t + a - b makes sense)     
                     unless the class sets ``vector_space = False`` (opt-out when
                     F is not differentiable in t, e.g. masking: velocity = 0)
 ==================  ===========================================================  ==================
+
+Two optional hints let samplers skip model calls that cannot change anything (docs/howto-sampler.md,
+"Model calls"): ``time_invariant_posterior = True`` declares that q(x_0 | x_t) is the same function of x_t
+at every t (masking: only the visible tokens carry information), so a state that did not change keeps its
+prediction; ``uncorrupted(x_t) -> (batch,) bool`` names rows with nothing corrupted (x_0 = x_t).
 
 Conventions: ``t`` is a float tensor of shape ``(batch,)`` in [0, 1] (samplers may pass ``(1,)``,
 which must broadcast); data at t = 0, F_0(x_0, .) = x_0; every draw takes an explicit generator.
@@ -52,12 +60,15 @@ class Corruption(ABC):
         family: the q_theta(x_0 | x_t) family, which fixes the loss: ``"gaussian"`` (squared
             error), ``"laplace"`` (L1) or ``"categorical"`` (cross-entropy).
         data_range: ``(low, high)`` for optional clamping of x0_hat, or ``None``.
+        time_invariant_posterior: ``True`` when q(x_0 | x_t) does not depend on t given x_t (samplers then
+            reuse a prediction while the state is unchanged, without a model call).
     """
 
     name: ClassVar[str] = ""
     data_kind: ClassVar[str] = "continuous"
     family: str = "gaussian"
     data_range: tuple[float, float] | None = None
+    time_invariant_posterior: ClassVar[bool] = False
 
     # ---------------------------------------------------------------- required
     @abstractmethod
@@ -108,7 +119,7 @@ class GaussianNoise:
     """Mixin for corruptions whose noise law is q(eps) = N(0, I) shaped like x_0.
 
     Supplies ``sample_noise`` and the q-invariant AR(1) kernel ``refresh_noise``
-    (MATH.md eq. 1.10): eps' = sqrt(1 - a^2) eps + a z, z ~ N(0, I), a in [0, 1].
+    (docs/math.md, "Predict, then correct"): eps' = sqrt(1 - a^2) eps + a z, z ~ N(0, I), a in [0, 1].
     """
 
     def sample_noise(self, x0: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:

@@ -94,7 +94,7 @@ class Denoiser:
                 out, var = out
             sample_x0 = getattr(self.corruption, "sample_x0", None)
             if callable(sample_x0):  # a structured q_theta (e.g. insertions): the corruption draws x0_hat itself
-                return Prediction(sample_x0(out, x_t, t, generator), out)
+                return Prediction(sample_x0(out, x_t, t, generator, family=self.family), out)  # with its options
             if marginal is not None:
                 params = self.corruption.to_x0(out, x_t, t, marginal=marginal)
             else:

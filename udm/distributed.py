@@ -4,10 +4,13 @@
 :func:`setup` then joins the process group (``gloo`` on CPU, ``nccl`` on CUDA), and the runner
 
 * wraps the network in ``DistributedDataParallel`` (gradients averaged over ranks after backward);
-* shards the data: every rank draws the *same* global batch indices from the same data generator
-  and keeps its own contiguous slice of ``batch_size / world`` examples (a distributed sampler with
-  replacement), so the global batch equals a single process's batch for the same seed;
-* seeds each rank's noise/time generator with ``seed + 1000 * rank`` (per-rank generators);
+* shards the work, not the randomness: every rank draws the *same* global batch of ``batch_size``
+  indices and the same t and eps for all of it (equally seeded generators), and computes the loss on
+  its own contiguous slice of ``batch_size / world`` examples. The averaged gradient is then the
+  gradient of the single-process loss on the same global batch, so a run on N processes trains like
+  one process with the same ``batch_size`` and seed, up to float summation order;
+* seeds torch's, numpy's and python's *global* RNGs with ``seed + 1000 * rank`` (user code such as
+  dropout draws differently per rank);
 * lets rank 0 alone write the run directory; checkpoints hold every rank's RNG states.
 """
 
@@ -20,9 +23,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from .accelerators import resolve_device
 from .errors import ConfigError
 
-__all__ = ["Dist", "setup", "teardown", "all_mean", "gather"]
+__all__ = ["Dist", "setup", "teardown", "all_mean", "gather", "broadcast"]
 
 RANK_SEED_STRIDE = 1000
 
@@ -44,13 +48,11 @@ class Dist:
         return self.world > 1
 
 
-def setup(device: str | None = None) -> tuple[Dist, torch.device]:
+def setup(device: str | None = "auto") -> tuple[Dist, torch.device]:
     """Join the process group if launched by torchrun; return the job layout and this rank's device."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    dev = resolve_device(device)  # "auto" / None: cuda, else mps, else cpu
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", local if world > 1 else torch.cuda.current_device())
     if world > 1 and not dist.is_initialized():
@@ -100,3 +102,12 @@ def barrier(d: Dist) -> None:
 def teardown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def broadcast(obj: Any, d: Dist) -> Any:
+    """Rank 0's ``obj`` on every rank (small picklable objects only: a path)."""
+    if not d.active:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -1,6 +1,6 @@
 """User-facing errors.
 
-Every message follows one template (DESIGN.md §7)::
+Every message follows one template (docs/safety.md lists the exit codes)::
 
     <where>: <what> must be <rule>; got <value>. <alternatives / how to fix>.
 
@@ -18,6 +18,8 @@ __all__ = [
     "PluginError",
     "UnknownPluginError",
     "CapabilityError",
+    "UdmWarning",
+    "IllConditionedWarning",
     "did_you_mean",
 ]
 
@@ -43,6 +45,17 @@ class UnknownPluginError(UdmError, LookupError):
 
 class CapabilityError(UdmError, ValueError):
     """A sampler (or feature) was asked of a corruption that lacks the capability it needs."""
+
+
+class UdmWarning(UserWarning):
+    """Base class of every warning udm issues on purpose (filter them with ``category=udm.UdmWarning``): something
+    udm did on the user's behalf that they should know about (a damaged checkpoint skipped, a partial metrics
+    line dropped, data at an extreme scale). The CLI prints it as ``udm CMD: warning: ...``."""
+
+
+class IllConditionedWarning(UdmWarning):
+    """A computation runs where it amplifies errors by orders of magnitude (e.g. an eps-predicting network
+    converted to x0_hat where alpha is nearly 0); the message says by how much and how to avoid it."""
 
 
 def did_you_mean(name: str, candidates: Iterable[str]) -> str:

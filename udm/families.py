@@ -1,4 +1,4 @@
-"""The q_theta(x_0 | x_t) families. The family of a corruption fixes the training loss (DESIGN.md §1)
+"""The q_theta(x_0 | x_t) families. The family of a corruption fixes the training loss (docs/explanation.md)
 and how x0_hat is read off the network's output at sampling time.
 
 =============  ===================================  ==================================================
@@ -81,9 +81,12 @@ class Categorical(Family):
             ce = ce * mask.to(ce.dtype)
         return ce.reshape(ce.shape[0], -1).mean(dim=1)
 
-    def point(self, params, generator=None):
+    def probs(self, params: torch.Tensor) -> torch.Tensor:
+        """The distribution x0_hat is drawn from, float64 ``(..., vocab)``: softmax(logits / temperature),
+        truncated to the top-k tokens and to the top-p nucleus; with ``greedy``, a point mass on the argmax.
+        Structured q_theta (``sample_x0``) draw every categorical choice from this."""
         if self.greedy:
-            return params.argmax(dim=-1)
+            return torch.zeros_like(params, dtype=torch.float64).scatter_(-1, params.argmax(-1, keepdim=True), 1.0)
         logits = params.double() / self.temperature
         if self.top_k is not None:
             kth = logits.topk(self.top_k, dim=-1).values[..., -1:]
@@ -94,10 +97,14 @@ class Categorical(Family):
             drop = cum - sorted_logits.softmax(-1) >= self.top_p  # keep the first token always
             sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
             logits = torch.full_like(logits, float("-inf")).scatter(-1, idx, sorted_logits)
-        probs = logits.softmax(dim=-1)
+        return logits.softmax(dim=-1)
+
+    def point(self, params, generator=None):
+        if self.greedy:
+            return params.argmax(dim=-1)
+        probs = self.probs(params)
         flat = probs.reshape(-1, probs.shape[-1])
-        draws = torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
-        return draws
+        return torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
 
 
 FAMILIES = {"gaussian": Gaussian, "laplace": Laplace, "categorical": Categorical}

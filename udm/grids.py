@@ -81,7 +81,7 @@ def _schedule(req: GridRequest, name: str):
         cname = getattr(req.corruption, "name", req.corruption)
         raise CapabilityError(
             f"grid spacing {name!r}: the corruption must have a noise schedule with a log-SNR and its inverse "
-            f"(``noise_schedule``, as gaussian has); got {cname!r}. Use spacing 'uniform', 'quadratic' or 'trailing'.")
+            f"(a noise_schedule, as gaussian has); got {cname!r}. Use spacing 'uniform', 'quadratic' or 'trailing'.")
     return schedule
 
 

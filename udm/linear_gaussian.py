@@ -174,16 +174,17 @@ class LinearGaussian(GaussianNoise, Corruption):
         tab = table if table is not None else self.grid_table(grid, like)
         n = tab.t.shape[0]
         scalar = tab.a64.numel() == n and tab.s64.numel() == n
-        if scalar:
-            floats = [None if v is None else v.reshape(-1).tolist() for v in (tab.a64, tab.s64, tab.da64, tab.ds64)]
         dev = like.device
-        out = []
-        for i in range(n):
-            rows = [None if v is None else v[i:i + 1].to(dev) for v in (tab.a64, tab.s64, tab.da64, tab.ds64)]
-            cast = [None if f is None else f[i] for f in floats] if scalar else \
-                [None if v is None else v.to(like.dtype) for v in rows]
-            out.append(Marginal(tab.t[i:i + 1].to(dev), cast[0], cast[1], *rows, cast[2], cast[3]))
-        return out
+        fields = (tab.a64, tab.s64, tab.da64, tab.ds64)
+        rows = [None if v is None else v.to(dev).split(1) for v in fields]  # one op per field, not per point
+        if scalar:
+            cast = [None if v is None else v.reshape(-1).tolist() for v in fields]
+        else:
+            cast = [None if v is None else v.to(device=dev, dtype=like.dtype).split(1) for v in fields]
+        times = tab.t.to(dev).split(1)
+        pick = (lambda col, i: None if col is None else col[i])  # noqa: E731
+        return [Marginal(times[i], pick(cast[0], i), pick(cast[1], i), pick(rows[0], i), pick(rows[1], i),
+                         pick(rows[2], i), pick(rows[3], i), pick(cast[2], i), pick(cast[3], i)) for i in range(n)]
 
     def _coefficients(self, t: torch.Tensor, shape, derivatives: bool):
         a, s = self.amplitudes(t, shape)

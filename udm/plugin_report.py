@@ -25,6 +25,7 @@ from typing import Any
 
 from ._registry import PluginInfo, Registry
 from .corruption import capabilities
+from .errors import PluginError
 
 __all__ = ["PluginEntry", "CorruptionEntry", "PluginReport", "build_report", "main", "ENV_SWITCHES", "LOSS_OF_FAMILY"]
 
@@ -134,10 +135,19 @@ def _corruption(registry: Registry, name: str) -> CorruptionEntry:
         family = getattr(factory, "family", None)
         return CorruptionEntry(name, dist, family, _loss(family, factory), None,
                                note=f"needs arguments to build: {type(exc).__name__}: {exc}")
-    family = getattr(obj, "family", None)
-    prediction = getattr(obj, "prediction", None)
+    try:
+        family = getattr(obj, "family", None)
+        prediction = getattr(obj, "prediction", None)
+        caps = sorted(capabilities(obj))
+    except Exception as exc:  # a raising property: report it, keep listing the others
+        return CorruptionEntry(name, dist, None, None, None, note=f"its capabilities could not be read "
+                               f"({type(exc).__name__}: {exc}); the fault is in {dist}")
+    try:
+        samplers = supported_samplers(obj, registry)
+    except PluginError as exc:  # a raising supports(): named by the registry
+        return CorruptionEntry(name, dist, family, _loss(family, obj), None, caps, note=str(exc))
     return CorruptionEntry(name, dist, family, _loss(family, obj), prediction if isinstance(prediction, str) else None,
-                           sorted(capabilities(obj)), supported_samplers(obj, registry))
+                           caps, samplers)
 
 
 def build_report(registry: Registry) -> PluginReport:
@@ -151,12 +161,14 @@ def build_report(registry: Registry) -> PluginReport:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``udm plugins [--json]`` on a fresh registry; returns the exit code (2 when strict mode fails)."""
+    from contextlib import redirect_stdout
+
     from ._registry import load_registry
-    from .errors import PluginError
 
     args = list(sys.argv[1:] if argv is None else argv)
     try:
-        report = build_report(load_registry())
+        with redirect_stdout(sys.stderr):  # what plugins print never mixes with the report
+            report = build_report(load_registry())
     except PluginError as exc:
         print(f"udm plugins: plugin error: {exc}", file=sys.stderr)
         return 2

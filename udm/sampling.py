@@ -7,18 +7,56 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
-from . import _artifacts, checkpoint
-from ._progress import Progress
+from . import _artifacts, _plots, _rundir, checkpoint
+from ._progress import progress_bar
+from ._options import sampler_own_keys
 from ._schema import schema_of
-from .api import describe_start, sample
-from .config import sampler_schema
+from .accelerators import accelerate
+from .api import (describe_start, model_device_dtype, resolve_sampler, resolve_steps, sample, sample_start,
+                  sampling_grid)
+from .config import load_config, sampler_schema
 from .errors import ConfigError
+from .time import check_encoding
+from .samplers import SamplerStep
 
-__all__ = ["sample_and_evaluate", "sample_run"]
+__all__ = ["sample_and_evaluate", "sample_run", "SnapshotRecorder"]
 
-_OWN = ("sampler", "steps", "n", "spacing", "clamp", "seed", "family_options")
+_OWN = sampler_own_keys()
+
+
+def _head(x: Any, k: int | None) -> Any:
+    """A CPU copy of the first ``k`` examples (all when ``None``) of a tensor or ``udm.Sequences`` batch."""
+    part = x[:k].to("cpu")
+    tokens = getattr(part, "tokens", None)
+    if tokens is not None:
+        return type(part)(tokens.clone(), part.lengths.clone(), part.pad)
+    return part.detach().clone()
+
+
+class SnapshotRecorder:
+    """A sampler ``callback`` that keeps the reverse process at about ``count`` grid times, evenly spaced
+    from the prior (t = 1) to the sample (t = 0): x_t and the x0_hat predicted from it, for the first
+    ``examples`` examples (``None``: all, e.g. a 2-D cloud). The last snapshot is the sample itself.
+
+    Grid time i's state is the previous step's output (the prior ``x_init`` for i = 0)."""
+
+    def __init__(self, x_init: Any, steps: int, *, count: int = 8, examples: int | None = 4,
+                 then: Any = None) -> None:
+        self.examples, self.then = examples, then
+        self.keep = {round(i * steps / (count - 1)) for i in range(count)} if count > 1 else {steps}
+        self.snapshots: list[_plots.Snapshot] = []
+        self._state = _head(x_init, examples)
+
+    def __call__(self, step: SamplerStep) -> None:
+        new = _head(step.x, self.examples)
+        if step.index in self.keep:
+            self.snapshots.append(_plots.Snapshot(step.t, self._state, _head(step.x0_hat, self.examples)))
+        if step.index + 1 == step.steps:  # the last step's output is the sample: x_0 = x0_hat
+            self.snapshots.append(_plots.Snapshot(step.s, new, new))
+        self._state = new
+        if self.then is not None:
+            self.then(step)
 
 
 def _reference(exp: Any, data: torch.Tensor | None, n: int) -> torch.Tensor:
@@ -32,63 +70,98 @@ def _reference(exp: Any, data: torch.Tensor | None, n: int) -> torch.Tensor:
 def sample_and_evaluate(exp: Any, network: torch.nn.Module, corruption: Any, time_type: Any,
                         data: torch.Tensor | None, run_dir: Path, *, data_shape: list[int] | None = None,
                         log: Any = None, progress: bool | None = None, step: int = 0) -> tuple[Any, dict[str, float]]:
-    """Draw ``sample.n`` samples with ``sample.sampler``, write them under ``samples/``, score ``eval``."""
+    """Draw ``sample.n`` samples with ``sample.sampler`` (``sample.steps`` steps, or the most that fit
+    ``sample.nfe`` model calls), write them under ``samples/``, score ``eval``; the record in ``eval.jsonl``
+    has the steps run and the model calls made (``nfe``)."""
     cfg, run = exp.config["sample"], exp.config["run"]
     seed = cfg["seed"] if cfg.get("seed") is not None else run["seed"]
     shape = (cfg["n"], *(data_shape if data_shape is not None else data.shape[1:]))
     options = {k: v for k, v in cfg.items() if k not in _OWN}
-    device = next(network.parameters()).device
+    spec = resolve_sampler(cfg["sampler"], corruption, exp.registry, options)
+    steps = resolve_steps(spec, cfg.get("steps"), cfg.get("nfe"), options, where="sample")
+    device = model_device_dtype(network)[0]
     generator = torch.Generator(device=device).manual_seed(seed)
-    with Progress(cfg["steps"], "sample", enabled=progress) as bar:
-        x = sample(network, corruption, time_type, shape=shape, sampler=cfg["sampler"], steps=cfg["steps"],
-                   spacing=cfg["spacing"], generator=generator, registry=exp.registry, clamp=cfg["clamp"],
-                   family_options=cfg.get("family_options"), callback=lambda s: bar.update(s.index + 1), **options)
-    reference = None
+    net = accelerate(network.eval(), precision=cfg.get("precision", "fp32"), compile=cfg.get("compile", False),
+                     where="sample.precision")
+    grid = sampling_grid(spec, time_type, steps, cfg["spacing"], corruption, cfg.get("nfe"), options, where="sample")
+    x_init = sample_start(corruption, float(grid[0]), tuple(shape), generator, device=device)  # udm.sample's draw
     two_d = len(shape) == 2 and shape[1] == 2
+    plots = run.get("plots", True)
+    kind = getattr(corruption, "data_kind", "continuous")
+    strips = plots and (kind != "continuous" or two_d or len(shape) in (3, 4))  # tokens, 2-D points, images
+    last: list = []
+    with progress_bar(steps, "sample", enabled=progress) as bar:
+        def callback(s: SamplerStep) -> None:
+            bar.update(1)
+            last[:] = [s]
+
+        recorder = SnapshotRecorder(x_init, steps, examples=None if two_d else 4, then=callback)
+        x = sample(net, corruption, time_type, shape=shape, sampler=spec, steps=steps,
+                   spacing=cfg["spacing"], generator=generator, registry=exp.registry, clamp=cfg["clamp"],
+                   family_options=cfg.get("family_options"), callback=recorder if strips else callback,
+                   x_init=x_init, **options)
+    reference = None
     if exp.config["eval"] or two_d:
         reference = _reference(exp, data, max(cfg["n"], 1)).to(device)
-    stem = f"{cfg['sampler']}-{cfg['steps']}steps-seed{seed}"
-    _artifacts.write_samples(run_dir / "samples", stem, x, data_kind=getattr(corruption, "data_kind", "continuous"),
-                             reference=reference, value_range=getattr(corruption, "data_range", None))
     metrics = {}
     for name, kwargs in exp.config["eval"].items():
         metrics[name] = float(exp.registry.get("metric", name)(x, reference, **(kwargs or {})))
-    grid = time_type.grid(cfg["steps"], spacing=cfg["spacing"], corruption=corruption)
-    record = {"step": step, "sampler": cfg["sampler"], "sample_steps": cfg["steps"], "seed": seed,
+    nfe = last[0].nfe if last else 0
+    stem = f"{cfg['sampler']}-{steps}steps-seed{seed}"
+    caption = f"{cfg['sampler']}, {steps} steps ({nfe} model calls), seed {seed} (trained {step} steps)" + (
+        "\n" + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()) if metrics else "")
+    quant = exp.quantisation()  # images: drawn over the declared range, and their levels saved
+    value_range = quant.range if quant is not None else getattr(corruption, "data_range", None)
+    _artifacts.write_samples(run_dir / "samples", stem, x, data_kind=kind, reference=reference,
+                             value_range=value_range, caption=caption, plots=plots, quantisation=quant)
+    if strips:
+        fig = _plots.denoising_figure(recorder.snapshots, data_kind=kind, value_range=value_range,
+                                      title=f"reverse process x_t -> x0_hat: {caption}",
+                                      vocab_size=getattr(corruption, "vocab_size", None))
+        _plots.save(fig, run_dir / "samples" / f"{stem}-denoising.png")
+    record = {"step": step, "sampler": cfg["sampler"], "sample_steps": steps, "nfe": nfe, "seed": seed,
               "grid": {"spacing": cfg["spacing"], **describe_start(corruption, grid, shape)}, "eval": metrics}
     if log is not None:
         log.write(record)
-    with (run_dir / "eval.jsonl").open("a") as fh:
-        fh.write(json.dumps(record) + "\n")
+    _rundir.append_line(run_dir / "eval.jsonl", json.dumps(record))
     return x, metrics
 
 
 def sample_run(run_dir: str | Path, *, sampler: str | None = None, steps: int | None = None, n: int | None = None,
                seed: int | None = None, overrides: list[str] | tuple[str, ...] = (), registry: Any = None,
-               progress: bool | None = None) -> tuple[Any, dict[str, float]]:
-    """Sample from a trained run directory's newest checkpoint (EMA weights when saved)."""
+               progress: bool | None = None, nfe: int | None = None) -> tuple[Any, dict[str, float]]:
+    """Sample from a trained run directory's newest intact checkpoint (EMA weights when saved); a damaged
+    newer checkpoint is skipped with a warning naming it (the run directory is not changed). ``steps`` or
+    ``nfe`` (a budget of model calls) replaces the saved config's steps or budget."""
     from .experiment import Experiment
 
     run_dir = Path(run_dir)
     saved = run_dir / "config.yaml"
-    latest = checkpoint.latest_checkpoint(run_dir / "checkpoints")
-    if not saved.is_file() or latest is None:
+    if not saved.is_file() or not _rundir.is_run_dir(run_dir) or not checkpoint.list_checkpoints(run_dir / "checkpoints"):
         raise ConfigError(f"udm sample: RUN_DIR must be a trained run directory (config.yaml and checkpoints/); "
                           f"got {str(run_dir)!r}. Train it first with `udm run EXP.yaml`.")
-    cfg = yaml.safe_load(saved.read_text())
+    for name in _rundir.OUTPUTS:
+        if (run_dir / name).is_symlink():
+            raise ConfigError(f"udm sample: {str(run_dir / name)!r} must not be a symbolic link; got a link to "
+                              f"{str((run_dir / name).readlink())!r}. Remove the link; udm does not write through links.")
+    cfg = load_config(saved)  # the data file is relative to the run directory: the run may have moved
     cfg.pop("versions", None)
     if sampler is not None:  # the old sampler's own options may not apply to the new one
         cfg["sample"] = {k: v for k, v in cfg["sample"].items() if k in _OWN} | {"sampler": sampler}
-    for key, value in (("steps", steps), ("n", n), ("seed", seed)):
+    if steps is not None or nfe is not None:  # a new grid size replaces the saved one, whichever way it was given
+        cfg["sample"].pop("steps", None)
+        cfg["sample"].pop("nfe", None)
+    for key, value in (("steps", steps), ("nfe", nfe), ("n", n), ("seed", seed)):
         if value is not None:
             cfg["sample"][key] = value
     from .config import apply_overrides
     exp = Experiment.from_dict(apply_overrides(cfg, overrides), registry, str(saved))
     sampler_schema(exp.registry, exp.config["sample"]["sampler"])
-    ckpt = checkpoint.load_checkpoint(latest)
+    ckpt = checkpoint.newest_intact(run_dir / "checkpoints")
     data_shape = list(ckpt.extra["data_shape"])
     model_cfg = exp.config["model"]
     corruption, time_type, network = exp.build(data_shape, model_cfg.get("vocab_size"), exp.config["run"]["seed"])
+    check_encoding(time_type, ckpt.extra.get("time_encoding"), "udm sample: time")
     network.load_state_dict(ckpt.trainer["ema"] if ckpt.trainer["ema"] is not None else ckpt.trainer["network"])
     if callable(getattr(corruption, "load_state_dict", None)):
         corruption.load_state_dict(ckpt.corruption)

@@ -39,7 +39,7 @@ def _f64(t) -> torch.Tensor:
 
 
 class Schedule(ABC):
-    """Base class of noise schedules (register with ``udm_register_schedules``)."""
+    """Base class of noise schedules (registered through the schedule hook, like every plugin kind)."""
 
     name: ClassVar[str] = ""
 

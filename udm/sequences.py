@@ -1,4 +1,4 @@
-"""The variable-length sequence batch used by every plugin that changes length (DESIGN.md §2).
+"""The variable-length sequence batch used by every plugin that changes length.
 
 One small frozen dataclass, :class:`Sequences`: padded tokens ``(batch, max_length)`` plus
 ``lengths (batch,)``. Helpers convert from and to lists (:meth:`Sequences.pad_list`,

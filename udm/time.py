@@ -1,4 +1,4 @@
-"""The time-type contract (DESIGN.md §2-3).
+"""The time-type contract (docs/reference.md, the time-type hook).
 
 A time type decides which t in [0, 1] are used: how training draws t, the decreasing grids that
 samplers walk (always ending at t = 0, where the last step returns x0_hat), and how t is encoded
@@ -14,7 +14,7 @@ import torch
 
 from .errors import ConfigError
 
-__all__ = ["TimeType", "check_grid"]
+__all__ = ["TimeType", "check_grid", "check_encoding"]
 
 
 class TimeType(ABC):
@@ -42,6 +42,17 @@ class TimeType(ABC):
     def encode(self, t: torch.Tensor) -> torch.Tensor:
         """The model's time input for ``t`` ``(batch,)``: float ``(batch,)``."""
 
+    #: the times at which :meth:`encoding_fingerprint` records what the network sees
+    ENCODING_PROBES: ClassVar[tuple[float, ...]] = (0.0, 0.001, 0.25, 0.5, 0.75, 1.0)
+
+    def encoding_fingerprint(self) -> list[float]:
+        """What the network is fed at :attr:`ENCODING_PROBES`: a fingerprint of the time encoding, saved with a
+        run's checkpoints so that sampling it with a time type that encodes t differently (e.g.
+        ``discrete(steps=500)`` for a model trained with ``continuous(scale=1000)``) is refused instead of
+        silently feeding the network other inputs."""
+        probes = torch.tensor(self.ENCODING_PROBES, dtype=torch.float64)
+        return [float(v) for v in torch.as_tensor(self.encode(probes)).reshape(-1).tolist()]
+
     def _check_spacing(self, spacing: str) -> None:
         from .errors import did_you_mean
 
@@ -68,3 +79,16 @@ def check_grid(times: torch.Tensor) -> torch.Tensor:
     if float(times.min()) < 0 or float(times.max()) > 1:
         raise ConfigError(f"sampler: times must lie in [0, 1]; got range [{float(times.min())}, {float(times.max())}].")
     return times
+
+
+def check_encoding(time_type: Any, saved: list[float] | None, where: str) -> None:
+    """Refuse a time type whose encoding differs from ``saved`` (a checkpoint's :meth:`TimeType.encoding_fingerprint`)."""
+    if saved is None:  # checkpoints written before encodings were recorded
+        return
+    now = time_type.encoding_fingerprint()
+    if len(now) != len(saved) or any(abs(a - b) > 1e-9 * max(1.0, abs(b)) for a, b in zip(now, saved)):
+        probes = ", ".join(f"{p:g}" for p in TimeType.ENCODING_PROBES)
+        raise ConfigError(
+            f"{where}: the time type must feed the network what it was trained with; got inputs "
+            f"{[round(v, 6) for v in now]} at t = {probes}, trained with {[round(v, 6) for v in saved]}. "
+            f"Use the run's own time section (e.g. the same steps or scale).")

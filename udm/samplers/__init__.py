@@ -1,7 +1,7 @@
 """Samplers: plain functions sharing one signature, written on :class:`Sampling` (see :mod:`udm.samplers._rules`)."""
 
 from ._loop import Point, SamplerStep, Sampling, StepContext, require, sample_loop
-from ._requires import Requirements, requirements_of, requires
+from ._requires import Requirements, calls_per_step, calls_per_step_of, chooses_own_steps, requirements_of, requires
 from ._adaptive import TABLEAUX, adaptive
 from ._multistep import METHODS, multistep
 from ._rules import CALLS_PER_STEP, SOLVERS, invert, ode, posterior, refresh, renoise, residual
@@ -22,6 +22,9 @@ __all__ = [
     "requires",
     "Requirements",
     "requirements_of",
+    "calls_per_step",
+    "calls_per_step_of",
+    "chooses_own_steps",
     "renoise",
     "invert",
     "refresh",

@@ -23,7 +23,7 @@ import torch
 
 from ..errors import ConfigError, UdmError, did_you_mean
 from ._loop import Sampling, SamplerStep
-from ._requires import requires
+from ._requires import calls_per_step, requires
 
 __all__ = ["adaptive", "TABLEAUX"]
 
@@ -50,6 +50,7 @@ def _combine(x: torch.Tensor, h: float, coeffs: list[float], ks: list[torch.Tens
     return out
 
 
+@calls_per_step(None)  # error control picks the steps; max_calls bounds the calls
 @requires("linear_gaussian")
 def adaptive(denoiser, corruption, times, x_init, *, generator=None, callback=None, clamp=False,
              method: Literal["bs3", "dopri5"] = "bs3", rtol: float = 1e-3, atol: float = 1e-3,

@@ -15,6 +15,13 @@ and the last step, which returns the prediction's mean (docs/math.md, "The last 
 A rule may keep any history between iterations, call :meth:`Sampling.predict` several times per step
 (at grid points or, with :meth:`Sampling.point`, anywhere), and reads ``run.nfe`` for the calls made.
 :func:`sample_loop` runs a memoryless one-step rule ``step(ctx, x_t, x0_hat, t, s) -> x_s`` on it.
+
+Steps that change nothing cost no model call (docs/howto-sampler.md, "Model calls"): when the corruption
+declares ``time_invariant_posterior`` (q(x_0 | x_t) is the same function of x_t at every t, as for masking)
+and the state has not changed since the last prediction (made at another time), :meth:`Sampling.predict`
+returns that prediction again; when the corruption's ``uncorrupted(x_t)`` says no row carries any
+corruption, x0_hat = x_t. Neither counts in ``run.nfe`` (model calls); ``run.reused`` counts the predictions
+served without one.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import torch
 from ..denoiser import Prediction
 from ..errors import CapabilityError
 from ..time import check_grid
+from ._conditioning import warn_if_ill_conditioned
 
 __all__ = ["SamplerStep", "Sampling", "Point", "sample_loop", "require", "StepContext"]
 
@@ -43,6 +51,7 @@ class SamplerStep:
     x: Any  #: the new state x_s (x0_hat on the last step to 0)
     x0_hat: Any  #: the prediction made at t
     nfe: int = 0  #: model calls made so far (this step included)
+    reused: int = 0  #: predictions served so far without a model call (unchanged or uncorrupted states)
 
 
 @dataclass
@@ -88,11 +97,14 @@ class Sampling:
         generator: every draw's generator.
         callback: receives a :class:`SamplerStep` after each step.
         clamp: clamp x0_hat to the corruption's ``data_range``.
+        reuse: serve a prediction without a model call when the state has not changed (see the module
+            docstring); ``None``: when the corruption declares ``time_invariant_posterior``. A rule whose
+            "no change" can depend on the drawn x0_hat must pass ``False``.
     """
 
     def __init__(self, denoiser: Any, corruption: Any, times: Any, x_init: Any, *,
                  generator: torch.Generator | None = None, callback: Callable[[SamplerStep], Any] | None = None,
-                 clamp: bool = False) -> None:
+                 clamp: bool = False, reuse: bool | None = None) -> None:
         self.grid = check_grid(times)
         self.values: list[float] = self.grid.tolist()
         self.steps = len(self.values) - 1
@@ -100,19 +112,26 @@ class Sampling:
         self.callback, self.clamp = callback, clamp
         self.batch, self.device = _batch(x_init)
         self.like = x_init
-        self.nfe = 0
+        self.nfe = 0  #: model calls made
+        self.reused = 0  #: predictions served without a model call
         self.index = 0  #: the step being taken (kept current by iteration)
         self.linear_gaussian = callable(getattr(corruption, "grid_table", None)) and isinstance(x_init, torch.Tensor)
         #: linear-Gaussian corruptions: the coefficients of the whole grid, float64 (rows = grid points)
         self.table = corruption.grid_table(self.grid, x_init) if self.linear_gaussian else None
         ms = corruption.marginals(self.grid, x_init, self.table) if self.linear_gaussian else [None] * len(self.values)
-        self.points = [Point(v, torch.full((self.batch,), v, dtype=torch.float64, device=self.device), m)
-                       for v, m in zip(self.values, ms)]
+        # one (batch,) float64 time tensor per grid point, made in two ops for the whole grid
+        rows = self.grid.to(self.device)[:, None].repeat(1, self.batch).unbind(0)
+        self.points = [Point(v, t, m) for v, t, m in zip(self.values, rows, ms)]
         self._predict = getattr(denoiser, "predict", None)
         self._fast = self._predict is not None and getattr(denoiser, "accepts_marginal", False)
         rng = getattr(corruption, "data_range", None)
         self._range = rng if clamp and rng is not None else None
         self._posterior: list | None = None
+        declared = bool(getattr(corruption, "time_invariant_posterior", False))
+        self._reuse = (declared if reuse is None else bool(reuse)) and isinstance(x_init, torch.Tensor)
+        self._uncorrupted = getattr(corruption, "uncorrupted", None) if self._reuse else None
+        self._last: tuple[Any, float, Prediction] | None = None  # (state, time, prediction) of the last call
+        warn_if_ill_conditioned(denoiser, corruption, self.table, self.values[0], self._range is not None)
 
     # ---------------------------------------------------------------- grid
     def __iter__(self) -> Iterator[int]:
@@ -148,7 +167,30 @@ class Sampling:
 
     # ------------------------------------------------------------- predict
     def predict(self, x: Any, where: int | Point) -> Prediction:
-        """x0_hat at grid point ``where`` (an index) or a :class:`Point`: one model call."""
+        """x0_hat at grid point ``where`` (an index) or a :class:`Point`: one model call, or none when the state
+        is unchanged since the last call or uncorrupted (with reuse on; see the module docstring)."""
+        time = self._p(where).value
+        if self._reuse:
+            again = self._again(x, time)
+            if again is not None:
+                self.reused += 1
+                return again
+        pred = self._call(x, where)
+        if self._reuse:
+            self._last = (x.clone(), time, pred)
+        return pred
+
+    def _again(self, x: Any, time: float) -> Prediction | None:
+        """The prediction for ``x`` at ``time`` that needs no model call, if any: the last call's, made at another
+        time on the same state (a second prediction at the same time and state is a new call, a new draw)."""
+        if self._last is not None and self._last[1] != time and self._last[0].shape == x.shape \
+                and torch.equal(self._last[0], x):
+            return self._last[2]
+        if self._uncorrupted is not None and bool(self._uncorrupted(x).all()):
+            return Prediction(x.clone())
+        return None
+
+    def _call(self, x: Any, where: int | Point) -> Prediction:
         p = self._p(where)
         self.nfe += 1
         if self._fast:
@@ -171,7 +213,8 @@ class Sampling:
     def report(self, i: int, x: Any, pred: Prediction | Any) -> None:
         if self.callback is not None:
             x0 = pred.x0_hat if isinstance(pred, Prediction) else pred
-            self.callback(SamplerStep(i, self.steps, self.values[i], self.values[i + 1], x, x0, self.nfe))
+            self.callback(SamplerStep(i, self.steps, self.values[i], self.values[i + 1], x, x0, self.nfe,
+                                      self.reused))
 
     # ------------------------------------------------- corruption at a point
     def forward(self, x0: Any, eps: Any, where: int | Point) -> Any:

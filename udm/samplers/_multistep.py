@@ -64,7 +64,8 @@ def _check(method: str, order: Any, eta: Any, corrector: bool, variant: str) -> 
         raise ConfigError(f"{where}: method must be one of {', '.join(METHODS)}; got {method!r}."
                           f"{did_you_mean(str(method), METHODS)}")
     if isinstance(order, bool) or order not in (1, 2, 3):
-        raise ConfigError(f"{where}: order must be 1, 2 or 3; got {order!r}.")
+        raise ConfigError(f"{where}: order must be 1, 2 or 3; got {order!r}. Use 1 (DDIM), 2 or 3; a grid with fewer "
+                          f"steps than the order lowers it by itself.")
     if not 0 <= float(eta) <= 1:
         raise ConfigError(f"{where}: eta must be in [0, 1]; got {eta!r}. 0 is the ODE, 1 the SDE variant.")
     m = METHODS[method]

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from ..errors import ConfigError, did_you_mean
 from ._loop import Sampling
-from ._requires import requires
+from ._requires import calls_per_step, requires
 
 __all__ = ["renoise", "invert", "refresh", "residual", "ode", "posterior", "RULES", "SOLVERS"]
 
@@ -156,6 +156,22 @@ SOLVERS = {"euler": _euler, "heun": _heun, "rk4": _rk4}
 CALLS_PER_STEP = {"euler": 1, "heun": 2, "rk4": 4}
 
 
+def _solver(solver: str) -> Callable[..., Any]:
+    """The step function of ``solver`` (a clear error for an unknown name)."""
+    if solver not in SOLVERS:
+        raise ConfigError(
+            f"sampler 'ode': solver must be one of {', '.join(SOLVERS)}; got {solver!r}.{did_you_mean(str(solver), SOLVERS)}"
+        )
+    return SOLVERS[solver]
+
+
+def _ode_calls(options) -> int:
+    """Model calls of an ``ode`` step (but the last, which makes one) with ``options``."""
+    _solver(options["solver"])
+    return CALLS_PER_STEP[options["solver"]]
+
+
+@calls_per_step(_ode_calls)
 @requires("noise_posterior", "vector_space")
 def ode(denoiser, corruption, times, x_init, *, generator=None, callback=None, clamp=False,
         solver: Literal["euler", "heun", "rk4"] = "heun"):
@@ -165,11 +181,7 @@ def ode(denoiser, corruption, times, x_init, *, generator=None, callback=None, c
     the plug-in heuristic (docs/math.md, "The ODE rule"). ``solver``: euler (1 model call per step),
     heun (2, second order), rk4 (4, fourth order). The last step to t = 0 returns x0_hat.
     """
-    if solver not in SOLVERS:
-        raise ConfigError(
-            f"sampler 'ode': solver must be one of {', '.join(SOLVERS)}; got {solver!r}.{did_you_mean(str(solver), SOLVERS)}"
-        )
-    step = SOLVERS[solver]
+    step = _solver(solver)
     run = Sampling(denoiser, corruption, times, x_init, generator=generator, callback=callback, clamp=clamp)
     x = x_init
     for i in run:

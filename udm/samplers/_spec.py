@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..corruption import capabilities
-from ..errors import CapabilityError
-from ._requires import requirements_of
+from ..errors import CapabilityError, ConfigError
+from ._requires import calls_per_step_of, chooses_own_steps, requirements_of
 
 __all__ = ["SamplerSpec"]
 
@@ -21,7 +21,8 @@ class SamplerSpec:
         name: registry name.
         rule: a function with the shared sampler signature
             ``(denoiser, corruption, times, x_init, *, generator, callback, clamp, **options)``. What it
-            needs from a corruption is declared on the rule (:func:`udm.samplers.requires`).
+            needs from a corruption is declared on the rule (:func:`udm.samplers.requires`), and so are its
+            model calls per step (:func:`udm.samplers.calls_per_step`; one if undeclared).
         requires: extra capabilities this preset needs beyond the rule's own declaration.
         options: fixed keyword options (e.g. ``{"eta": 1.0}``); call-time options override them.
         description: one line for ``udm plugins``.
@@ -41,6 +42,30 @@ class SamplerSpec:
         """The capabilities a call with ``options`` (merged over the preset's) needs."""
         merged = {**self.options, **(options or {})}
         return tuple(dict.fromkeys((*requirements_of(self.rule).for_options(merged), *self.requires)))
+
+    def calls(self, steps: int, options: Mapping[str, Any] | None = None) -> int:
+        """The model calls of ``steps`` steps on a grid that ends at t = 0 (a time type's grid): c (steps - 1) + l
+        with c the rule's calls per step and l those of the last step, which returns x0_hat (l = 1 for the
+        built-ins: Heun 2 steps - 1, RK4 4 steps - 3). An upper bound: steps that change nothing may cost
+        none (``SamplerStep.reused``)."""
+        per, last = self.per_step(options)
+        return per * (steps - 1) + last
+
+    def per_step(self, options: Mapping[str, Any] | None = None) -> tuple[int, int]:
+        """(model calls on each step but the last, on the last step) for a call with ``options``."""
+        if chooses_own_steps(self.rule):
+            raise ConfigError(f"sampler {self.name!r}: a budget of model calls (nfe) must be asked only of a sampler "
+                              f"that steps on the grid; got {self.name!r}, which chooses its own steps (error "
+                              f"control). Give steps, and bound its calls with its options (rtol, atol, max_calls).")
+        return calls_per_step_of(self.rule, {**self.options, **(options or {})})
+
+    def steps_for(self, nfe: int, options: Mapping[str, Any] | None = None) -> int:
+        """The most steps whose :meth:`calls` fit a budget of ``nfe`` model calls."""
+        per, last = self.per_step(options)
+        if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < last:
+            raise ConfigError(f"sampler {self.name!r}: nfe must be an integer >= {last} (a budget of model calls; one "
+                              f"step costs {last}); got {nfe!r}. Give the number of network evaluations to spend.")
+        return (nfe - last) // per + 1
 
     def missing(self, corruption: Any, options: Mapping[str, Any] | None = None) -> list[str]:
         """Capabilities this sampler (called with ``options``) needs that ``corruption`` lacks."""

@@ -11,7 +11,8 @@ token-diffusion test needs is exact and cheap:
   (1, 0), masked ones no reference. Replacement with probability tau by a different uniform token:
   (a, b) = (1 - tau, tau / (V - 1)).
 * :class:`MarkovOracle`: a denoiser ``(x_t, t, generator) -> x0_hat`` that samples each position
-  *independently* from its exact marginal p(x_0,l | x_t), as a non-autoregressive network would.
+  *independently* from its exact marginal p(x_0,l | x_t), as a non-autoregressive network would (through
+  the corruption's ``sample_x0`` when it has one, as :class:`udm.Denoiser` does).
 """
 
 from __future__ import annotations
@@ -176,7 +177,11 @@ class MarkovOracle:
         return m.log().to(x_t.device)
 
     def predict(self, x_t: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None) -> Prediction:
-        params = self.corruption.to_x0(self.logits(x_t, t), x_t, t)
+        logits = self.logits(x_t, t)
+        sample_x0 = getattr(self.corruption, "sample_x0", None)
+        if callable(sample_x0):  # a constrained q_theta (exact-count replacement) draws x0_hat itself
+            return Prediction(sample_x0(logits, x_t, t, generator, family=self.family), logits)
+        params = self.corruption.to_x0(logits, x_t, t)
         return Prediction(self.family.point(params, generator), params)
 
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

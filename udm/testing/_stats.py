@@ -1,4 +1,5 @@
-"""Two-sample tests with a stated error rate."""
+"""Tests with a stated error rate: two-sample and one-sample Kolmogorov-Smirnov, a z-test, and the
+"worst feature" summary the conformance kit reports."""
 
 from __future__ import annotations
 
@@ -6,6 +7,10 @@ import math
 from dataclasses import dataclass
 
 import torch
+
+from ._features import Features
+
+__all__ = ["KSResult", "ks_two_sample", "ks_normal", "z_critical", "WorstKS", "worst_ks"]
 
 
 @dataclass
@@ -17,6 +22,11 @@ class KSResult:
     @property
     def passed(self) -> bool:
         return self.statistic <= self.critical
+
+
+def _c(alpha: float) -> float:
+    """c(alpha) = sqrt(-ln(alpha / 2) / 2), the asymptotic Kolmogorov quantile."""
+    return math.sqrt(-math.log(alpha / 2) / 2)
 
 
 def ks_two_sample(a: torch.Tensor, b: torch.Tensor, alpha: float = 1e-3) -> KSResult:
@@ -33,5 +43,49 @@ def ks_two_sample(a: torch.Tensor, b: torch.Tensor, alpha: float = 1e-3) -> KSRe
     fb = torch.searchsorted(b, vals, right=True).double() / b.numel()
     d = float((fa - fb).abs().max())
     n, m = a.numel(), b.numel()
-    crit = math.sqrt(-math.log(alpha / 2) / 2) * math.sqrt((n + m) / (n * m))
-    return KSResult(d, crit, alpha)
+    return KSResult(d, _c(alpha) * math.sqrt((n + m) / (n * m)), alpha)
+
+
+def ks_normal(z: torch.Tensor, alpha: float = 1e-3) -> KSResult:
+    """One-sample KS test of ``z (n,)`` against N(0, 1): D = sup |F_n - Phi|, critical c(alpha) / sqrt(n)."""
+    z = z.detach().reshape(-1).double().cpu().sort().values
+    n = z.numel()
+    phi = 0.5 * torch.erfc(-z / math.sqrt(2))
+    i = torch.arange(1, n + 1, dtype=torch.float64)
+    d = float(torch.maximum(i / n - phi, phi - (i - 1) / n).max())
+    return KSResult(d, _c(alpha) / math.sqrt(n), alpha)
+
+
+def z_critical(alpha: float) -> float:
+    """The two-sided standard-normal quantile z with P(|Z| > z) = alpha."""
+    return float(torch.special.ndtri(torch.tensor(1 - alpha / 2, dtype=torch.float64)))
+
+
+@dataclass
+class WorstKS:
+    """The feature whose two-sample KS test is furthest beyond (or closest to) its critical value."""
+
+    name: str
+    result: KSResult
+    count: int  #: how many features were tested (each at alpha / count)
+
+    @property
+    def passed(self) -> bool:
+        return self.result.passed
+
+    def describe(self, what: str = "KS D") -> str:
+        r = self.result
+        return (f"{what}={r.statistic:.4f} on '{self.name}' vs critical {r.critical:.4f} "
+                f"(worst of {self.count} features, each at alpha {r.alpha:.2g})")
+
+
+def worst_ks(fa: Features, fb: Features, alpha: float) -> WorstKS:
+    """KS-test every feature of ``fa`` against the same feature of ``fb`` at level alpha / k (so that all k
+    together falsely reject with probability at most alpha); return the worst one."""
+    k = fa.values.shape[1]
+    worst = None
+    for j in range(k):
+        res = ks_two_sample(fa.values[:, j], fb.values[:, j], alpha=alpha / k)
+        if worst is None or res.statistic - res.critical > worst.result.statistic - worst.result.critical:
+            worst = WorstKS(fa.names[j], res, k)
+    return worst

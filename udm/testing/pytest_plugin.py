@@ -13,8 +13,10 @@ And one line that turns a corruption into a parametrised test, one test per chec
     test_pixelate = conformance_tests(lambda: Pixelate(levels=2), lambda: bars(n=1), n=2000)
 
 Each parameter is a check of :func:`udm.testing.check_corruption` (``shapes``, ``determinism``,
-``t0_identity``, ``noise_posterior_explains_x_t`` and ``marginal[<sampler>]`` for every sampler the
-corruption supports). The suite runs once per test function and each test asserts its own check.
+``t0_identity``, ``noise_posterior_explains_x_t``, ``noise_posterior_law``, ``refresh_noise_preserves_q``,
+``schedule_matches_forward``, ``prior``, and ``marginal[<sampler>]`` / ``joint[<sampler>]`` for every
+pinned sampler the corruption supports; docs/conformance.md). The suite runs once per test function and
+each test asserts its own check.
 Nothing here imports udm until a fixture or test runs, so pytest starts as fast as without it.
 """
 
@@ -57,16 +59,12 @@ def udm_conformance(udm_registry) -> Callable[..., Any]:
     return run
 
 
-def check_names(corruption: Any, registry: Any = None, samplers: Any = None) -> list[str]:
-    """The names of the checks :func:`udm.testing.check_corruption` runs on ``corruption``."""
-    import udm
+def check_names(corruption: Any, registry: Any = None, samplers: Any = None, **kwargs: Any) -> list[str]:
+    """The names of the checks :func:`udm.testing.check_corruption` runs on ``corruption`` (``kwargs`` as
+    there: ``x0``, ``skip``, ``sampler_options``, ...)."""
+    from udm.testing import plan_check_names
 
-    reg = registry or udm.load_registry()
-    names = ["shapes", "determinism", "t0_identity"]
-    if callable(getattr(corruption, "noise_posterior", None)):
-        names.append("noise_posterior_explains_x_t")
-    chosen = list(samplers) if samplers is not None else udm.supported_samplers(corruption, reg)
-    return names + [f"marginal[{s}]" for s in chosen]
+    return plan_check_names(corruption, registry=registry, samplers=samplers, **kwargs)
 
 
 def conformance_tests(make_corruption: Callable[[], Any], make_x0: Callable[[], Any], **kwargs: Any):
@@ -80,7 +78,7 @@ def conformance_tests(make_corruption: Callable[[], Any], make_x0: Callable[[], 
     Returns:
         ``test(check)``; assign it to a module-level name starting with ``test_``.
     """
-    names = check_names(make_corruption(), kwargs.get("registry"), kwargs.get("samplers"))
+    names = check_names(make_corruption(), x0=make_x0(), **kwargs)
     cache: dict[str, Any] = {}
 
     @pytest.mark.parametrize("check", names)

@@ -1,0 +1,262 @@
+"""Mutant check: plant one-line bugs in the source and require the named fast tests to catch each.
+
+Every mutant is a row of ``MUTANTS``: (name, file, the exact original snippet, its replacement, the pytest
+arguments that must fail). The snippet is found by text, not by line number, and must occur exactly once;
+a snippet that no longer matches is reported as *stale* (the code moved: re-point the row). For each
+mutant the file is rewritten, the tests run, and the original bytes are put back (also on Ctrl-C).
+
+    python tools/mutants.py                  # baseline (the tests pass unmutated), then every mutant
+    python tools/mutants.py --list           # the table
+    python tools/mutants.py NAME [NAME ...]  # only these (names or unique prefixes)
+    python tools/mutants.py --check          # only check that every snippet matches exactly once
+
+Exit status: 0 when every mutant is killed, 1 when one survives, 2 for a stale row, a baseline failure or
+a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    file: str  #: relative to the repository root
+    original: str  #: exact text, must occur once in the file
+    replacement: str
+    tests: tuple[str, ...]  #: pytest arguments (files, node ids, -k expressions)
+
+
+def M(name: str, file: str, original: str, replacement: str, *tests: str) -> Mutant:
+    return Mutant(name, file, original, replacement, tests)
+
+
+GAUSS = "tests/test_conformance_gaussian.py"
+MUTANTS: list[Mutant] = [
+    # --- issue 15, item 1: distributed training must train like one process with the same global batch
+    M("dist-batch-divided-twice", "udm/experiment.py",
+      "_train(exp, trainer, corruption, data, steps, batch_size, run,",
+      "_train(exp, trainer, corruption, data, steps, batch_size // d.world, run,",
+      "tests/test_distributed.py::test_two_process_torchrun_matches_one_process"),
+    M("dist-no-ddp", "udm/distributed.py",
+      "return torch.nn.parallel.DistributedDataParallel(network, device_ids=ids)", "return network",
+      "tests/test_distributed.py::test_two_process_torchrun_matches_one_process"),
+    M("dist-per-rank-noise-seed", "udm/experiment.py",
+      'trainer = Trainer(built.network, corruption, time_type, seed=run["seed"], device=device,',
+      'trainer = Trainer(built.network, corruption, time_type, seed=run["seed"] + 1000 * d.rank, device=device,',
+      "tests/test_distributed.py::test_two_process_torchrun_matches_one_process"),
+    M("dist-shard-draws-own-noise", "udm/losses.py",
+      "x0, eps, t = _take(x0, idx), _take(eps, idx), t[idx.to(t.device)]",
+      "x0, t = _take(x0, idx), t[idx.to(t.device)]; eps = corruption.sample_noise(x0, generator)",
+      "tests/test_distributed.py::test_sharded_loss_is_the_single_process_loss"),
+    # --- item 2: an exact-count deletion step must keep every token of x_t
+    M("delete-exact-posterior-unpinned", "plugins/delete.py",
+      "return torch.where(short[:, None] & kept, torch.ones_like(u), u)", "return u",
+      "tests/test_delete.py", "-k", "observed or wrong_predictions"),
+    M("delete-keep-mask-ignores-pin", "plugins/delete.py",
+      "return real & ((rank >= k[:, None]) | (eps >= 1))", "return real & (rank >= k[:, None])",
+      "tests/test_delete.py", "-k", "observed or wrong_predictions"),
+    # --- item 3: replace(exact_count) predicts x0_hat differing from x_t in exactly k_t positions
+    M("replace-exact-per-position", "plugins/replace.py",
+      "if not self.exact_count:\n            return family.point(output, generator)",
+      "if True:\n            return family.point(output, generator)",
+      "tests/test_replace.py", "-k", "exact_count"),
+    M("replace-uniform-inclusion", "plugins/_tokens.py",
+      "d = d.double().clamp(min=floor)", "d = torch.ones_like(d, dtype=torch.float64)",
+      "tests/test_replace.py", "-k", "exact_count or systematic"),
+    # --- item 4: the residual rule, the cold label, the L1 loss
+    M("residual-as-invert", "udm/samplers/_rules.py",
+      "x = x + run.forward(x0, eps, i + 1) - run.forward(x0, eps, i)", "x = run.forward(x0, eps, i + 1)",
+      "tests/test_cold.py"),
+    M("laplace-loss-squared", "udm/families.py",
+      "return _mean_over_data((output - target).abs(), mask)",
+      "return _mean_over_data((output - target).square(), mask)",
+      "tests/test_cold.py"),
+    M("cold-claims-algorithm-2", "plugins/samplers.py",
+      "Cold Diffusion Algorithm 2 when F is deterministic; equals invert when F inverts in eps",
+      "Cold Diffusion improved sampling (Algorithm 2)",
+      "tests/test_cold.py"),
+    # --- core (issue 9): the linear-Gaussian layer, parameterisations, q_theta variances, sampler plumbing
+    M("refresh-amount-ratio-inverted", "udm/linear_gaussian.py",
+      "num, den = (at * ss) ** 2, (as_ * st) ** 2", "num, den = (as_ * st) ** 2, (at * ss) ** 2",
+      "tests/test_parameterization.py", "-k", "refresh_amounts"),
+    M("refresh-keep-fraction-cancels", "udm/linear_gaussian.py",
+      "keep = ((1 - eta * eta) + eta * eta * rho).sqrt()", "keep = (1 - eta * eta * (1 - rho)).sqrt()",
+      "tests/test_parameterization.py", "-k", "refresh_amounts"),
+    M("posterior-strided-variance", "udm/linear_gaussian.py",
+      "var_ts = st * st - a_ts * a_ts * ss * ss", "var_ts = st * st - a_ts * ss * ss",
+      "tests/test_gaussian.py", "-k", "strided"),
+    M("posterior-x0-coefficient-uses-a_t", "udm/linear_gaussian.py",
+      "k_0 = torch.where(pos, as_ * var_ts / st2, as_)", "k_0 = torch.where(pos, at * var_ts / st2, as_)",
+      "tests/test_linear_gaussian.py", "-k", "per_frequency"),
+    M("noise-posterior-fresh", "udm/linear_gaussian.py",
+      "return lincomb(x_t, 1 / m.s, x0, -m.a / m.s)",
+      "return torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)",
+      GAUSS, "-k", "discrete-cosine"),
+    M("noise-posterior-inverts-where-s-is-zero", "udm/linear_gaussian.py",
+      "return self.from_basis(torch.where(s64 > 0, inv, fresh))", "return self.from_basis(inv)",
+      "tests/test_blur.py", "-k", "prior_where_sigma_is_zero"),
+    M("ode-velocity-derivatives-swapped", "udm/linear_gaussian.py",
+      "return self.apply(Marginal(m.t, m.da, m.ds, m.da64, m.ds64), x0, eps)",
+      "return self.apply(Marginal(m.t, m.ds, m.da, m.ds64, m.da64), x0, eps)",
+      "tests/test_samplers_oracle.py", "-k", "heun"),
+    M("v-conversion-drops-r", "udm/parameterization.py",
+      "return a / r2, -s * _sqrt(r2) / r2", "return a / r2, -s / r2",
+      "tests/test_parameterization.py", "-k", "round_trip"),
+    M("min-snr-clamps-from-below", "udm/parameterization.py",
+      '"min_snr": lambda: snr.clamp(max=self.gamma)', '"min_snr": lambda: snr.clamp(min=self.gamma)',
+      "tests/test_parameterization.py", "-k", "x0_weighting"),
+    M("singular-threshold-lax", "udm/parameterization.py",
+      "_SINGULAR = 1e8", "_SINGULAR = 1e30",
+      "tests/test_parameterization.py", "-k", "singular"),
+    M("variance-drawn-in-data-space", "udm/denoiser.py",
+      "noise = z * std if from_basis is None else from_basis(z * std)", "noise = z * std",
+      "tests/test_qtheta_variance.py", "-k", "frequency"),
+    M("last-step-returns-a-draw", "udm/samplers/_loop.py",
+      "return pred.mean if pred.mean is not None else pred.x0_hat", "return pred.x0_hat",
+      "tests/test_qtheta_variance.py", "-k", "last_step"),
+    M("refresh-eta-needs-no-layer", "udm/samplers/_rules.py",
+      '@requires("noise_posterior", "refresh_noise", eta=("linear_gaussian",))',
+      '@requires("noise_posterior", "refresh_noise")',
+      "tests/test_samplers_api.py", "-k", "unsupported"),
+    # --- the kit itself: weakened, it must let planted bugs through and so fail their tests
+    M("kit-posterior-reuses-x_t-generator", "udm/testing/_checks.py",
+      'ctx.generator("explain/posterior", i)', 'ctx.generator("explain/noise", i)',
+      "tests/test_conformance_planted.py", "-k", "fresh"),
+    M("kit-joint-closed-form-ignores-correlation", "udm/testing/_sampler_checks.py",
+      "ok = ks.passed and abs(corr) <= crit and float(means[j].abs()) <= mean_crit",
+      "ok = ks.passed and float(means[j].abs()) <= mean_crit",
+      "tests/test_conformance_planted.py", "-k", "ignores"),
+    M("kit-prior-compared-with-itself", "udm/testing/_checks.py",
+      'w = worst_ks(ctx.feats(drawn, rows, "prior"), ctx.feats(x1, rows, "prior"), alpha)',
+      'w = worst_ks(ctx.feats(x1, rows, "prior"), ctx.feats(x1, rows, "prior"), alpha)',
+      "tests/test_conformance_planted.py", "-k", "prior"),
+    M("kit-explains-one-probe-time", "udm/testing/_checks.py",
+      "for i, t in enumerate(ctx.probes):\n        _, x_t, eps_hat = _posterior_draws(ctx, i, t)\n        again",
+      "for i, t in enumerate([0.6]):\n        _, x_t, eps_hat = _posterior_draws(ctx, i, t)\n        again",
+      "tests/test_conformance_planted.py", "-k", "clamped or dropped"),
+]
+
+
+class Stale(Exception):
+    pass
+
+
+def _apply(m: Mutant) -> tuple[Path, bytes]:
+    path = ROOT / m.file
+    if not path.is_file():
+        raise Stale(f"{m.name}: {m.file} does not exist")
+    raw = path.read_bytes()
+    text = raw.decode()
+    count = text.count(m.original)
+    if count != 1:
+        raise Stale(f"{m.name}: the snippet must occur exactly once in {m.file}; found {count} times: {m.original!r}")
+    return path, raw
+
+
+def _pytest(args: tuple[str, ...], timeout: float) -> tuple[int | None, float, str]:
+    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-m", "", *args]  # slow tests too
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    start = time.perf_counter()
+    try:
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return None, time.perf_counter() - start, "timeout"
+    lines = [x for x in done.stdout.strip().splitlines() if x.strip()]
+    return done.returncode, time.perf_counter() - start, lines[-1] if lines else done.stderr[-200:]
+
+
+def run_mutant(m: Mutant, timeout: float) -> tuple[str, float, str]:
+    path, raw = _apply(m)
+    mutated = raw.decode().replace(m.original, m.replacement).encode()
+    restore = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def put_back(signum, frame):  # noqa: ARG001 - signal handler signature
+        path.write_bytes(raw)
+        raise KeyboardInterrupt
+
+    for sig in restore:
+        signal.signal(sig, put_back)
+    try:
+        path.write_bytes(mutated)
+        code, seconds, last = _pytest(m.tests, timeout)
+    finally:
+        path.write_bytes(raw)
+        for sig, handler in restore.items():
+            signal.signal(sig, handler)
+    if code is None:
+        return "killed (timeout)", seconds, last
+    if code == 0:
+        return "SURVIVED", seconds, last
+    if code in (4, 5):  # usage error / no tests collected: the row's test selection is wrong
+        return "STALE (tests)", seconds, last
+    return "killed", seconds, last
+
+
+def select(names: list[str]) -> list[Mutant]:
+    if not names:
+        return MUTANTS
+    out = []
+    for name in names:
+        hits = [m for m in MUTANTS if m.name == name] or [m for m in MUTANTS if m.name.startswith(name)]
+        if not hits:
+            raise SystemExit(f"tools/mutants.py: mutant names must be in the table (--list); got {name!r}.")
+        out += [m for m in hits if m not in out]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("names", nargs="*", help="mutants to run (names or prefixes; default: all)")
+    ap.add_argument("--list", action="store_true", help="print the table and exit")
+    ap.add_argument("--check", action="store_true", help="only check that every snippet occurs exactly once")
+    ap.add_argument("--no-baseline", action="store_true", help="skip the unmutated run of the selected tests")
+    ap.add_argument("--timeout", type=float, default=300.0, help="seconds per pytest run")
+    args = ap.parse_args(argv)
+    chosen = select(args.names)
+    if args.list:
+        for m in chosen:
+            print(f"{m.name:45s} {m.file:32s} tests: {' '.join(m.tests)}")
+        return 0
+    stale = []
+    for m in chosen:
+        try:
+            _apply(m)
+        except Stale as exc:
+            stale.append(str(exc))
+    if stale or args.check:
+        print("\n".join(stale) if stale else f"all {len(chosen)} snippets match exactly once")
+        return 2 if stale else 0
+    if not args.no_baseline:
+        for tests in dict.fromkeys(m.tests for m in chosen):
+            code, seconds, last = _pytest(tests, args.timeout)
+            if code != 0:
+                print(f"baseline: {' '.join(tests)} must pass unmutated; got exit {code} ({last})")
+                return 2
+            print(f"baseline ok  {seconds:5.1f}s  {' '.join(tests)}")
+    survived, bad = [], []
+    for m in chosen:
+        verdict, seconds, last = run_mutant(m, args.timeout)
+        print(f"{verdict:17s} {seconds:5.1f}s  {m.name}  ({last})", flush=True)
+        if verdict == "SURVIVED":
+            survived.append(m.name)
+        elif verdict.startswith("STALE"):
+            bad.append(m.name)
+    print(f"{len(chosen) - len(survived) - len(bad)} of {len(chosen)} mutants killed"
+          + (f"; survived: {', '.join(survived)}" if survived else "")
+          + (f"; stale tests: {', '.join(bad)}" if bad else ""))
+    return 2 if bad else (1 if survived else 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
