@@ -176,15 +176,15 @@ def run_udm(reg, mix, corr, time_type, sampler, spacing, budget, z, seed, varian
     den = mix.denoiser(corr)
     if var == "pvar":  # the exact Var[x_0 | x_t] of each sample (what a perfect variance head would give)
         def source(t, x):
-            a, s = corr.noise_schedule.amplitudes(t.to(F64))
-            return mix.posterior_variance(x, a, s).to(x.dtype)
+            return mix.posterior(x, corr, t.to(F64)).variance.to(x.dtype)
         den = udm.Denoiser(OracleNet(mix, corr, time_type), corr, time_type, variance=source)
     if var == "var":
         key = tuple(round(float(t), 12) for t in grid[:-1])
         if key not in variance_cache:
             amps = corr.noise_schedule.amplitudes(grid[:-1])
             g = torch.Generator().manual_seed(99)
-            vals = [mix.average_posterior_variance(float(a), float(s), 20000, g) for a, s in zip(*amps)]
+            vals = [average_posterior_variance(mix, corr, float(t), float(a), float(s), 20000, g)
+                    for t, a, s in zip(grid[:-1], *amps)]
             variance_cache[key] = udm.VarianceTable(grid[:-1], torch.tensor(vals, dtype=F64))
         den = udm.Denoiser(OracleNet(mix, corr, time_type), corr, time_type, variance=variance_cache[key])
     calls = []
@@ -193,6 +193,14 @@ def run_udm(reg, mix, corr, time_type, sampler, spacing, budget, z, seed, varian
         x = reg.get("sampler", name)(den, corr, grid, x_init, generator=torch.Generator().manual_seed(seed),
                                      callback=lambda s: calls.append(s.nfe))
     return x, calls[-1]
+
+
+def average_posterior_variance(mix, corr, t: float, alpha: float, sigma: float, n: int, g) -> float:
+    """E_{x_t}[Var[x_0 | x_t]] averaged over dimensions (Monte Carlo over x_0 ~ p, eps ~ N(0, I); n draws): the
+    optimal isotropic variance of a Gaussian q_theta at this noise level (Bao et al. 2022, Analytic-DPM)."""
+    x0 = mix.sample(n, g, dtype=F64)
+    x_t = alpha * x0 + sigma * torch.randn(x0.shape, generator=g, dtype=F64)
+    return float(mix.posterior(x_t, corr, torch.full((n,), t, dtype=F64)).variance.mean())
 
 
 # ------------------------------------------------------------------------------------------------ main

@@ -65,9 +65,10 @@ def posterior_noise(chosen: torch.Tensor, tau: torch.Tensor, exact_count: bool,
 
 
 def redraw(u: torch.Tensor, amount, generator: torch.Generator | None) -> torch.Tensor:
-    """q-invariant kernel on U[0,1]^L: each u_l is redrawn afresh with probability ``amount``."""
+    """q-invariant kernel on U[0,1]^L: each u_l is redrawn afresh with probability ``amount`` (a number, ``(B,)``
+    or per position ``(B, L)``)."""
     a = torch.as_tensor(amount, dtype=torch.float64, device=u.device)
-    a = a[:, None] if a.ndim else a
+    a = a[:, None] if a.ndim == 1 else a
     fresh = torch.rand(u.shape, generator=generator, device=u.device, dtype=torch.float64)
     coin = torch.rand(u.shape, generator=generator, device=u.device, dtype=torch.float64)
     return torch.where(coin < a, fresh, u)

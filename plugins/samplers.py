@@ -16,7 +16,7 @@ _RULE_DOCS = {
     "residual": "x_t + F_s(x0_hat, eps_hat) - F_t(x0_hat, eps_hat) (Cold Diffusion Alg. 2)",
     "ode": "integrate d/dt F_t(x0_hat, eps_hat); solver euler|heun|rk4",
     "posterior": "the corruption's closed-form p(x_s | x_t, x0_hat)",
-    "multistep": "invert with x0_hat extrapolated in log-SNR; method dpm++|unipc|deis, order, eta, corrector",
+    "multistep": "invert with x0_hat extrapolated in log-SNR; method dpm++|unipc|deis, order, eta, unic",
     "adaptive": "error-controlled probability-flow ODE (embedded Runge-Kutta bs3|dopri5; rtol, atol)",
 }
 
@@ -33,7 +33,7 @@ _PRESETS = (
     ("dpm++3m", "multistep", {"method": "dpm++", "order": 3}, "DPM-Solver++(3M)"),
     ("dpm++2m_sde", "multistep", {"method": "dpm++", "order": 2, "eta": 1.0}, "DPM-Solver++(2M) SDE"),
     ("dpm++3m_sde", "multistep", {"method": "dpm++", "order": 3, "eta": 1.0}, "DPM-Solver++(3M) SDE"),
-    ("unipc", "multistep", {"method": "unipc", "order": 2, "corrector": True, "variant": "bh2"},
+    ("unipc", "multistep", {"method": "unipc", "order": 2, "unic": True, "variant": "bh2"},
      "UniPC-2 with the bh2 corrector (Zhao et al. 2023)"),
     ("deis", "multistep", {"method": "deis", "order": 3}, "DEIS tAB3 in log rho (Zhang & Chen 2023)"),
 )

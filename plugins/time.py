@@ -24,16 +24,27 @@ def _strictly_decreasing_ints(pos: torch.Tensor, top: int) -> torch.Tensor:
     return n
 
 
+def _refuse_optimal(name: str, spacing: str) -> None:
+    """``optimal`` (Analytic-DPM's trajectory) is chosen from a fitted variance table, not by the time type:
+    udm.sample computes it (udm.variance_trajectory.optimal_grid)."""
+    if spacing == "optimal":
+        raise ConfigError(f"time {name}: spacing 'optimal' needs a fitted variance table to choose the grid; got a "
+                          f"call without one. Sample with udm.sample(..., spacing='optimal', variance=<dense "
+                          f"udm.VarianceTable>), or `udm sample RUN --variance analytic` after `udm fit-variance RUN "
+                          f"--dense M`.")
+
+
 class _SpacingNames:
     """The spacing names a grid accepts, read from :data:`udm.grids.SPACINGS` when asked, on the class (the
     configuration check reads the registered class) as on an instance."""
 
     def __get__(self, obj: object, owner: type) -> tuple[str, ...]:
-        return tuple(SPACINGS)
+        return (*SPACINGS, "optimal")
 
 
 class _Spaced:
-    """Time types whose grids take every entry of :data:`udm.grids.SPACINGS`."""
+    """Time types whose grids take every entry of :data:`udm.grids.SPACINGS`, and ``optimal``, which udm.sample
+    chooses from a fitted variance table."""
 
     spacings = _SpacingNames()
 
@@ -44,7 +55,8 @@ class Discrete(_Spaced, udm.TimeType):
     Training draws n ~ U{1..T}. ``grid(N)`` is a sub-grid of N + 1 points ending at n = 0 (DDIM's sub-sequence
     trick): the spacing's times rounded to distinct indices n_i = round(T t_i). ``uniform`` is the stride
     n_i = round(T (N - i)/N) (= diffusers' ``trailing``; ``trailing`` gives the same grid), ``quadratic``
-    n_i = round(T ((N - i)/N)^2); ``logsnr`` and ``karras`` end at n = 1. The model sees the index n as a float.
+    n_i = round(T ((N - i)/N)^2); ``logsnr`` and ``karras`` end at n = 1; ``optimal`` is chosen from a fitted
+    variance table by udm.sample (Analytic-DPM's trajectory). The model sees the index n as a float.
     Index convention: udm's n is diffusers' timestep index + 1 (udm's alpha_bar_n multiplies n factors).
     """
 
@@ -64,6 +76,7 @@ class Discrete(_Spaced, udm.TimeType):
     def grid(self, steps, *, spacing="uniform", corruption=None, device=None):
         self._check_steps(steps, "time discrete: grid", most=self.steps)
         self._check_spacing(spacing)
+        _refuse_optimal(self.name, spacing)
         t = spacing_times(spacing, GridRequest(steps, 0.0, 1.0 / self.steps, corruption))
         top = int(torch.round(t[0] * self.steps))
         if steps > top:
@@ -92,8 +105,8 @@ class Continuous(_Spaced, udm.TimeType):
     variance. ``grid(N)`` puts N model calls at the spacing's times, then 0 (docs/math.md, "Time grids"):
     ``uniform`` t_i = t_min + (1 - t_min)(N - i)/N and ``quadratic`` (squared fractions) stride from t = 1 and
     never spend a call at t_min; ``trailing`` is the stride (N - i)/N; ``logsnr`` and ``karras`` run from the
-    first noise level to t_min (they need a corruption with a ``noise_schedule``). The model sees ``scale * t``
-    (default 1000, the discrete scale).
+    first noise level to t_min (they need a corruption with a ``noise_schedule``); ``optimal`` is chosen from a
+    fitted variance table by udm.sample. The model sees ``scale * t`` (default 1000, the discrete scale).
     """
 
     name = "continuous"
@@ -119,6 +132,7 @@ class Continuous(_Spaced, udm.TimeType):
     def grid(self, steps, *, spacing="uniform", corruption=None, device=None):
         self._check_steps(steps, "time continuous: grid")
         self._check_spacing(spacing)
+        _refuse_optimal(self.name, spacing)
         t = spacing_times(spacing, GridRequest(steps, self.t_min, max(self.t_min, 1e-6), corruption))
         return torch.cat([t, torch.zeros(1, dtype=torch.float64)]).to(device)
 

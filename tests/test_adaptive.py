@@ -97,3 +97,7 @@ def test_adaptive_errors(setup):
     with pytest.raises(udm.UdmError, match=r"sampler 'adaptive': the model calls must stay within max_calls=10; got "
                                            r"more at t = .*\. Loosen rtol/atol or raise max_calls\."):
         S.adaptive(den, corr, torch.tensor([1.0, T_END], dtype=F64), x, rtol=1e-8, atol=1e-8, max_calls=10)
+    with pytest.raises(udm.ConfigError, match=r"sampler 'adaptive': corrector must be None \(the error control chooses "
+                                              r"the steps.*; got 'refresh'\. Use a fixed-grid sampler"):
+        udm.registry().get("sampler", "adaptive")(den, corr, torch.tensor([1.0, T_END, 0.0], dtype=F64), x,
+                                                  corrector="refresh")

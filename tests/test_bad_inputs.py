@@ -29,9 +29,10 @@ from udm.errors import UdmError, UdmWarning
 from _tiny import MASK, TINY
 
 BASE = TINY
-#: <where>: <what> must be <rule>; got <value>. <fix>.  Two messages written in udm/samplers say it their own way:
-#: "corruption 'x' must offer A; it lacks B", "give exactly one of eta or amount; got ..."
-TEMPLATE = re.compile(r": .*(must .*; (got|it lacks) |give exactly one of eta or amount; got )")
+#: <where>: <what> must be <rule>; got <value>. <fix>.  Some messages say it their own way:
+#: "corruption 'x' must offer A; it lacks B", "give exactly one of eta or amount; got ...",
+#: "variance 'sn' needs a run trained with ...; got ..."
+TEMPLATE = re.compile(r": .*(must .*; (got|it lacks) |give exactly one of eta or amount; got |needs .*; got )")
 
 
 @dataclass
@@ -180,9 +181,26 @@ sets("yaml-refresh-eta-string", ["sample.sampler=refresh", "sample.eta=half"], 2
 sets("yaml-solver-unknown", ["sample.sampler=ode", "sample.solver=midpoint"], 2,
      r"sample\.solver: the value must be one of 'euler', 'heun', 'rk4'; got 'midpoint'")
 sets("yaml-option-of-other-sampler", ["sample.solver=heun"], 2, r"sample\.solver: the key must be one of")
+sets("yaml-sde-eta-negative", ["sample.sampler=sde", "sample.eta=-1"], 2,
+     r"sample\.eta: the value must be a number >= 0; got -1")
+sets("yaml-edm-churn-negative", ["sample.sampler=edm", "sample.churn=-5"], 2,
+     r"sample\.churn: the value must be a number >= 0; got -5")
+sets("yaml-corrector-unknown", ["sample.corrector={name: langevine}"], 2,
+     r"sample\.corrector\.name: the name must be a registered corrector; got 'langevine'.*Did you mean 'langevin'\?")
+sets("yaml-corrector-amount-negative", ["sample.corrector={name: refresh, amount: -0.5}"], 2,
+     r"sample\.corrector\.amount: the value must be a number in \[0, 1\]; got -0\.5")
+sets("yaml-corrector-schedule-unknown", ["sample.corrector={name: remask, schedule: loop}"], 2,
+     r"sample\.corrector\.schedule: the value must be one of 'rescale', 'cap', 'confidence'; got 'loop'", base=MASK)
+sets("yaml-corrector-unsupported", ["sample.corrector=langevin"], 2,
+     r"sample: corrector 'langevin': corruption 'mask' must offer linear_gaussian; it lacks linear_gaussian\. "
+     r"Correctors 'mask' supports: refresh, remask\.", base=MASK)
+sets("yaml-corrector-number", ["sample.corrector=3"], 2,
+     r"sample\.corrector: the value must be a registered corrector name or a mapping")
+sets("yaml-noise-unknown", ["sample.noise=per-sample"], 2,
+     r"sample\.noise: the value must be one of 'shared', 'per_sample'; got 'per-sample'")
 sets("yaml-spacing-unknown", ["sample.spacing=cubic"], 2,
-     r"sample\.spacing: the value must be one of 'uniform', 'quadratic', 'trailing', 'logsnr', 'karras' \(the "
-     r"spacings time 'discrete' offers\); got 'cubic'")
+     r"sample\.spacing: the value must be one of 'uniform', 'quadratic', 'trailing', 'logsnr', 'karras', "
+     r"'optimal' \(the spacings time 'discrete' offers\); got 'cubic'")
 sets("yaml-spacing-logsnr-needs-schedule", ["sample.spacing=logsnr"], 2,
      r"sample\.steps: grid spacing 'logsnr': the corruption must have a noise schedule with a log-SNR and its "
      r"inverse \(a noise_schedule, as gaussian has\); got 'mask'\. Use spacing 'uniform', 'quadratic' or 'trailing'",
@@ -330,6 +348,58 @@ with_run("ckpt-sample-bad-option", lambda r: None, ["sample", "r", "--set", "sam
          r"sample\.etaa: the key must be one of")
 
 
+# ---------------------------------------------------------------------------- q_theta's variance (issue 10)
+def _fit(r: Path, *args: str) -> None:
+    """A table fitted into the run ``r`` as `udm fit-variance` writes it (on the run's 4-step grid)."""
+    assert main(["fit-variance", str(r), "--samples", "20", *args, "--quiet"]) == 0
+
+
+def _train_on(r: Path) -> None:
+    """Fit a table, then train the run 3 steps further (a newer checkpoint than the table's)."""
+    _fit(r)
+    assert main(["train", str(r.parent / "exp.yaml"), "--out", str(r), "--resume", "--set", "train.steps=9",
+                 "--quiet"]) == 0
+
+
+with_run("variance-not-fitted", lambda r: None, ["sample", "r", "--variance", "analytic"], 2,
+         r"udm sample: error: sample\.variance: variance 'analytic' must be fitted on this run first; got no analytic "
+         r"table in 'r/variance'\. Fit it with `udm fit-variance r --source analytic --samples 1000`")
+with_run("variance-other-grid", _fit, ["sample", "r", "--variance", "analytic", "--steps", "8"], 2,
+         r"variance table 'analytic' must be fitted on the sampling grid; got a table fitted for \{\"steps\": 4, "
+         r"\"spacing\": \"uniform\"\}, which lacks 4 of the 8 times of the grid \(8 uniform steps: t = 0\.88, .*Refit it "
+         r"with `udm fit-variance r --source analytic --samples 20 --steps 8 --spacing uniform`")
+with_run("variance-other-schedule", _fit,
+         ["sample", "r", "--variance", "analytic", "--set", "corruption.schedule=linear"], 2,
+         r"variance table 'analytic' must be fitted for the corruption \(and its schedule\) being sampled; got a table "
+         r"fitted for GaussianCorruption\(schedule=cosine\(s=0\.008\), prediction='v'\), but the run samples with "
+         r"GaussianCorruption\(schedule=linear")
+with_run("variance-other-checkpoint", _train_on, ["sample", "r", "--variance", "analytic"], 2,
+         r"variance table 'analytic' must be fitted on the checkpoint being sampled; got a table fitted at step 6, the "
+         r"checkpoint is step 9")
+with_run("variance-damaged-table", lambda r: (_fit(r), _flip(r / "variance" / "analytic.safetensors")),
+         ["sample", "r", "--variance", "analytic"], 2,
+         r"the variance table '.*analytic\.safetensors' must be intact; got the tensors do not match the checksum")
+with_run("variance-head-missing", lambda r: None, ["sample", "r", "--variance", "sn"], 2,
+         r"variance 'sn' needs a run trained with train\.stage: variance_head and head: sn; got a run without a variance "
+         r"head")
+with_run("variance-unknown-name", lambda r: None, ["sample", "r", "--variance", "analytik"], 2,
+         r"sample\.variance: the value must be one of .*'analytic'.*; got 'analytik'")
+with_run("fit-variance-exact-source", lambda r: None, ["fit-variance", "r", "--source", "exact"], 2,
+         r"udm fit-variance: --source must be one of analytic, residual; got 'exact'\. .*exact needs an oracle")
+with_run("fit-variance-optimal-grid", lambda r: None, ["fit-variance", "r", "--steps", "4", "--spacing", "optimal"], 2,
+         r"fit_variance: spacing must be a fixed grid spacing to fit on a sampling grid; got 'optimal'")
+sets("yaml-variance-on-mask", ["sample.variance=analytic"], 2,
+     r"sample\.variance: variance 'analytic' needs a linear-Gaussian corruption with a Gaussian q_theta; got 'mask'",
+     base=MASK)
+sets("yaml-optimal-without-variance", ["sample.spacing=optimal"], 2,
+     r"sample\.spacing: 'optimal' must come with a fitted variance \(sample\.variance: analytic or residual\); got "
+     r"variance None")
+sets("yaml-sn-variance-without-head", ["sample.variance=sn"], 2,
+     r"sample\.variance: variance 'sn' needs train\.stage: variance_head with train\.head: sn; got stage 'mean'")
+sets("yaml-head-stage-without-init", ["train.stage=variance_head"], 2,
+     r"train\.init: the first stage's run directory must be a trained run .*; got None")
+
+
 # --------------------------------------------------------------------------------------------- the API
 @dataclass
 class ApiCase:
@@ -382,8 +452,8 @@ api("api-sample-option-type", lambda r: sample(r, sampler="refresh", eta="high")
 api("api-sample-option-of-other-sampler", lambda r: sample(r, solver="heun"), 2,
     r"sampler 'ddim': option\.solver: the key must be one of \(none\); got 'solver'")
 api("api-sample-spacing", lambda r: sample(r, spacing="cubic"), 2,
-    r"udm\.sample: spacing must be one of 'uniform', 'quadratic', 'trailing', 'logsnr', 'karras' \(what Discrete "
-    r"offers\); got 'cubic'")
+    r"udm\.sample: spacing must be one of 'uniform', 'quadratic', 'trailing', 'logsnr', 'karras', "
+    r"'optimal' \(what Discrete offers\); got 'cubic'")
 api("api-sample-nfe-adaptive", lambda r: sample(r, sampler="adaptive", steps=None, nfe=20), 2,
     r"sampler 'adaptive': a budget of model calls \(nfe\) must be asked only of a sampler that steps on the grid")
 api("api-sample-solver-needs-lg", lambda r: udm.sample(*_parts(r)[:1], r.create("corruption", "mask", vocab_size=4),
@@ -400,6 +470,24 @@ api("api-sample-model-not-callable", lambda r: sample(r, model=3), 2,
     r"udm\.sample: model must be a torch\.nn\.Module or a denoiser .*; got int")
 api("api-sample-time-type-wrong", lambda r: sample(r, time_type="discrete"), 2,
     r"udm\.sample: time_type must be a udm time \(with sample_train, grid, encode\); got str, which lacks")
+api("api-sample-sde-eta-negative", lambda r: sample(r, sampler="sde", eta=-1.0), 2,
+    r"udm\.sample: sampler 'sde': option\.eta: the value must be a number >= 0; got -1\.0")
+api("api-sample-corrector-unsupported", lambda r: udm.sample(
+    lambda x, t, g: x, r.create("corruption", "mask", vocab_size=4), _parts(r)[2], shape=(2, 2), steps=2,
+    corrector="ald", registry=r), 2,
+    r"udm\.sample: corrector 'ald': corruption 'mask' must offer linear_gaussian; it lacks linear_gaussian\. "
+    r"Correctors 'mask' supports: refresh, remask\.")
+api("api-sample-corrector-amount", lambda r: sample(r, corrector={"name": "refresh", "amount": -0.1}), 2,
+    r"udm\.sample: corrector 'refresh': amount must be a number in \[0, 1\]; got -0\.1")
+api("api-sample-corrector-unknown", lambda r: sample(r, corrector="langevn"), 2,
+    r"udm\.sample: corrector 'langevn': name must be a registered corrector; got 'langevn'.*Did you mean 'langevin'")
+api("api-sample-edm-churn-blur", lambda r: udm.sample(
+    lambda x, t, g: x, r.create("corruption", "blur"), r.create("time", "continuous"), shape=(2, 1, 8, 8),
+    sampler="edm", steps=3, churn=5.0, registry=r, x_init=torch.zeros(2, 1, 8, 8)), 2,
+    r"sampler 'edm': churn > 0 needs one noise level sigma = s/a per time; got corruption 'blur'")
+api("api-sample-per-sample-batch", lambda r: sample(r, generator=udm.PerSampleGenerator(0, 3)), 2,
+    r"udm\.sample: generator must have one stream per sample \(shape\[0\] = 4\); got a udm\.PerSampleGenerator "
+    r"for 3 samples")
 api("api-sample-capability", lambda r: udm.sample(*_parts(r)[:1], r.create("corruption", "mask", vocab_size=4),
                                                    _parts(r)[2], shape=(2, 2), sampler="ode", registry=r), 2,
     r"sampler 'ode': corruption 'mask' must offer noise_posterior, vector_space; it lacks vector_space")

@@ -14,7 +14,7 @@ import torch
 
 import udm
 from udm import hookspecs
-from udm._options import RunOptions, SampleOptions, TrainOptions, fixed_on_resume
+from udm._options import STAGE_KEYS, RunOptions, SampleOptions, TrainOptions, fixed_on_resume
 from udm._schema import schema_of
 from udm.config import plugin_sections, required_sections, sections, validate
 from udm.errors import ConfigError, PluginError
@@ -135,7 +135,8 @@ def test_trainer_defaults_are_the_train_sections():
         if f.name in trainer:
             assert trainer[f.name].default == f.default, f.name
     own = {"network", "corruption", "time_type", "seed", "device"}
-    assert set(trainer) - own == {f.name for f in dataclasses.fields(TrainOptions)} - {"steps", "batch_size"}
+    # the second stage's keys (a variance head on a frozen mean, udm.variance_head) are the runner's, not the Trainer's
+    assert set(trainer) - own == {f.name for f in dataclasses.fields(TrainOptions)} - {"steps", "batch_size", *STAGE_KEYS}
 
 
 def test_option_sections_are_checked_like_a_signature_and_filled_with_its_defaults(reg):
@@ -166,5 +167,5 @@ def test_the_same_rule_gives_the_same_message_in_yaml_and_python(reg):
 
 
 def test_what_may_change_on_resume_is_declared_on_the_fields():
-    assert fixed_on_resume(TrainOptions) == ("ema",) and fixed_on_resume(RunOptions) == ("seed",)
+    assert fixed_on_resume(TrainOptions) == ("ema", *STAGE_KEYS) and fixed_on_resume(RunOptions) == ("seed",)
     assert fixed_on_resume(SampleOptions) == ()

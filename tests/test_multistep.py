@@ -86,9 +86,9 @@ def order_errors(cosine):
     ns = (24, 48, 96, 192)
     cases = {"ddim": dict(order=1), "2m": dict(order=2), "3m": dict(order=3), "deis2": dict(method="deis", order=2),
              "deis3": dict(method="deis", order=3), "unip1": dict(method="unipc", order=1),
-             "unipc1": dict(method="unipc", order=1, corrector=True), "unip2": dict(method="unipc", order=2),
-             "unipc2": dict(method="unipc", order=2, corrector=True),
-             "unipc2_bh1": dict(method="unipc", order=2, corrector=True, variant="bh1")}
+             "unipc1": dict(method="unipc", order=1, unic=True), "unip2": dict(method="unipc", order=2),
+             "unipc2": dict(method="unipc", order=2, unic=True),
+             "unipc2_bh1": dict(method="unipc", order=2, unic=True, variant="bh1")}
     out = {}
     for name, opts in cases.items():
         errs = []
@@ -146,7 +146,7 @@ def diag_denoiser(corr, mean, var):
     return den
 
 
-@pytest.mark.parametrize("opts", [dict(method="dpm++", order=3), dict(method="unipc", order=2, corrector=True),
+@pytest.mark.parametrize("opts", [dict(method="dpm++", order=3), dict(method="unipc", order=2, unic=True),
                                   dict(method="deis", order=3)], ids=["3m", "unipc", "deis3"])
 def test_per_coefficient_weights_solve_each_coefficient_on_its_own(opts):
     """lambda, h and the weights are per coefficient: one run on K coefficients equals K scalar runs."""
@@ -186,7 +186,7 @@ def test_blur_is_solved_per_dct_frequency(reg):
         return blur.from_basis(den_c(blur.to_basis(x), t))
 
     x = torch.randn(shape, generator=gen(5), dtype=F64)
-    for opts in (dict(order=2), dict(method="unipc", corrector=True), dict(method="deis", order=3)):
+    for opts in (dict(order=2), dict(method="unipc", unic=True), dict(method="deis", order=3)):
         got = S.multistep(den_x, blur, grid, x, **opts)
         want = blur.from_basis(S.multistep(den_c, coef, grid, blur.to_basis(x), **opts))
         assert float((got - want).abs().max()) < 1e-10, opts
@@ -208,7 +208,7 @@ def test_minus_infinite_log_snr_at_t1_drops_the_node(cosine):
         assert float((steps[1].x - ddim[1].x).abs().max()) < 1e-12, opts  # step 1: first order
         assert float((steps[2].x - ddim[2].x).abs().max()) > 1e-4, opts  # step 2: the multistep update
     steps = []
-    out = S.multistep(den, cosine, grid, x, callback=steps.append, method="unipc", corrector=True)
+    out = S.multistep(den, cosine, grid, x, callback=steps.append, method="unipc", unic=True)
     assert bool(torch.isfinite(out).all())
     (a0, a1, a2), (s0, s1, s2) = (v.tolist() for v in cosine.noise_schedule.amplitudes(grid[:3]))
     m1 = den(ddim[0].x, grid[1:2].expand(100))  # predicted at the uncorrected x_1 (UniPC makes no extra call)
@@ -263,7 +263,7 @@ def test_options_are_checked(cosine):
         (dict(eta=1.5), r"sampler 'multistep': eta must be in \[0, 1\]; got 1\.5\. 0 is the ODE, 1 the SDE variant\."),
         (dict(method="unipc", eta=0.5), r"sampler 'multistep': eta must be 0 with method 'unipc'; got 0\.5\. Only "
                                         r"method 'dpm\+\+' has a stochastic \(SDE\) variant\."),
-        (dict(method="deis", corrector=True), r"sampler 'multistep': corrector must be False with method 'deis' and "
+        (dict(method="deis", unic=True), r"sampler 'multistep': unic must be False with method 'deis' and "
                                               r"eta=0\.0; got True\. UniPC's corrector redoes deterministic steps"),
         (dict(variant="bh3"), r"sampler 'multistep': variant must be one of bh1, bh2; got 'bh3'\. Did you mean"),
     ]
@@ -292,7 +292,7 @@ def test_fewer_steps_than_the_order_degrade_with_a_note(cosine, steps, ends_at_z
     den = RING.denoiser(cosine)
     grid = torch.linspace(1, 0 if ends_at_zero else 0.3, steps + 1, dtype=F64)
     x = torch.randn(20, 2, generator=gen(7), dtype=F64)
-    for opts in (dict(order=3), dict(method="unipc", order=3, corrector=True), dict(method="deis", order=3)):
+    for opts in (dict(order=3), dict(method="unipc", order=3, unic=True), dict(method="deis", order=3)):
         with pytest.warns(UserWarning, match=rf"sampler 'multistep': order 3 needs more steps; {steps} step\(s\) "
                                              rf"reach order \d at most \(warm-up from order 1, lower-order final "
                                              rf"steps\)\. Use more steps or a lower order\."):

@@ -79,24 +79,6 @@ def test_mixture_denoiser_is_the_posterior_mean(setup, reg):
         assert bool((prod.mean(0).abs() < 5 * prod.std(0) / math.sqrt(n)).all())
 
 
-def test_mixture_posterior_variance_is_the_conditional_variance():
-    """Var[x_0 | x_t] from udm.testing: the squared residual x_0 - E[x_0 | x_t] minus it has mean 0 given x_t
-    (checked against 1, x_t^2 with 5 standard errors), and its average is the data variance minus the variance
-    of E[x_0 | x_t] (total variance)."""
-    n, a, s = 100_000, 0.6, 0.8
-    x0 = MIX.sample(n, gen(3), dtype=torch.float64)
-    xt = a * x0 + s * torch.randn(n, 2, generator=gen(4), dtype=torch.float64)
-    full = torch.ones(n, dtype=torch.float64)
-    mean, var = MIX.posterior_mean(xt, a * full, s * full), MIX.posterior_variance(xt, a * full, s * full)
-    resid = (x0 - mean) ** 2 - var
-    for h in (torch.ones_like(xt), xt**2):
-        prod = resid * h
-        assert bool((prod.mean(0).abs() < 5 * prod.std(0) / math.sqrt(n)).all())
-    total = float(x0.var(0).mean() - mean.var(0).mean())
-    avg = MIX.average_posterior_variance(a, s, n, gen(5))
-    assert abs(avg - total) < 0.01 * total, (avg, total)
-
-
 # ------------------------------------------------------------------- DDIM
 def ddim_loop(x: torch.Tensor, grid: torch.Tensor) -> list[torch.Tensor]:
     """DDIM eq. 12 with eta = 0: eps = (x_t - sqrt(abar_t) x0)/sqrt(1 - abar_t),

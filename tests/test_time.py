@@ -88,7 +88,7 @@ def test_discrete_errors(discrete):
     with pytest.raises(ConfigError, match=r"steps must be an integer >= 1 and at most 20; got 0\."):
         discrete.grid(0)
     with pytest.raises(ConfigError, match=r"time 'discrete': spacing must be one of uniform, quadratic, trailing, "
-                                          r"logsnr, karras; got 'quadratc'\. Did you mean 'quadratic'\?"):
+                                          r"logsnr, karras, optimal; got 'quadratc'\. Did you mean 'quadratic'\?"):
         discrete.grid(5, spacing="quadratc")
     cosine = udm.load_registry().create("corruption", "gaussian", schedule="cosine")
     long = type(discrete)(steps=1000)
@@ -201,13 +201,13 @@ def test_noise_level_grids_start_at_the_log_snr_floor_when_lambda_1_is_minus_inf
 def test_continuous_errors(reg):
     time = reg.create("time", "continuous")
     with pytest.raises(CapabilityError, match=r"grid spacing 'logsnr': the corruption must have a noise schedule with a "
-                                              r"log-SNR and its inverse \(``noise_schedule``, as gaussian has\); got "
+                                              r"log-SNR and its inverse \(a noise_schedule, as gaussian has\); got "
                                               r"None\. Use spacing 'uniform', 'quadratic' or 'trailing'\."):
         time.grid(10, spacing="logsnr")
     with pytest.raises(CapabilityError, match=r"grid spacing 'karras': .* got 'blur'\."):
         time.grid(10, spacing="karras", corruption=reg.create("corruption", "blur"))
     with pytest.raises(ConfigError, match=r"time 'continuous': spacing must be one of uniform, quadratic, trailing, "
-                                          r"logsnr, karras; got 'log_snr'\. Did you mean 'logsnr'\?"):
+                                          r"logsnr, karras, optimal; got 'log_snr'\. Did you mean 'logsnr'\?"):
         time.grid(10, spacing="log_snr")
     with pytest.raises(ConfigError, match=r"time continuous: grid: steps must be an integer >= 1; got 0\."):
         time.grid(0)

@@ -25,13 +25,16 @@ _EXPORTS = {
     "Family": "families", "Gaussian": "families", "Laplace": "families", "Categorical": "families",
     "get_family": "families",
     "Denoiser": "denoiser", "Prediction": "denoiser",
-    "SamplerSpec": "samplers", "SamplerStep": "samplers",
+    "SamplerSpec": "samplers", "SamplerStep": "samplers", "Corrector": "samplers", "PerSampleGenerator": "samplers",
     "Sequences": "sequences",
     "samplers": "samplers", "nn": "nn", "bases": "bases", "grids": "grids", "accelerators": "accelerators",
     "accelerate": "accelerators", "Quantisation": "quantisation",
     "Schedule": "schedule", "AffineSchedule": "schedule",
     "LinearGaussian": "linear_gaussian", "Marginal": "linear_gaussian", "Parameterization": "parameterization",
     "PluginSpec": "plugin_spec", "build_plugin": "plugin_spec", "VarianceTable": "variance",
+    "ClosedFormVariance": "variance", "fit_variance": "variance_fit", "VarianceFit": "variance_fit",
+    "discrete_nelbo": "variance_nelbo", "ChainNelbo": "variance_nelbo", "VarianceHeadNetwork": "variance_head",
+    "HeadVariance": "variance_head",
     "sample": "api", "supported_samplers": "api", "resolve_sampler": "api",
     "diffusion_loss": "losses", "LossOutput": "losses",
     "Trainer": "training", "TrainResult": "training", "TrainStep": "training", "train": "training",
@@ -72,7 +75,10 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from .plugin_spec import PluginSpec, build_plugin
     from .quantisation import Quantisation
     from .schedule import AffineSchedule, Schedule
-    from .variance import VarianceTable
+    from .variance import ClosedFormVariance, VarianceTable
+    from .variance_fit import VarianceFit, fit_variance
+    from .variance_head import HeadVariance, VarianceHeadNetwork
+    from .variance_nelbo import ChainNelbo, discrete_nelbo
     from ._registry import PluginInfo, Registry, list_plugins, load_registry, registry
     from ._schema import Interval
     from ._tensor import append_dims
@@ -85,7 +91,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from .families import Categorical, Family, Gaussian, Laplace, get_family
     from .hookspecs import hookimpl
     from .losses import LossOutput, diffusion_loss
-    from .samplers import SamplerSpec, SamplerStep
+    from .samplers import Corrector, PerSampleGenerator, SamplerSpec, SamplerStep
     from .sequences import Sequences
     from .noise_level import NoiseLevelTime
     from .time import TimeType, check_grid

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from ._runlog import LogName
 from ._schema import Interval
 from .accelerators import Precision
+from .plugin_spec import PluginSpec
 
-__all__ = ["TrainOptions", "SampleOptions", "RunOptions", "SEED_MAX", "fixed_on_resume", "sampler_own_keys"]
+__all__ = ["TrainOptions", "SampleOptions", "RunOptions", "SEED_MAX", "STAGE_KEYS", "VarianceName", "fixed_on_resume",
+           "sampler_own_keys"]
 
 #: the largest seed (numpy's seeds are 32-bit; the runner derives seed + 1 and seed + 1000 * rank)
 SEED_MAX = 2**32 - 1
@@ -35,7 +37,8 @@ class TrainOptions:
 
     ``lr``, ``weight_decay`` and ``betas`` are AdamW's; ``ema`` is the EMA decay (0: no EMA copy);
     ``grad_clip`` clips the global gradient norm (``None``: no clipping); ``warmup`` is the number of
-    linear learning-rate warm-up steps.
+    linear learning-rate warm-up steps. ``stage: variance_head`` trains an SN/NPR ``head`` on the frozen mean
+    network of the run directory ``init`` instead (:mod:`udm.variance_head`).
     """
 
     steps: Annotated[int, Interval(ge=0)]
@@ -48,6 +51,16 @@ class TrainOptions:
     warmup: Annotated[int, Interval(ge=0)] = 0
     precision: Precision = "fp32"  # bf16 / fp16 autocast of the network's forward (udm.accelerators)
     compile: bool = False  # torch.compile the network the loss calls
+    # a second stage (udm.variance_head): a variance head trained on the frozen mean network of the run ``init``
+    stage: Literal["mean", "variance_head"] = field(default="mean", metadata=_FIXED)
+    head: Literal["sn", "npr"] = field(default="sn", metadata=_FIXED)
+    init: str | None = field(default=None, metadata=_FIXED)
+
+
+#: the ``train`` keys of the second stage, which are not :class:`udm.Trainer` keywords
+STAGE_KEYS = ("stage", "head", "init")
+#: q_theta's variance by name (docs/math.md, "Optimal reverse variance"): fitted tables, closed forms, a head
+VarianceName = Literal["analytic", "residual", "small", "large", "sn", "npr"]
 
 
 @dataclass(frozen=True)
@@ -56,7 +69,11 @@ class SampleOptions:
 
     ``nfe`` asks for a budget of model calls instead of ``steps`` (the most steps that fit; give one of the
     two); ``spacing`` is one of the time type's grid spacings; ``seed`` defaults to ``run.seed``;
-    ``family_options`` go to the q_theta family (e.g. ``temperature`` for categorical).
+    ``family_options`` go to the q_theta family (e.g. ``temperature`` for categorical); ``variance`` is
+    q_theta's variance source (``analytic``/``residual``: a table ``udm fit-variance`` fitted into the run;
+    ``small``/``large``: closed forms; ``sn``/``npr``: a ``variance_head`` run's head); ``corrector`` names a
+    registered corrector run after every step (``{name: refresh, steps: 1, amount: 0.3}``); ``noise:
+    per_sample`` gives every sample its own random stream (the same samples whatever ``n``).
     """
 
     sampler: str = "invert"
@@ -69,6 +86,9 @@ class SampleOptions:
     family_options: dict[str, Any] | None = None
     precision: Precision = "fp32"  # bf16 / fp16 autocast of the network's forward while sampling
     compile: bool = False  # torch.compile the network for sampling
+    variance: VarianceName | None = None  # q_theta's variance (None: the mean); udm fit-variance fits the tables
+    corrector: PluginSpec["corrector"] | None = None  # a corrector after every predictor step (udm.Corrector)
+    noise: Literal["shared", "per_sample"] = "shared"  # per_sample: one stream per sample (udm.PerSampleGenerator)
 
 
 @dataclass(frozen=True)

@@ -73,16 +73,28 @@ def fit(exp: Any, b: Built) -> None:
 def sanity_check(exp: Any, b: Built, device: torch.device) -> None:
     """A training loss on two examples and two steps of the configured sampler (see the module docstring)."""
     from .api import resolve_sampler, resolve_steps, sample
+    from .samplers import resolve_corrector
     from .losses import diffusion_loss
 
     cfg, src = exp.config["sample"], exp.source
     options = {k: v for k, v in cfg.items() if k not in sampler_own_keys()}
+    if cfg.get("variance") is not None:  # a variance needs a linear-Gaussian corruption (udm.variance_store)
+        from .variance import check_variance_name
+        from .variance_store import check_head_name
+        check_variance_name(cfg["variance"], b.corruption, f"{src}: sample.variance")
+        check_head_name(cfg["variance"], exp.config["train"], f"{src}: sample.variance")
+    if cfg["spacing"] == "optimal":  # chosen from the variance fitted after training: check the rest on a uniform grid
+        if cfg.get("variance") not in ("analytic", "residual"):
+            raise ConfigError(f"{src}: sample.spacing: 'optimal' must come with a fitted variance (sample.variance: "
+                              f"analytic or residual); got variance {cfg.get('variance')!r}. Set sample.variance.")
+        cfg = {**cfg, "spacing": "uniform"}
     steps = cfg.get("steps")
+    corrector = resolve_corrector(cfg.get("corrector"), b.corruption, exp.registry, where=f"{src}: sample")
     if cfg.get("nfe") is not None:  # a budget of model calls sets the steps
         spec = _attempt(f"{src}: sample", f"resolve sampler {cfg['sampler']!r}",
                         lambda: resolve_sampler(cfg["sampler"], b.corruption, exp.registry, options),
                         "Choose a sampler the corruption supports")
-        steps = resolve_steps(spec, steps, cfg["nfe"], options, where=f"{src}: sample")
+        steps = resolve_steps(spec, steps, cfg["nfe"], options, where=f"{src}: sample", corrector=corrector)
     x0 = b.data[torch.arange(min(SANITY_BATCH, len(b.data)))].to(device)
     g = torch.Generator(device=device).manual_seed(0)
     _validate.check_sample_args(b.network, b.corruption, b.time_type, shape=(len(x0), *b.data_shape),
@@ -104,7 +116,7 @@ def sanity_check(exp: Any, b: Built, device: torch.device) -> None:
                          b.network, b.corruption, b.time_type, shape=(len(x0), *b.data_shape),
                          sampler=cfg["sampler"], steps=min(steps, SANITY_STEPS), spacing=cfg["spacing"],
                          generator=g, registry=exp.registry, clamp=cfg["clamp"],
-                         family_options=cfg.get("family_options"), **options),
+                         family_options=cfg.get("family_options"), corrector=corrector, **options),
                      "Check the sample section against the sampler's options")
         finally:
             b.network.train(training)

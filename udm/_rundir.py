@@ -48,7 +48,7 @@ __all__ = ["MARKER", "LOCK", "OUTPUTS", "RunDir", "claim", "choose", "atomic_wri
 MARKER = ".udm-run"
 LOCK = ".udm-lock"
 #: what a run writes into its directory (besides the marker and the lock)
-OUTPUTS = ("config.yaml", "metrics.jsonl", "eval.jsonl", "loss.png", "checkpoints", "samples")
+OUTPUTS = ("config.yaml", "metrics.jsonl", "eval.jsonl", "loss.png", "checkpoints", "samples", "variance")
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 

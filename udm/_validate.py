@@ -187,6 +187,11 @@ def check_sample_args(model: Any, corruption: Any, time_type: Any, *, shape: Any
         raise ConfigError(f"{where}: spacing must be one of {', '.join(map(repr, offered))} (what "
                           f"{type(time_type).__name__} offers); got {spacing!r}.{did_you_mean(str(spacing), offered)}")
     _check_generator(where, generator, _device_of(model))
+    streams = getattr(generator, "streams", None)
+    if streams is not None and len(streams) != shape[0]:
+        raise ConfigError(f"{where}: generator must have one stream per sample (shape[0] = {shape[0]}); got a "
+                          f"udm.PerSampleGenerator for {len(streams)} samples. Build it with "
+                          f"udm.PerSampleGenerator(seed, indices) for the {shape[0]} samples of this batch.")
     spec = _spec_of(sampler, registry)
     rule = schema_of(spec.rule, skip=KINDS["sampler"].supplied)
     check_keys(f"{where}: sampler {spec.name!r}: option", dict(options), rule, python=True)
@@ -249,7 +254,7 @@ def _check_family_options(where: str, corruption: Any, family_options: Any) -> N
 def check_train_args(network: Any, corruption: Any, time_type: Any, data: Any, *, steps: Any, batch_size: Any,
                      options: Mapping[str, Any]) -> None:
     """What :func:`udm.train` needs from its arguments (see its docstring)."""
-    from ._options import TrainOptions
+    from ._options import STAGE_KEYS, TrainOptions
     from .training import Trainer
 
     where = "udm.train"
@@ -264,7 +269,7 @@ def check_train_args(network: Any, corruption: Any, time_type: Any, data: Any, *
         raise ConfigError(f"{where}: data must have shape (n, {', '.join(map(str, want))}) for this network "
                           f"(its data_shape); got {tuple(tokens.shape)}. Build the network with "
                           f"data_shape={list(tokens.shape[1:])}.")
-    schema = Schema({**schema_of(TrainOptions).params,
+    schema = Schema({**{k: p for k, p in schema_of(TrainOptions).params.items() if k not in STAGE_KEYS},
                      **{k: p for k, p in schema_of(Trainer).params.items() if k in ("seed", "device")}})
     check_keys(where, {"steps": steps, "batch_size": batch_size, **options}, schema, python=True)
 

@@ -12,6 +12,8 @@ from ._registry import Registry, registry as default_registry
 from .denoiser import Denoiser
 from .errors import CapabilityError, ConfigError
 from .samplers import SamplerSpec, SamplerStep
+from .samplers._correct import resolve_corrector
+from .samplers._noise import per_sample_draws
 
 __all__ = ["sample", "supported_samplers", "resolve_sampler", "resolve_steps", "sampling_grid", "sample_start",
            "describe_start"]
@@ -45,29 +47,35 @@ def resolve_sampler(name: str | SamplerSpec, corruption: Any, registry: Registry
 
 
 def resolve_steps(spec: SamplerSpec, steps: int | None, nfe: int | None, options: dict[str, Any] | None = None,
-                  where: str = "udm.sample") -> int:
+                  where: str = "udm.sample", corrector: Any = None) -> int:
     """The number of steps to run: ``steps``, or the most steps whose model calls fit the budget ``nfe``
-    (:meth:`SamplerSpec.steps_for`), or 50 when neither is given."""
+    (:meth:`SamplerSpec.steps_for`, the ``corrector``'s calls included), or 50 when neither is given."""
     if steps is not None and nfe is not None:
         raise ConfigError(f"{where}: steps and nfe must not both be given (nfe sets the steps); got steps={steps!r}, "
                           f"nfe={nfe!r}. Give steps for a grid, or nfe for a budget of model calls.")
     if nfe is not None:
-        return spec.steps_for(nfe, options)
+        return spec.steps_for(nfe, options, corrector)
     return 50 if steps is None else steps
 
 
 def sampling_grid(spec: SamplerSpec, time_type: Any, steps: int, spacing: str, corruption: Any, nfe: int | None,
-                  options: dict[str, Any], where: str = "udm.sample") -> torch.Tensor:
-    """The time type's grid of ``steps`` steps; when ``nfe`` set the steps, a grid the time type refuses is
-    reported as a budget error."""
+                  options: dict[str, Any], *, variance: Any = None, shape: tuple[int, ...] = (1,),
+                  corrector: Any = None, where: str = "udm.sample") -> torch.Tensor:
+    """The sampling grid of ``steps`` steps: the time type's, or for spacing ``optimal`` Analytic-DPM's trajectory
+    chosen from the fitted ``variance`` table (examples of ``shape[1:]``). When ``nfe`` set the steps, a grid
+    that cannot be built is reported as a budget error."""
     try:
+        if spacing == "optimal":
+            from .variance_trajectory import optimal_grid
+            return optimal_grid(steps, variance, corruption, torch.zeros(1, *shape[1:], dtype=torch.float64))
         return time_type.grid(steps, spacing=spacing, corruption=corruption)
     except ConfigError as exc:
         if nfe is None:
             raise
         per, last = spec.per_step(options)
         raise ConfigError(f"{where}: nfe must give a grid the time type accepts; got nfe={nfe}, i.e. {steps} "
-                          f"steps of {spec.name!r} ({per} model call(s) a step, {last} on the last). Lower nfe. "
+                          f"steps of {spec.name!r} ({per} model call(s) a step, {last} on the last"
+                          f"{', and the corrector' if corrector is not None else ''}). Lower nfe. "
                           f"({exc})") from None
 
 
@@ -76,14 +84,16 @@ def sample_start(corruption: Any, t0: float, shape: tuple[int, ...], generator: 
     """x at the grid's first time t0: the corruption's prior at t0 = 1, else its ``noise_prior(t0)`` (a
     linear-Gaussian corruption's x_t0 with a(t0) x_0 neglected; docs/math.md, "Time grids")."""
     if t0 == 1.0:
-        return corruption.sample_prior(tuple(shape), generator, device=device, dtype=dtype)
+        with per_sample_draws(generator):
+            return corruption.sample_prior(tuple(shape), generator, device=device, dtype=dtype)
     noise_prior = getattr(corruption, "noise_prior", None)
     if not callable(noise_prior):
         cname = getattr(corruption, "name", type(corruption).__name__)
         raise CapabilityError(f"udm.sample: the grid's first time must be 1 for corruption {cname!r}, which has a "
                               f"prior only at t = 1; got t_0 = {t0:.6g}. Use a spacing that starts at t = 1 "
                               f"(uniform, quadratic, trailing).")
-    return noise_prior(t0, tuple(shape), generator, device=device, dtype=dtype)
+    with per_sample_draws(generator):
+        return noise_prior(t0, tuple(shape), generator, device=device, dtype=dtype)
 
 
 def describe_start(corruption: Any, times: Any, shape: tuple[int, ...]) -> dict[str, Any]:
@@ -110,23 +120,29 @@ def sample(model: torch.nn.Module | Callable[..., Any], corruption: Any, time_ty
            callback: Callable[[SamplerStep], Any] | None = None, clamp: bool = False,
            family_options: dict[str, Any] | None = None, dtype: torch.dtype | None = None,
            device: torch.device | str | None = None, variance: Any = None, x_init: Any = None,
-           **options: Any) -> Any:
+           corrector: Any = None, **options: Any) -> Any:
     """Draw ``shape[0]`` samples: prior x_1, then ``steps`` reverse steps of ``sampler`` on the time grid.
 
     Args:
         model: a trained network (wrapped in :class:`Denoiser`) or a denoiser ``(x_t, t, g) -> x0_hat``.
         shape: ``(n, *data_shape)`` for the prior.
         sampler: a registered sampler name (``invert``, ``ddim``, ``ddpm``, ``heun``, ...) or a spec.
-        steps, spacing: the time type's sampling grid (default 50 steps).
+        steps, spacing: the time type's sampling grid (default 50 steps); ``spacing="optimal"``: the ``steps``
+            times of a dense fitted ``variance`` table that minimise the NELBO (Analytic-DPM's trajectory).
         nfe: instead of ``steps``, a budget of model calls: the most steps whose calls fit it
-            (:meth:`SamplerSpec.calls`: Heun makes 2 steps - 1, RK4 4 steps - 3). The calls a run made are
-            ``SamplerStep.nfe`` of the last step (steps that change nothing may cost none).
+            (:meth:`SamplerSpec.calls`: Heun makes 2 steps - 1, RK4 4 steps - 3; a corrector adds its calls after
+            every step but the last). The calls a run made are ``SamplerStep.nfe`` of the last step (steps that
+            change nothing may cost none).
+        generator: every draw's generator; a :class:`udm.PerSampleGenerator` gives each sample its own stream
+            (the same samples whatever the batch size).
         dtype: the prior's (and so the run's) dtype; default: the network's parameter dtype, else float32.
         device: where to sample; default: the network's device, else the generator's, else the CPU.
         variance: q_theta's variance source (see :class:`Denoiser`); ``None``: the mean.
         x_init: the starting batch x_{t_0} at the grid's first time (default: drawn with ``generator`` from the
             corruption's prior at t_0 = 1, else its ``noise_prior(t_0)``; which is what happens first, so
             passing that same draw changes nothing).
+        corrector: a corrector run after every step but the last (a registered name such as ``refresh``,
+            ``langevin``, ``ald``, ``remask``, a mapping ``{"name": ..., **options}`` or a :class:`udm.Corrector`).
         options: sampler options (``eta``, ``solver``, ...).
     Returns:
         x0 samples of ``shape``.
@@ -134,6 +150,7 @@ def sample(model: torch.nn.Module | Callable[..., Any], corruption: Any, time_ty
     _validate.check_sample_args(model, corruption, time_type, shape=shape, sampler=sampler, steps=steps, spacing=spacing,
                                 generator=generator, family_options=family_options, options=options, registry=registry)
     spec = resolve_sampler(sampler, corruption, registry, options)
+    corrector = resolve_corrector(corrector, corruption, registry, where="udm.sample")
     if isinstance(model, torch.nn.Module):
         model_device, model_dtype = model_device_dtype(model)
         device = device if device is not None else model_device
@@ -141,8 +158,10 @@ def sample(model: torch.nn.Module | Callable[..., Any], corruption: Any, time_ty
         model = Denoiser(model.eval(), corruption, time_type, variance=variance, **(family_options or {}))
     elif device is None:
         device = generator.device if generator is not None else torch.device("cpu")
-    steps = resolve_steps(spec, steps, nfe, options)
-    times = sampling_grid(spec, time_type, steps, spacing, corruption, nfe, options)
+    steps = resolve_steps(spec, steps, nfe, options, corrector=corrector)
+    times = sampling_grid(spec, time_type, steps, spacing, corruption, nfe, options, variance=variance, shape=shape,
+                          corrector=corrector)
     if x_init is None:
         x_init = sample_start(corruption, float(times[0]), tuple(shape), generator, device=device, dtype=dtype)
-    return spec(model, corruption, times, x_init, generator=generator, callback=callback, clamp=clamp, **options)
+    return spec(model, corruption, times, x_init, generator=generator, callback=callback, clamp=clamp,
+                corrector=corrector, **options)

@@ -4,7 +4,8 @@
 
     udm run EXP.yaml [--resume | --overwrite] [--out DIR] [--set key.path=value ...]   train, sample, evaluate
     udm train EXP.yaml [...]                                             train only
-    udm sample RUN_DIR [--sampler NAME --steps N --n N --seed S]          sample a trained run
+    udm sample RUN_DIR [--sampler NAME --steps N --n N --seed S --variance V]   sample a trained run
+    udm fit-variance RUN_DIR [--source analytic --samples N --steps K | --dense M]  fit q_theta's variance
     udm check EXP.yaml [--set ...]                                       validate, build, and run 2 examples
     udm report RUN_DIR [--out FILE]                                      one HTML page: metrics, curves, samples
     udm plugins [--json]                                                 what is installed
@@ -46,7 +47,8 @@ def exit_code(exc: BaseException) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="udm", description="Unified diffusion models: run YAML experiments.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{run,train,sample,check,report,plugins}")
+    sub = p.add_subparsers(dest="command", required=True,
+                           metavar="{run,train,sample,fit-variance,check,report,plugins}")
     for name, help_ in (("run", "train, then sample and evaluate"), ("train", "train only"),
                         ("check", "validate an experiment without running it")):
         sp = sub.add_parser(name, help=help_)
@@ -66,15 +68,46 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--steps", type=int)
     sp.add_argument("--n", type=int)
     sp.add_argument("--seed", type=int)
+    sp.add_argument("--variance", help="q_theta's variance: analytic|residual (fitted by udm fit-variance), "
+                                       "small|large (closed forms), sn|npr (a variance_head run)")
     sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                     help="sampler options, e.g. --set sample.eta=0.5")
     sp.add_argument("--quiet", action="store_true")
+    _fit_variance_parser(sub)
     sp = sub.add_parser("report", help="write one HTML summary of a run (metrics, curves, samples, config)")
     sp.add_argument("run_dir")
     sp.add_argument("--out", help="the HTML file (default: RUN_DIR/report.html)")
     sp = sub.add_parser("plugins", help="list installed plugins and what they register")
     sp.add_argument("--json", action="store_true", help="machine-readable output (udm.plugin_report)")
     return p
+
+
+def _fit_variance_parser(sub: argparse._SubParsersAction) -> None:
+    sp = sub.add_parser("fit-variance", help="fit q_theta's optimal reverse variance on a trained run (Analytic-DPM)")
+    sp.add_argument("run_dir")
+    sp.add_argument("--source", default="analytic", help="analytic (default) or residual")
+    sp.add_argument("--samples", type=int, default=1000, help="training examples per time (default 1000)")
+    grid = sp.add_mutually_exclusive_group()
+    grid.add_argument("--steps", type=int, help="fit on this sampling grid (default: the run's sample.steps)")
+    grid.add_argument("--dense", type=int, metavar="M", help="fit on M uniform steps, interpolated (serves every "
+                                                             "grid, and spacing 'optimal')")
+    sp.add_argument("--spacing", help="the grid's spacing with --steps (default: the run's sample.spacing)")
+    sp.add_argument("--per-coefficient", action="store_true", help="one variance per basis coefficient (per DCT "
+                                                                   "frequency for blur) instead of one per time")
+    sp.add_argument("--batch-size", type=int, default=1000)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+    sp.add_argument("--quiet", action="store_true")
+
+
+def _fit_variance(args: argparse.Namespace, progress: bool | None) -> None:
+    from .variance_store import fit_run
+
+    fit, path = fit_run(args.run_dir, source=args.source, samples=args.samples, steps=args.steps,
+                        spacing=args.spacing, dense=args.dense, per_coefficient=args.per_coefficient,
+                        batch_size=args.batch_size, seed=args.seed, overrides=args.overrides, progress=progress)
+    flagged = f"; Gamma_t > 1 (set to the bound) at {len(fit.flagged)} times" if fit.flagged else ""
+    print(f"variance table written to {path} ({fit.source}, {len(fit.times)} times, {fit.samples} samples{flagged})")
 
 
 def _plugins(as_json: bool = False) -> None:
@@ -151,11 +184,14 @@ def _dispatch(args: argparse.Namespace) -> None:
         print(f"{args.config}: OK ({named}, sampler={exp.config['sample']['sampler']}; data "
               f"{tuple(built.data.shape)}; a training loss and 2 sampling steps ran on 2 examples)")
         return
+    if args.command == "fit-variance":
+        _fit_variance(args, progress)
+        return
     if args.command == "sample":
         from .sampling import sample_run
 
         _, metrics = sample_run(args.run_dir, sampler=args.sampler, steps=args.steps, n=args.n, seed=args.seed,
-                                overrides=args.overrides, progress=progress)
+                                overrides=args.overrides, progress=progress, variance=args.variance)
         print("samples written to", f"{args.run_dir}/samples", *(f"{k}={v:.6g}" for k, v in metrics.items()))
         return
     from .experiment import run_experiment

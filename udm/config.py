@@ -32,6 +32,7 @@ from ._validate import check_keys
 from .errors import ConfigError, UnknownPluginError, did_you_mean
 from . import hookspecs
 from .hookspecs import PluginKind
+from .plugin_spec import plugin_ref
 from ._runlog import check_log
 from ._plots import require_matplotlib
 from .quantisation import Quantisation
@@ -186,6 +187,7 @@ def validate(cfg: dict[str, Any], registry: Registry, source: str = "<config>") 
     sampler = sample.get("sampler", SampleOptions.sampler)
     _registered(source, "sample.sampler", "the name", registry, "sampler", sampler)
     _check_keys(source, "sample", sample, sampler_schema(registry, sampler))
+    _nested_plugins(source, "sample", sample, SampleOptions, registry)
     _check_spacing(source, sample.get("spacing", SampleOptions.spacing), registry, cfg["time"].get("name"))
     _check_keys(source, "run", cfg.setdefault("run", {}), schema_of(RunOptions))
     if sample.get("nfe") is not None and sample.get("steps") is not None:
@@ -201,6 +203,21 @@ def validate(cfg: dict[str, Any], registry: Registry, source: str = "<config>") 
                   f"Write {metric}: {{}}.")
         _check_keys(source, f"eval.{metric}", kwargs or {}, plugin_schema(registry, "metric", metric))
     return _with_defaults(cfg, registry)
+
+
+def _nested_plugins(src: str, section: str, body: dict[str, Any], options: type, registry: Registry) -> None:
+    """Keys of ``options`` annotated ``udm.PluginSpec[kind]`` (``sample.corrector``) must name a registered plugin
+    of that kind; a mapping's other keys are checked against that plugin's signature."""
+    for key, param in schema_of(options).params.items():
+        ref, value = plugin_ref(param.annotation), body.get(key)
+        if ref is None or value is None:
+            continue
+        name = value if isinstance(value, str) else value.get("name")
+        path = f"{section}.{key}" if isinstance(value, str) else f"{section}.{key}.name"
+        _registered(src, path, "the name", registry, ref.kind, name)
+        if isinstance(value, dict):
+            rest = {k: v for k, v in value.items() if k != "name"}
+            check_keys(f"{src}: {section}.{key}", rest, plugin_schema(registry, ref.kind, name), extra_valid=("name",))
 
 
 def _check_spacing(src: str, spacing: Any, registry: Registry, time_name: Any) -> None:

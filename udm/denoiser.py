@@ -20,7 +20,7 @@ import torch
 
 from .families import Family, get_family
 
-__all__ = ["Denoiser", "Prediction"]
+__all__ = ["Denoiser", "Prediction", "draw_gaussian"]
 
 
 @dataclass
@@ -59,9 +59,11 @@ class Denoiser:
         time_type: encodes t for the network.
         family: override the corruption's family, e.g. ``Categorical(temperature=0.8)``.
         variance: q_theta's variance source for Gaussian families: ``None`` (the mean, a point
-            estimate), ``"head"`` (the network's second output), or a callable ``(t (batch,), x_t) ->
-            variance`` such as :class:`udm.variance.VarianceTable`. Variances live in the corruption's
-            basis.
+            estimate), ``"head"`` (the network's second output), a callable ``(t (batch,), x_t) ->
+            variance`` such as :class:`udm.variance.VarianceTable`, or a source with ``uses_head = True``
+            whose ``from_head(head, x_t, t, mean, marginal)`` turns the network's second output into the
+            variance (:class:`udm.variance_head.HeadVariance`, SN-/NPR-DPM). Variances live in the
+            corruption's basis.
         grad: keep autograd on through the network (off by default: sampling needs no gradients).
         extras: also fill ``eps_hat`` and ``score`` (linear-Gaussian corruptions).
         **family_options: options for the corruption's family (e.g. ``temperature``, ``top_k``).
@@ -89,9 +91,11 @@ class Denoiser:
         corruption's coefficients at t when the caller has them)."""
         with torch.set_grad_enabled(self.grad):
             out = self.network(x_t, self.time_type.encode(t))
-            var = None
+            var = head = None
             if self.variance == "head":
                 out, var = out
+            elif getattr(self.variance, "uses_head", False):  # a second head's raw output (udm.variance_head)
+                out, head = out
             sample_x0 = getattr(self.corruption, "sample_x0", None)
             if callable(sample_x0):  # a structured q_theta (e.g. insertions): the corruption draws x0_hat itself
                 return Prediction(sample_x0(out, x_t, t, generator, family=self.family), out)  # with its options
@@ -102,7 +106,8 @@ class Denoiser:
             if self.family.name == "categorical":
                 return Prediction(self.family.point(params, generator), params)
             if self.variance is not None and var is None:
-                var = self.variance(t, x_t)
+                var = self.variance(t, x_t) if head is None else \
+                    self.variance.from_head(head, x_t, t, params, marginal)
             x0 = params if var is None else self._draw(params, var, generator)
             pred = Prediction(x0, params, params, var)
             if self.extras and callable(getattr(self.corruption, "invert_noise", None)):
@@ -112,12 +117,17 @@ class Denoiser:
             return pred
 
     def _draw(self, mean: torch.Tensor, var: Any, generator: torch.Generator | None) -> torch.Tensor:
-        """mean + B^T (sqrt(var) * z), z ~ N(0, I): a draw of N(mean, Sigma) with Sigma diagonal in the basis."""
-        z = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-        std = var ** 0.5 if not isinstance(var, torch.Tensor) else var.clamp_min(0).sqrt().to(mean.dtype)
-        from_basis = getattr(self.corruption, "from_basis", None)
-        noise = z * std if from_basis is None else from_basis(z * std)
-        return mean + noise
+        return draw_gaussian(mean, var, self.corruption, generator)
 
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None):
         return self.predict(x_t, t, generator).x0_hat
+
+
+def draw_gaussian(mean: torch.Tensor, var: Any, corruption: Any, generator: torch.Generator | None) -> torch.Tensor:
+    """mean + B^T (sqrt(var) * z), z ~ N(0, I): a draw of N(mean, Sigma) with Sigma = diag(var) in the
+    corruption's basis B (``var``: a float or a tensor broadcastable against ``mean`` ``(batch, ...)``)."""
+    z = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+    std = var ** 0.5 if not isinstance(var, torch.Tensor) else var.clamp_min(0).sqrt().to(mean.dtype)
+    from_basis = getattr(corruption, "from_basis", None)
+    noise = z * std if from_basis is None else from_basis(z * std)
+    return mean + noise

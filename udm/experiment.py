@@ -30,7 +30,7 @@ from typing import Any
 import torch
 import yaml
 
-from . import _artifacts, _preflight, _rundir, _runlog, _validate, checkpoint, distributed
+from . import _artifacts, _preflight, _rundir, _runlog, _validate, checkpoint, distributed, variance_head
 from ._options import RunOptions, TrainOptions, fixed_on_resume
 from ._progress import progress_bar
 from ._registry import Registry, registry as default_registry
@@ -151,7 +151,7 @@ class Experiment:
         built = _preflight.build(self, self.config["run"]["seed"], dev)
         _preflight.fit(self, built)
         _preflight.sanity_check(self, built, dev)
-        return built
+        return variance_head.prepare_stage(self, built)
 
     def run_dir(self, out: str | Path | None = None) -> tuple[Path, bool]:
         """The run directory and whether it was given (``out``/``run.out``) rather than derived from the name."""
@@ -296,6 +296,7 @@ def _run(exp: Experiment, d: distributed.Dist, device: torch.device, run: dict[s
     built = _preflight.build(exp, run["seed"], device)
     _preflight.fit(exp, built)  # a resumed run restores the saved statistics below
     _preflight.sanity_check(exp, built, device)
+    built = variance_head.prepare_stage(exp, built)  # train.stage: variance_head: the frozen mean + a new head
     claimed = _claim(exp, out, resume, overwrite) if d.is_main else None
     run_dir = distributed.broadcast(claimed.path if claimed else None, d)
     try:
@@ -315,6 +316,7 @@ def _train_and_sample(exp: Experiment, d: distributed.Dist, device: torch.device
         ckpts.mkdir(exist_ok=True)
         checkpoint.clean(ckpts)  # what a save or delete interrupted by a crash left behind
     steps, batch_size = train_cfg.pop("steps"), train_cfg.pop("batch_size")
+    variance_head.pop_stage_options(train_cfg)
     distributed.check_batch(batch_size, d)
     params = schema_of(Trainer).params
     # every rank seeds the batch and the noise/time generators alike: each draws the global batch and its
@@ -322,6 +324,7 @@ def _train_and_sample(exp: Experiment, d: distributed.Dist, device: torch.device
     trainer = Trainer(built.network, corruption, time_type, seed=run["seed"], device=device,
                       **{k: coerce(v, params[k].annotation) for k, v in train_cfg.items()})
     trainer.shard = (d.rank, d.world)
+    trainer.loss_fn = variance_head.stage_loss(exp.config["train"]) or trainer.loss_fn
     trainer.loss_network = distributed.wrap(trainer.network, d, device)
     latest = (checkpoint.newest_intact(ckpts, quarantine=True, optimizer=trainer.optimizer)
               if resume and d.is_main else None)
@@ -350,7 +353,8 @@ def _train_and_sample(exp: Experiment, d: distributed.Dist, device: torch.device
                 from .sampling import sample_and_evaluate
                 net = trainer.ema if trainer.ema is not None else trainer.network
                 result.samples, result.metrics = sample_and_evaluate(exp, net, corruption, time_type, data, run_dir,
-                                                                     log=log, progress=progress, step=trainer.step)
+                                                                     log=log, progress=progress, step=trainer.step,
+                                                                     fit_missing=True)
     except OSError as exc:
         last = checkpoint.latest_checkpoint(ckpts)
         kept = f"the last checkpoint {str(last)!r} is intact" if last else "no checkpoint was written"

@@ -101,6 +101,12 @@ _KINDS = (
         supplied=("denoiser", "corruption", "times", "x_init", "generator", "callback", "clamp"),
         options=lambda spec: spec.rule),
     PluginKind(
+        "corrector", "udm_register_correctors",
+        "Register correctors: subclasses of :class:`udm.Corrector` (moves at a fixed time that keep p_t, run after "
+        "every predictor step), named in the ``sample`` section's ``corrector`` key.",
+        section=None, required=("correct", "missing", "calls"),
+        signatures={"correct": ("run", "x", "where", "pred", "state"), "missing": ("corruption",)}),
+    PluginKind(
         "model", "udm_register_models", "Register model factories: callables ``(**kwargs) -> torch.nn.Module``.",
         section="model", must_be_callable=True, injected=("data_shape", "vocab_size")),
     PluginKind(

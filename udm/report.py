@@ -59,7 +59,7 @@ def _metrics_table(evals: list[dict[str, Any]]) -> str:
 def _samples(run_dir: Path, evals: list[dict[str, Any]]) -> tuple[list[str], int]:
     parts, images, seen = [], 0, set()
     for e in evals:
-        stem = f"{e.get('sampler')}-{e.get('sample_steps')}steps-seed{e.get('seed')}"
+        stem = _artifacts.samples_stem(e)
         if stem in seen:
             continue
         seen.add(stem)

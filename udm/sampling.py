@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +20,10 @@ from .api import (describe_start, model_device_dtype, resolve_sampler, resolve_s
 from .config import load_config, sampler_schema
 from .errors import ConfigError
 from .time import check_encoding
-from .samplers import SamplerStep
+from .samplers import PerSampleGenerator, SamplerStep, resolve_corrector
+from .variance_store import variance_for_run
 
-__all__ = ["sample_and_evaluate", "sample_run", "SnapshotRecorder"]
+__all__ = ["sample_and_evaluate", "sample_run", "load_trained_run", "TrainedRun", "SnapshotRecorder"]
 
 _OWN = sampler_own_keys()
 
@@ -69,21 +72,29 @@ def _reference(exp: Any, data: torch.Tensor | None, n: int) -> torch.Tensor:
 
 def sample_and_evaluate(exp: Any, network: torch.nn.Module, corruption: Any, time_type: Any,
                         data: torch.Tensor | None, run_dir: Path, *, data_shape: list[int] | None = None,
-                        log: Any = None, progress: bool | None = None, step: int = 0) -> tuple[Any, dict[str, float]]:
+                        log: Any = None, progress: bool | None = None, step: int = 0,
+                        fit_missing: bool = False) -> tuple[Any, dict[str, float]]:
     """Draw ``sample.n`` samples with ``sample.sampler`` (``sample.steps`` steps, or the most that fit
-    ``sample.nfe`` model calls), write them under ``samples/``, score ``eval``; the record in ``eval.jsonl``
-    has the steps run and the model calls made (``nfe``)."""
+    ``sample.nfe`` model calls) and q_theta's ``sample.variance``, write them under ``samples/``, score ``eval``;
+    the record in ``eval.jsonl`` has the steps run and the model calls made (``nfe``). ``fit_missing``: fit a
+    variance table the run lacks on ``data`` (right after training) instead of refusing."""
     cfg, run = exp.config["sample"], exp.config["run"]
     seed = cfg["seed"] if cfg.get("seed") is not None else run["seed"]
     shape = (cfg["n"], *(data_shape if data_shape is not None else data.shape[1:]))
     options = {k: v for k, v in cfg.items() if k not in _OWN}
     spec = resolve_sampler(cfg["sampler"], corruption, exp.registry, options)
-    steps = resolve_steps(spec, cfg.get("steps"), cfg.get("nfe"), options, where="sample")
+    corrector = resolve_corrector(cfg.get("corrector"), corruption, exp.registry, where="sample")
+    steps = resolve_steps(spec, cfg.get("steps"), cfg.get("nfe"), options, where="sample", corrector=corrector)
     device = model_device_dtype(network)[0]
-    generator = torch.Generator(device=device).manual_seed(seed)
+    generator = PerSampleGenerator(seed, cfg["n"], device) if cfg.get("noise") == "per_sample" else \
+        torch.Generator(device=device).manual_seed(seed)
+    network, variance = variance_for_run(cfg.get("variance"), run_dir, network=network, corruption=corruption,
+                                         time_type=time_type, step=step, steps=steps, spacing=cfg["spacing"],
+                                         where="sample.variance", data=data if fit_missing else None, progress=progress)
     net = accelerate(network.eval(), precision=cfg.get("precision", "fp32"), compile=cfg.get("compile", False),
                      where="sample.precision")
-    grid = sampling_grid(spec, time_type, steps, cfg["spacing"], corruption, cfg.get("nfe"), options, where="sample")
+    grid = sampling_grid(spec, time_type, steps, cfg["spacing"], corruption, cfg.get("nfe"), options,
+                         variance=variance, shape=shape, corrector=corrector, where="sample")
     x_init = sample_start(corruption, float(grid[0]), tuple(shape), generator, device=device)  # udm.sample's draw
     two_d = len(shape) == 2 and shape[1] == 2
     plots = run.get("plots", True)
@@ -99,7 +110,7 @@ def sample_and_evaluate(exp: Any, network: torch.nn.Module, corruption: Any, tim
         x = sample(net, corruption, time_type, shape=shape, sampler=spec, steps=steps,
                    spacing=cfg["spacing"], generator=generator, registry=exp.registry, clamp=cfg["clamp"],
                    family_options=cfg.get("family_options"), callback=recorder if strips else callback,
-                   x_init=x_init, **options)
+                   x_init=x_init, variance=variance, corrector=corrector, **options)
     reference = None
     if exp.config["eval"] or two_d:
         reference = _reference(exp, data, max(cfg["n"], 1)).to(device)
@@ -107,8 +118,14 @@ def sample_and_evaluate(exp: Any, network: torch.nn.Module, corruption: Any, tim
     for name, kwargs in exp.config["eval"].items():
         metrics[name] = float(exp.registry.get("metric", name)(x, reference, **(kwargs or {})))
     nfe = last[0].nfe if last else 0
-    stem = f"{cfg['sampler']}-{steps}steps-seed{seed}"
-    caption = f"{cfg['sampler']}, {steps} steps ({nfe} model calls), seed {seed} (trained {step} steps)" + (
+    record = {"step": step, "sampler": cfg["sampler"], "sample_steps": steps, "nfe": nfe, "seed": seed,
+              "eval": metrics} | ({"variance": cfg["variance"]} if cfg.get("variance") else {})
+    if corrector is not None:
+        record["corrector"] = cfg["corrector"] if isinstance(cfg["corrector"], (str, dict)) else corrector.name
+    stem = _artifacts.samples_stem(record)
+    record["grid"] = {"spacing": cfg["spacing"], **describe_start(corruption, grid, shape)}
+    with_variance = f" + variance {cfg['variance']}" if cfg.get("variance") else ""
+    caption = f"{cfg['sampler']}{with_variance}, {steps} steps ({nfe} model calls), seed {seed} (trained {step} steps)" + (
         "\n" + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()) if metrics else "")
     quant = exp.quantisation()  # images: drawn over the declared range, and their levels saved
     value_range = quant.range if quant is not None else getattr(corruption, "data_range", None)
@@ -119,41 +136,44 @@ def sample_and_evaluate(exp: Any, network: torch.nn.Module, corruption: Any, tim
                                       title=f"reverse process x_t -> x0_hat: {caption}",
                                       vocab_size=getattr(corruption, "vocab_size", None))
         _plots.save(fig, run_dir / "samples" / f"{stem}-denoising.png")
-    record = {"step": step, "sampler": cfg["sampler"], "sample_steps": steps, "nfe": nfe, "seed": seed,
-              "grid": {"spacing": cfg["spacing"], **describe_start(corruption, grid, shape)}, "eval": metrics}
     if log is not None:
         log.write(record)
     _rundir.append_line(run_dir / "eval.jsonl", json.dumps(record))
     return x, metrics
 
 
-def sample_run(run_dir: str | Path, *, sampler: str | None = None, steps: int | None = None, n: int | None = None,
-               seed: int | None = None, overrides: list[str] | tuple[str, ...] = (), registry: Any = None,
-               progress: bool | None = None, nfe: int | None = None) -> tuple[Any, dict[str, float]]:
-    """Sample from a trained run directory's newest intact checkpoint (EMA weights when saved); a damaged
-    newer checkpoint is skipped with a warning naming it (the run directory is not changed). ``steps`` or
-    ``nfe`` (a budget of model calls) replaces the saved config's steps or budget."""
+@dataclass
+class TrainedRun:
+    """A trained run directory loaded for sampling or fitting: the experiment, its plugins and the newest intact
+    checkpoint's network (EMA weights when saved)."""
+
+    exp: Any
+    corruption: Any
+    time_type: Any
+    network: torch.nn.Module
+    step: int  #: the checkpoint's training step
+    data_shape: list[int]
+
+
+def load_trained_run(run_dir: str | Path, where: str, *, sample: Callable[[dict], dict] | None = None,
+                     overrides: list[str] | tuple[str, ...] = (), registry: Any = None) -> TrainedRun:
+    """Read a trained run directory: its saved config (``sample`` section edited, then ``overrides``), the newest
+    intact checkpoint (a damaged newer one is skipped with a warning), the plugins built and the weights loaded."""
     from .experiment import Experiment
 
     run_dir = Path(run_dir)
     saved = run_dir / "config.yaml"
     if not saved.is_file() or not _rundir.is_run_dir(run_dir) or not checkpoint.list_checkpoints(run_dir / "checkpoints"):
-        raise ConfigError(f"udm sample: RUN_DIR must be a trained run directory (config.yaml and checkpoints/); "
+        raise ConfigError(f"{where}: RUN_DIR must be a trained run directory (config.yaml and checkpoints/); "
                           f"got {str(run_dir)!r}. Train it first with `udm run EXP.yaml`.")
     for name in _rundir.OUTPUTS:
         if (run_dir / name).is_symlink():
-            raise ConfigError(f"udm sample: {str(run_dir / name)!r} must not be a symbolic link; got a link to "
+            raise ConfigError(f"{where}: {str(run_dir / name)!r} must not be a symbolic link; got a link to "
                               f"{str((run_dir / name).readlink())!r}. Remove the link; udm does not write through links.")
     cfg = load_config(saved)  # the data file is relative to the run directory: the run may have moved
     cfg.pop("versions", None)
-    if sampler is not None:  # the old sampler's own options may not apply to the new one
-        cfg["sample"] = {k: v for k, v in cfg["sample"].items() if k in _OWN} | {"sampler": sampler}
-    if steps is not None or nfe is not None:  # a new grid size replaces the saved one, whichever way it was given
-        cfg["sample"].pop("steps", None)
-        cfg["sample"].pop("nfe", None)
-    for key, value in (("steps", steps), ("nfe", nfe), ("n", n), ("seed", seed)):
-        if value is not None:
-            cfg["sample"][key] = value
+    if sample is not None:
+        cfg["sample"] = sample(cfg["sample"])
     from .config import apply_overrides
     exp = Experiment.from_dict(apply_overrides(cfg, overrides), registry, str(saved))
     sampler_schema(exp.registry, exp.config["sample"]["sampler"])
@@ -162,8 +182,34 @@ def sample_run(run_dir: str | Path, *, sampler: str | None = None, steps: int | 
     model_cfg = exp.config["model"]
     corruption, time_type, network = exp.build(data_shape, model_cfg.get("vocab_size"), exp.config["run"]["seed"])
     check_encoding(time_type, ckpt.extra.get("time_encoding"), "udm sample: time")
+    from .variance_head import wrap_for_stage
+    network = wrap_for_stage(exp.config["train"], network, data_shape)  # a variance-head run: the mean network + its head
     network.load_state_dict(ckpt.trainer["ema"] if ckpt.trainer["ema"] is not None else ckpt.trainer["network"])
     if callable(getattr(corruption, "load_state_dict", None)):
         corruption.load_state_dict(ckpt.corruption)
-    return sample_and_evaluate(exp, network.eval(), corruption, time_type, None, run_dir, data_shape=data_shape,
-                               progress=progress, step=ckpt.step)
+    return TrainedRun(exp, corruption, time_type, network.eval(), ckpt.step, data_shape)
+
+
+def sample_run(run_dir: str | Path, *, sampler: str | None = None, steps: int | None = None, n: int | None = None,
+               seed: int | None = None, overrides: list[str] | tuple[str, ...] = (), registry: Any = None,
+               progress: bool | None = None, nfe: int | None = None,
+               variance: str | None = None) -> tuple[Any, dict[str, float]]:
+    """Sample from a trained run directory's newest intact checkpoint (EMA weights when saved); a damaged
+    newer checkpoint is skipped with a warning naming it (the run directory is not changed). ``steps`` or
+    ``nfe`` (a budget of model calls) replaces the saved config's steps or budget; ``variance`` names q_theta's
+    variance (a table fitted by ``udm fit-variance``, a closed form, or the run's head)."""
+
+    def edit(sample: dict[str, Any]) -> dict[str, Any]:
+        if sampler is not None:  # the old sampler's own options may not apply to the new one
+            sample = {k: v for k, v in sample.items() if k in _OWN} | {"sampler": sampler}
+        if steps is not None or nfe is not None:  # a new grid size replaces the saved one, whichever way it was given
+            sample.pop("steps", None)
+            sample.pop("nfe", None)
+        for key, value in (("steps", steps), ("nfe", nfe), ("n", n), ("seed", seed), ("variance", variance)):
+            if value is not None:
+                sample[key] = value
+        return sample
+
+    run = load_trained_run(run_dir, "udm sample", sample=edit, overrides=overrides, registry=registry)
+    return sample_and_evaluate(run.exp, run.network, run.corruption, run.time_type, None, Path(run_dir),
+                               data_shape=run.data_shape, progress=progress, step=run.step)

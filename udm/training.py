@@ -92,6 +92,9 @@ class Trainer:
         #: fp16 only: scales the loss so that small gradients survive (a pass-through otherwise)
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         self.loss_network = self.network
+        #: the loss ``(network, corruption, time_type, x0, generator, *, shard) -> LossOutput`` (a second training
+        #: stage, e.g. :func:`udm.variance_head.head_loss`, replaces it)
+        self.loss_fn = diffusion_loss
         #: ``(rank, world)``: :meth:`train_step` computes the loss on this rank's slice of the global batch
         self.shard: tuple[int, int] = (0, 1)
 
@@ -120,7 +123,7 @@ class Trainer:
         returns this rank's loss (raises on a non-finite loss)."""
         if not self.network.training:  # once, not every step (train() walks every submodule)
             self.network.train()
-        out = diffusion_loss(self.loss_network, self.corruption, self.time_type, x0, self.generator, shard=self.shard)
+        out = self.loss_fn(self.loss_network, self.corruption, self.time_type, x0, self.generator, shard=self.shard)
         loss = float(out.loss.detach())
         if not math.isfinite(loss):
             raise FloatingPointError(

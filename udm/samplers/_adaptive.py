@@ -71,6 +71,10 @@ def adaptive(denoiser, corruption, times, x_init, *, generator=None, callback=No
     if not (rtol > 0 and atol > 0):
         raise ConfigError(f"sampler 'adaptive': rtol and atol must be > 0; got rtol={rtol!r}, atol={atol!r}.")
     run = Sampling(denoiser, corruption, times, x_init, generator=generator, callback=callback, clamp=clamp)
+    if run.corrector is not None:
+        raise ConfigError(f"sampler 'adaptive': corrector must be None (the error control chooses the steps, and a "
+                          f"corrector moving x between them would void its error estimate); got "
+                          f"{run.corrector.name!r}. Use a fixed-grid sampler (ddim, dpm++2m, ...) with a corrector.")
     ends_at_zero = run.values[-1] == 0.0
     t_end = run.values[-2] if ends_at_zero else run.values[-1]
     if ends_at_zero and run.steps < 2:

@@ -16,6 +16,12 @@ A rule may keep any history between iterations, call :meth:`Sampling.predict` se
 (at grid points or, with :meth:`Sampling.point`, anywhere), and reads ``run.nfe`` for the calls made.
 :func:`sample_loop` runs a memoryless one-step rule ``step(ctx, x_t, x0_hat, t, s) -> x_s`` on it.
 
+A corrector (:class:`~udm.samplers.Corrector`; ``corrector=`` or the sampler call's) runs in :meth:`Sampling.report`
+after every step but the last, at the time the step reached, and its result is written back into the state tensor
+the rule passed, so the rule's next step starts from the corrected state without knowing about it (its model calls
+count in ``run.nfe``). Such a rule must call ``run.report(i, x, pred)`` at the end of every step (every built-in
+does) and keep the state in a tensor of its own (not ``x_init``).
+
 Steps that change nothing cost no model call (docs/howto-sampler.md, "Model calls"): when the corruption
 declares ``time_invariant_posterior`` (q(x_0 | x_t) is the same function of x_t at every t, as for masking)
 and the state has not changed since the last prediction (made at another time), :meth:`Sampling.predict`
@@ -36,6 +42,8 @@ from ..denoiser import Prediction
 from ..errors import CapabilityError
 from ..time import check_grid
 from ._conditioning import warn_if_ill_conditioned
+from ._correct import current_corrector
+from ._noise import PerSampleGenerator, active as per_sample_active
 
 __all__ = ["SamplerStep", "Sampling", "Point", "sample_loop", "require", "StepContext"]
 
@@ -96,15 +104,24 @@ class Sampling:
         x_init: x at ``times[0]``.
         generator: every draw's generator.
         callback: receives a :class:`SamplerStep` after each step.
-        clamp: clamp x0_hat to the corruption's ``data_range``.
+        clamp: clamp x0_hat to the corruption's ``data_range`` (with a q_theta variance: its mean, and the draw
+            moves with it, so that clamping does not cut the variance's noise).
         reuse: serve a prediction without a model call when the state has not changed (see the module
             docstring); ``None``: when the corruption declares ``time_invariant_posterior``. A rule whose
-            "no change" can depend on the drawn x0_hat must pass ``False``.
+            "no change" can depend on the drawn x0_hat must pass ``False``. Always off with a
+            :class:`~udm.samplers.PerSampleGenerator` (whether a call is skipped depends on the whole batch).
+        corrector: a :class:`~udm.samplers.Corrector` applied after every step but the last (default: the one
+            the sampler call was given, if any).
     """
 
     def __init__(self, denoiser: Any, corruption: Any, times: Any, x_init: Any, *,
                  generator: torch.Generator | None = None, callback: Callable[[SamplerStep], Any] | None = None,
-                 clamp: bool = False, reuse: bool | None = None) -> None:
+                 clamp: bool = False, reuse: bool | None = None, corrector: Any = None) -> None:
+        if isinstance(generator, PerSampleGenerator) and not per_sample_active():
+            raise CapabilityError("Sampling: a udm.PerSampleGenerator must be used inside a sampler call (a rule "
+                                  "decorated with @udm.samplers.requires, a udm.SamplerSpec or udm.sample); got it in a "
+                                  "bare Sampling run, where its draws would not be split per sample. Decorate the "
+                                  "rule with @requires(...) or wrap the call in udm.samplers.per_sample_draws(generator).")
         self.grid = check_grid(times)
         self.values: list[float] = self.grid.tolist()
         self.steps = len(self.values) - 1
@@ -128,14 +145,37 @@ class Sampling:
         self._range = rng if clamp and rng is not None else None
         self._posterior: list | None = None
         declared = bool(getattr(corruption, "time_invariant_posterior", False))
-        self._reuse = (declared if reuse is None else bool(reuse)) and isinstance(x_init, torch.Tensor)
+        # a PerSampleGenerator needs the same draws in every row whatever the batch: no batch-wide skipping
+        self._reuse = (declared if reuse is None else bool(reuse)) and isinstance(x_init, torch.Tensor) \
+            and not isinstance(generator, PerSampleGenerator)
         self._uncorrupted = getattr(corruption, "uncorrupted", None) if self._reuse else None
         self._last: tuple[Any, float, Prediction] | None = None  # (state, time, prediction) of the last call
+        self._shared: tuple[Any, int, Prediction] | None = None  # a prediction handed on by :meth:`share`
         warn_if_ill_conditioned(denoiser, corruption, self.table, self.values[0], self._range is not None)
+        self.corrector = corrector if corrector is not None else current_corrector()
+        self._reported = -1  # the last step reported (a corrector needs every step reported)
+        self._corrector_state = self._start_corrector() if self.corrector is not None else None
+
+    def _start_corrector(self) -> Any:
+        missing = self.corrector.missing(self.corruption)
+        if missing:
+            name = getattr(self.corruption, "name", type(self.corruption).__name__)
+            raise CapabilityError(f"corrector {self.corrector.name!r}: corruption {name!r} must offer "
+                                  f"{', '.join(missing)}; it lacks {', '.join(missing)}. Choose a corrector the "
+                                  f"corruption supports.")
+        if not isinstance(self.like, torch.Tensor):
+            raise CapabilityError(f"corrector {self.corrector.name!r}: the sampler's state must be a tensor (the "
+                                  f"corrected state is written back into it); got {type(self.like).__name__}. Sample "
+                                  f"this corruption without a corrector.")
+        return self.corrector.start(self)
 
     # ---------------------------------------------------------------- grid
     def __iter__(self) -> Iterator[int]:
         for i in range(self.steps):
+            if self.corrector is not None and i > 0 and self._reported != i - 1:
+                raise CapabilityError(f"corrector {self.corrector.name!r}: the sampler rule must call run.report(i, x, "
+                                      f"pred) at the end of every step (the corrector runs there); got no report after "
+                                      f"step {i - 1}. Add the call to the rule's loop.")
             self.index = i
             yield i
 
@@ -170,6 +210,12 @@ class Sampling:
         """x0_hat at grid point ``where`` (an index) or a :class:`Point`: one model call, or none when the state
         is unchanged since the last call or uncorrupted (with reuse on; see the module docstring)."""
         time = self._p(where).value
+        if self._shared is not None:
+            state, at, shared = self._shared
+            self._shared = None
+            if isinstance(where, int) and where == at and state.shape == x.shape and torch.equal(state, x):
+                self.reused += 1
+                return shared
         if self._reuse:
             again = self._again(x, time)
             if again is not None:
@@ -179,6 +225,12 @@ class Sampling:
         if self._reuse:
             self._last = (x.clone(), time, pred)
         return pred
+
+    def share(self, x: Any, where: int, pred: Prediction) -> None:
+        """Serve ``pred`` to the next :meth:`predict` at grid point ``where`` if its state equals ``x`` (no model call).
+        Valid when ``pred``'s x0_hat is a draw of q(x_0 | x) too: a same-time refresh built x from that x0_hat
+        (docs/math.md, "The SDE view and correctors")."""
+        self._shared = (x.clone(), where, pred)
 
     def _again(self, x: Any, time: float) -> Prediction | None:
         """The prediction for ``x`` at ``time`` that needs no model call, if any: the last call's, made at another
@@ -200,9 +252,13 @@ class Sampling:
         else:
             pred = Prediction(self.denoiser(x, p.t, self.generator))
         if self._range is not None:
-            pred.x0_hat = pred.x0_hat.clamp(*self._range)
-            if pred.mean is not None:
-                pred.mean = pred.mean.clamp(*self._range)
+            if pred.mean is not None and pred.variance is not None:  # a q_theta draw: clamp its mean, keep its noise
+                clamped = pred.mean.clamp(*self._range)  # (Analytic-DPM clamps x0_pred, then adds the variance)
+                pred.x0_hat, pred.mean = pred.x0_hat + (clamped - pred.mean), clamped
+            else:
+                pred.x0_hat = pred.x0_hat.clamp(*self._range)
+                if pred.mean is not None:
+                    pred.mean = pred.mean.clamp(*self._range)
         return pred
 
     @staticmethod
@@ -211,10 +267,30 @@ class Sampling:
         return pred.mean if pred.mean is not None else pred.x0_hat
 
     def report(self, i: int, x: Any, pred: Prediction | Any) -> None:
+        """End of step i with the new state ``x``: run the corrector (every step but the last, written back into
+        ``x``), then the callback."""
+        if self.corrector is not None and i != self._reported and not self.last(i) \
+                and self.corrector.applies(i, self.steps):
+            self._write_back(x, self.corrector.correct(self, x, i + 1, pred, self._corrector_state))
+        self._reported = i
         if self.callback is not None:
             x0 = pred.x0_hat if isinstance(pred, Prediction) else pred
             self.callback(SamplerStep(i, self.steps, self.values[i], self.values[i + 1], x, x0, self.nfe,
                                       self.reused))
+
+    def _write_back(self, x: Any, new: Any) -> None:
+        """Put the corrected state into the rule's own state tensor ``x`` (never into ``x_init``)."""
+        if not isinstance(x, torch.Tensor) or x.shape != new.shape or x.dtype != new.dtype:
+            raise CapabilityError(f"corrector {self.corrector.name!r}: the corrected state must be a tensor shaped and "
+                                  f"typed like the rule's state; got {type(new).__name__} "
+                                  f"{tuple(getattr(new, 'shape', ()))} for {tuple(getattr(x, 'shape', ()))}. Return x's "
+                                  f"shape and dtype from the corrector's step.")
+        if x.untyped_storage().data_ptr() == self.like.untyped_storage().data_ptr():
+            raise CapabilityError(f"corrector {self.corrector.name!r}: the rule's state after a step must be a new "
+                                  f"tensor; got the starting batch x_init itself, which the corrector would overwrite. "
+                                  f"Return a new tensor from the rule's step (e.g. x.clone()).")
+        if new is not x:
+            x.copy_(new)
 
     # ------------------------------------------------- corruption at a point
     def forward(self, x0: Any, eps: Any, where: int | Point) -> Any:

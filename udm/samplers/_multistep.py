@@ -14,7 +14,7 @@ x_s = (s_s/s_t) e^{-h} x_t + a_s (1 - e^{-2h}) D + s_s sqrt(1 - e^{-2h}) z. Firs
 * ``deis``: DEIS tAB (Zhang & Chen 2023), which extrapolates the noise prediction instead: D is the x_0 that
   explains x_t with the extrapolated noise.
 
-``corrector=True`` adds UniPC's corrector UniC: once x0_hat is predicted at the new point, the step that led
+``unic=True`` adds UniPC's corrector UniC: once x0_hat is predicted at the new point, the step that led
 there is redone with that prediction in the history (no extra model call; the order rises by one). The last
 step to t = 0 returns the prediction's mean. Steps too few for ``order`` run at the order they allow, with a
 warning.
@@ -58,7 +58,7 @@ METHODS: dict[str, Method] = {
 VARIANTS = ("bh1", "bh2")
 
 
-def _check(method: str, order: Any, eta: Any, corrector: bool, variant: str) -> Method:
+def _check(method: str, order: Any, eta: Any, unic: bool, variant: str) -> Method:
     where = "sampler 'multistep'"
     if method not in METHODS:
         raise ConfigError(f"{where}: method must be one of {', '.join(METHODS)}; got {method!r}."
@@ -72,8 +72,8 @@ def _check(method: str, order: Any, eta: Any, corrector: bool, variant: str) -> 
     if float(eta) > 0 and not m.stochastic:
         raise ConfigError(f"{where}: eta must be 0 with method {method!r}; got {eta!r}. Only method 'dpm++' has a "
                           f"stochastic (SDE) variant.")
-    if corrector and (float(eta) > 0 or m.eps_history):
-        raise ConfigError(f"{where}: corrector must be False with method {method!r} and eta={eta!r}; got True. "
+    if unic and (float(eta) > 0 or m.eps_history):
+        raise ConfigError(f"{where}: unic must be False with method {method!r} and eta={eta!r}; got True. "
                           f"UniPC's corrector redoes deterministic steps on the x0_hat history (methods dpm++, unipc "
                           f"with eta = 0).")
     if variant not in VARIANTS:
@@ -131,19 +131,20 @@ def _advance(run: Sampling, x: Any, d: Any, i: int, eta: float, amounts: list | 
 @requires("linear_gaussian")
 def multistep(denoiser, corruption, times, x_init, *, generator=None, callback=None, clamp=False,
               method: Literal["dpm++", "unipc", "deis"] = "dpm++", order: int = 2, eta: float = 0.0,
-              corrector: bool = False, variant: Literal["bh1", "bh2"] = "bh2", lower_order_final: bool = True):
+              unic: bool = False, variant: Literal["bh1", "bh2"] = "bh2", lower_order_final: bool = True):
     """Multistep exponential integrator: ``invert`` (``refresh`` with ``eta``) with x0_hat extrapolated in log-SNR.
 
     Args:
         method: ``dpm++`` (DPM-Solver++), ``unipc`` (UniP), ``deis`` (DEIS tAB).
         order: 1 (= DDIM for every method), 2 or 3; the first steps warm up from order 1.
         eta: in [0, 1], ``dpm++`` only: 0 is the probability-flow ODE, 1 the SDE variant (DPM-Solver++ 2M SDE).
-        corrector: UniPC's corrector UniC after every step but the last (no extra model call).
+        unic: UniPC's corrector UniC after every step but the last (no extra model call). Named apart from
+            ``corrector``, the predictor-corrector option every sampler takes (a corrector plugin, own calls).
         variant: UniPC's B(h): ``bh1`` (h) or ``bh2`` (e^h - 1; the reference implementation's default).
         lower_order_final: lower the order of the last steps (for fewer than 15 steps with ``dpm++``/``deis``,
             always with ``unipc``; diffusers' rules), which keeps few-step sampling stable.
     """
-    m = _check(method, order, eta, corrector, variant)
+    m = _check(method, order, eta, unic, variant)
     eta = float(eta)
     run = Sampling(denoiser, corruption, times, x_init, generator=generator, callback=callback, clamp=clamp)
     orders = step_orders(run.steps, order, lower_order_final, m.final_below)
@@ -155,7 +156,7 @@ def multistep(denoiser, corruption, times, x_init, *, generator=None, callback=N
     plans, per_coef = plan(run.table, x_init, lambda q, h, d: m.weights(q, h, d, eta, variant), orders,
                            eps_history=m.eps_history,
                            corrector=(lambda q, h, d: unipc_weights(q, h, d, variant=variant, corrector=True))
-                           if corrector else None)
+                           if unic else None)
     amounts = run.pair_table(corruption.refresh_amounts, eta) if eta > 0 else None
     hist = _History(corruption, per_coef, order + 1)
     x, before, before_delta = x_init, None, None
@@ -163,7 +164,7 @@ def multistep(denoiser, corruption, times, x_init, *, generator=None, callback=N
         pred = run.predict(x, i)
         mean = pred.mean if pred.mean is not None else pred.x0_hat
         delta = None if pred.x0_hat is mean else pred.x0_hat - mean  # a draw of q_theta: added once, not extrapolated
-        if corrector and before is not None and not run.last(i):  # UniC: redo step i - 1 with mean_i known
+        if unic and before is not None and not run.last(i):  # UniC: redo step i - 1 with mean_i known
             d = hist.estimate(plans[i - 1].corrector, (), [mean, *hist.means])
             x = _advance(run, before, d if before_delta is None else d + before_delta, i - 1, eta, amounts)
         hist.means.appendleft(mean)

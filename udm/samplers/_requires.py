@@ -32,15 +32,19 @@ def requires(*always: str, **when: tuple[str, ...] | str) -> Callable[[Callable[
 
     The decorated rule checks them on every call (a clear :class:`~udm.CapabilityError` naming what the
     corruption lacks) and carries them as ``rule.requirements`` for :class:`~udm.SamplerSpec` and
-    ``udm plugins``.
+    ``udm plugins``. It also takes ``corrector=`` (a :class:`~udm.samplers.Corrector`, or a registered name or
+    mapping) and runs the rule inside :func:`~udm.samplers.sampling_context`: the rule's
+    :class:`~udm.samplers.Sampling` applies the corrector, and a :class:`~udm.samplers.PerSampleGenerator` draws
+    per sample.
     """
     norm = {k: (v,) if isinstance(v, str) else tuple(v) for k, v in when.items()}
     req = Requirements(tuple(always), norm)
 
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
-        def rule(denoiser, corruption, times, x_init, **options):
+        def rule(denoiser, corruption, times, x_init, *, corrector=None, **options):
             from ..corruption import capabilities
+            from ._correct import resolve_corrector, sampling_context
 
             needed = req.for_options(options)
             missing = [c for c in needed if c not in capabilities(corruption)]
@@ -50,7 +54,9 @@ def requires(*always: str, **when: tuple[str, ...] | str) -> Callable[[Callable[
                     f"sampler rule {fn.__name__!r}: corruption {name!r} must offer {', '.join(needed)}; it lacks "
                     f"{', '.join(missing)}. Choose a sampler the corruption supports (`udm plugins` lists them per "
                     f"corruption) or implement the missing method.")
-            return fn(denoiser, corruption, times, x_init, **options)
+            fixer = resolve_corrector(corrector, corruption, where=f"sampler rule {fn.__name__!r}")
+            with sampling_context(options.get("generator"), fixer):
+                return fn(denoiser, corruption, times, x_init, **options)
 
         rule.requirements = req  # type: ignore[attr-defined]
         return rule

@@ -43,13 +43,15 @@ class SamplerSpec:
         merged = {**self.options, **(options or {})}
         return tuple(dict.fromkeys((*requirements_of(self.rule).for_options(merged), *self.requires)))
 
-    def calls(self, steps: int, options: Mapping[str, Any] | None = None) -> int:
+    def calls(self, steps: int, options: Mapping[str, Any] | None = None, corrector: Any = None) -> int:
         """The model calls of ``steps`` steps on a grid that ends at t = 0 (a time type's grid): c (steps - 1) + l
         with c the rule's calls per step and l those of the last step, which returns x0_hat (l = 1 for the
-        built-ins: Heun 2 steps - 1, RK4 4 steps - 3). An upper bound: steps that change nothing may cost
-        none (``SamplerStep.reused``)."""
+        built-ins: Heun 2 steps - 1, RK4 4 steps - 3), plus the ``corrector``'s (a :class:`~udm.samplers.Corrector`:
+        its calls times the steps it follows). An upper bound: steps that change nothing may cost none
+        (``SamplerStep.reused``)."""
         per, last = self.per_step(options)
-        return per * (steps - 1) + last
+        extra = corrector.calls() * corrector.applications(steps) if corrector is not None else 0
+        return per * (steps - 1) + last + extra
 
     def per_step(self, options: Mapping[str, Any] | None = None) -> tuple[int, int]:
         """(model calls on each step but the last, on the last step) for a call with ``options``."""
@@ -59,13 +61,16 @@ class SamplerSpec:
                               f"control). Give steps, and bound its calls with its options (rtol, atol, max_calls).")
         return calls_per_step_of(self.rule, {**self.options, **(options or {})})
 
-    def steps_for(self, nfe: int, options: Mapping[str, Any] | None = None) -> int:
-        """The most steps whose :meth:`calls` fit a budget of ``nfe`` model calls."""
+    def steps_for(self, nfe: int, options: Mapping[str, Any] | None = None, corrector: Any = None) -> int:
+        """The most steps whose :meth:`calls` (the ``corrector``'s included) fit a budget of ``nfe`` model calls."""
         per, last = self.per_step(options)
         if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < last:
             raise ConfigError(f"sampler {self.name!r}: nfe must be an integer >= {last} (a budget of model calls; one "
                               f"step costs {last}); got {nfe!r}. Give the number of network evaluations to spend.")
-        return (nfe - last) // per + 1
+        steps = (nfe - last) // per + 1
+        while corrector is not None and steps > 1 and self.calls(steps, options, corrector) > nfe:
+            steps -= 1
+        return steps
 
     def missing(self, corruption: Any, options: Mapping[str, Any] | None = None) -> list[str]:
         """Capabilities this sampler (called with ``options``) needs that ``corruption`` lacks."""
@@ -75,7 +80,12 @@ class SamplerSpec:
     def supports(self, corruption: Any, options: Mapping[str, Any] | None = None) -> bool:
         return not self.missing(corruption, options)
 
-    def __call__(self, denoiser, corruption, times, x_init, *, generator=None, callback=None, **options):
+    def __call__(self, denoiser, corruption, times, x_init, *, generator=None, callback=None, corrector=None,
+                 **options):
+        """Run the rule with the preset's options under ``options``; ``corrector`` (a :class:`~udm.samplers.Corrector`,
+        a registered name or ``{name: ..., **options}``) runs after every step but the last."""
+        from ._correct import resolve_corrector, sampling_context
+
         missing = self.missing(corruption, options)
         if missing:
             cname = getattr(corruption, "name", type(corruption).__name__)
@@ -83,5 +93,7 @@ class SamplerSpec:
                 f"sampler {self.name!r}: corruption {cname!r} must offer {', '.join(self.required(options))}; "
                 f"it lacks {', '.join(missing)}."
             )
-        return self.rule(denoiser, corruption, times, x_init, generator=generator, callback=callback,
-                         **{**self.options, **options})
+        fixer = resolve_corrector(corrector, corruption, where=f"sampler {self.name!r}")
+        with sampling_context(generator, fixer):
+            return self.rule(denoiser, corruption, times, x_init, generator=generator, callback=callback,
+                             **{**self.options, **options})

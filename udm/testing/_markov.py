@@ -12,7 +12,8 @@ token-diffusion test needs is exact and cheap:
   (a, b) = (1 - tau, tau / (V - 1)).
 * :class:`MarkovOracle`: a denoiser ``(x_t, t, generator) -> x0_hat`` that samples each position
   *independently* from its exact marginal p(x_0,l | x_t), as a non-autoregressive network would (through
-  the corruption's ``sample_x0`` when it has one, as :class:`udm.Denoiser` does).
+  the corruption's ``sample_x0`` when it has one, as :class:`udm.Denoiser` does); with ``joint=True``
+  (masking) an exact joint draw of q(x_0 | x_t) (:meth:`MarkovChain.sample_posterior`).
 """
 
 from __future__ import annotations
@@ -146,6 +147,26 @@ class MarkovChain:
         return torch.stack(out, 1)
 
 
+    def sample_posterior(self, ref: torch.Tensor, same: torch.Tensor, diff: torch.Tensor,
+                         generator: torch.Generator | None = None) -> torch.Tensor:
+        """A joint draw x_0 ~ p(x_0 | evidence) ``(B, L)`` (evidence as in :meth:`marginals`, without a count) by
+        forward filtering, backward sampling: exact, unlike independent draws from the marginals."""
+        B, L, V = ref.shape[0], self.length, self.vocab_size
+        ref, same, diff = ref.cpu(), same.cpu().double(), diff.cpu().double()
+        e = torch.where(torch.arange(V)[None, None] != ref[..., None], diff[..., None], same[..., None])  # (B, L, V)
+        alpha = [self.init[None] * e[:, 0]]
+        for l in range(1, L):
+            a = (alpha[-1] @ self.trans) * e[:, l]
+            alpha.append(a / a.sum(1, keepdim=True).clamp_min(1e-300))
+        x = torch.empty(B, L, dtype=torch.long)
+        for l in range(L - 1, -1, -1):
+            w = alpha[l] if l == L - 1 else alpha[l] * self.trans[:, x[:, l + 1]].T
+            cdf = w.cumsum(1)
+            u = torch.rand(B, 1, generator=generator, dtype=torch.float64) * cdf[:, -1:]
+            x[:, l] = (cdf < u).sum(1).clamp(max=V - 1)
+        return x
+
+
 class MarkovOracle:
     """Exact per-position posterior marginals p(x_0,l | x_t) of a :class:`MarkovChain` for a token corruption,
     turned into x0_hat like a non-autoregressive network: logits = log marginals, then the corruption's
@@ -157,8 +178,12 @@ class MarkovOracle:
     positions replaced).
     """
 
-    def __init__(self, chain: MarkovChain, corruption: Any, family: Categorical | None = None) -> None:
-        self.chain, self.corruption, self.family = chain, corruption, family or Categorical()
+    def __init__(self, chain: MarkovChain, corruption: Any, family: Categorical | None = None, *,
+                 joint: bool = False) -> None:
+        self.chain, self.corruption, self.family, self.joint = chain, corruption, family or Categorical(), joint
+        if joint and not hasattr(corruption, "mask_id"):
+            raise ValueError(f"MarkovOracle: joint must be False for a corruption without mask_id; got joint=True with "
+                             f"{type(corruption).__name__}. Joint posterior draws are implemented for masking.")
 
     def logits(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """log p(x_0,l = v | x_t) ``(B, L, V)`` float64 (-inf where impossible)."""
@@ -178,6 +203,10 @@ class MarkovOracle:
 
     def predict(self, x_t: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None) -> Prediction:
         logits = self.logits(x_t, t)
+        if self.joint:  # an exact joint draw of q(x_0 | x_t) (forward filtering, backward sampling)
+            visible = (x_t != self.corruption.mask_id).cpu().double()
+            x0 = self.chain.sample_posterior(x_t, torch.ones_like(visible), 1 - visible, generator)
+            return Prediction(x0.to(x_t.device), self.corruption.to_x0(logits, x_t, t))
         sample_x0 = getattr(self.corruption, "sample_x0", None)
         if callable(sample_x0):  # a constrained q_theta (exact-count replacement) draws x0_hat itself
             return Prediction(sample_x0(logits, x_t, t, generator, family=self.family), logits)
