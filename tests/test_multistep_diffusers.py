@@ -5,8 +5,8 @@ The exact Gaussian-mixture denoiser E[x_0 | x_t] is the model on both sides (dif
 ``discrete`` time with T = 1000 and the uniform grid visits n = 1000, 1000 - 1000/N, ..., which is diffusers'
 ``timestep_spacing="trailing"`` shifted by one (udm's n = diffusers' index + 1; benchmarks/bench_samplers.py).
 diffusers computes its DPM-Solver steps in float32, so the two agree to ~1e-6 there, not 1e-13 (its float32
-sigma table is recomputed in float64 below); the issue's bound is 1e-5. A wrong weight moves the trajectory by 1e-3 or more (the ``3m`` case
-shows the size of a real formula difference).
+sigma table is recomputed in float64 below); the issue's bound is 1e-5. A wrong weight moves the trajectory by
+1e-3 or more (the ``3m`` case shows the size of a real formula difference).
 """
 
 from __future__ import annotations
