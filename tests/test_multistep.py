@@ -119,6 +119,29 @@ def test_unipc_corrector_raises_the_order_by_one(order_errors, p):
     assert 0.8 < corrected - plain < 1.4, (plain, corrected)
 
 
+@pytest.mark.parametrize("eta", [1.0, 0.5])
+def test_3m_sde_weights_integrate_a_quadratic_exactly_against_the_sde_kernel(eta):
+    """With refresh eta the step's kernel on [0, h] is e^{-c (h - v)} with e^{-c h} = sqrt(1 - eta^2 + eta^2 e^{-2h})
+    e^{-h} (c = 2 for eta = 1: DPM-Solver++'s SDE); 3M's weights on the nodes 0, d_1, d_2 must give the kernel
+    average of any quadratic f(v) (trapezoid quadrature on 2e5 intervals, error ~1e-11)."""
+    from udm.samplers._weights import dpm_weights, effective_rate
+
+    h = torch.tensor([0.7, 0.3], dtype=F64)
+    d = [torch.tensor([-0.5, -0.2], dtype=F64), torch.tensor([-1.1, -0.5], dtype=F64)]
+    c = effective_rate(h, eta)
+    torch.testing.assert_close(torch.exp(-c * h), torch.sqrt(1 - eta**2 + eta**2 * torch.exp(-2 * h)) * torch.exp(-h))
+
+    def f(v):
+        return 1 + 2 * v - 3 * v**2
+
+    w = dpm_weights(3, h, d, eta=eta)
+    got = w[0] * f(torch.zeros_like(h)) + w[1] * f(d[0]) + w[2] * f(d[1])
+    v = torch.linspace(0, 1, 200_001, dtype=F64)[:, None] * h
+    kernel = torch.exp(-c * (h - v))
+    want = torch.trapezoid(kernel * f(v), v, dim=0) / torch.trapezoid(kernel, v, dim=0)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-9)
+
+
 # ------------------------------------------------------------------------- per basis coefficient
 class _Decaying(udm.LinearGaussian):
     """a_k(t) = alpha_t exp(-c_k tau(t)), s_k(t) = sigma_t, tau = 40 t^2 (blur-like), cosine alpha/sigma: with

@@ -257,7 +257,7 @@ MUTANTS: list[Mutant] = [
       "tests/test_multistep.py", "-k", "corrector_raises"),
     M("sde-kernel-as-ode", "udm/samplers/_weights.py",
       "    if eta == 0:\n        return torch.ones_like(h)", "    if True:\n        return torch.ones_like(h)",
-      "tests/test_multistep_diffusers.py", "-k", "sde and 10"),
+      "tests/test_multistep.py", "-k", "sde_kernel"),
     M("lower-order-final-ignored", "udm/samplers/_weights.py",
       "o = min(o, steps - i)", "o = o",
       "tests/test_multistep_diffusers.py", "-k", "10"),
