@@ -191,6 +191,25 @@ class BlurCorruption(udm.LinearGaussian):
         alpha, s = (float(v) for v in self.noise_amplitudes(torch.ones(1)))
         return alpha * m.to(dtype)[:, :, None, None].expand(shape) + s * eps
 
+    def prior_logp(self, x1: torch.Tensor) -> torch.Tensor:
+        """log-density ``(batch,)`` of :meth:`sample_prior`'s law (nats): in the DCT basis the channels' constant
+        coefficients are N(alpha_1 sqrt(HW) mu, alpha_1^2 HW Sigma + sigma_1^2 I), every other coefficient
+        N(0, sigma_1^2)."""
+        if self._mean is None:
+            raise ConfigError("corruption blur: prior_logp needs fitted statistics; call fit(data) first "
+                              "(udm.train does this).")
+        self._check_images(x1)
+        c = self.to_basis(x1.to(torch.float64))
+        hw = x1.shape[-2] * x1.shape[-1]
+        alpha, s = (float(v) for v in self.noise_amplitudes(torch.ones(1)))
+        cov = alpha ** 2 * hw * self._cov + s ** 2 * torch.eye(len(self._cov), dtype=torch.float64)
+        dc = torch.distributions.MultivariateNormal((alpha * math.sqrt(hw) * self._mean).to(c.device), cov.to(c.device))
+        rest = c.clone()
+        rest[:, :, 0, 0] = 0
+        n_rest = c[0].numel() - c.shape[1]
+        return dc.log_prob(c[:, :, 0, 0]) - 0.5 * (rest.square().flatten(1).sum(1) / s ** 2
+                                                  + n_rest * math.log(2 * math.pi * s ** 2))
+
     def fit(self, data: torch.Tensor) -> None:
         """Estimate the mean ``(C,)`` and covariance ``(C, C)`` of the per-image channel means of
         ``data`` ``(n, C, H, W)``, n >= 2 (the fully blurred images)."""

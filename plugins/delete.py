@@ -22,6 +22,8 @@ and the corruption supplies the two capabilities that structured q_theta need:
 
 * ``nll``: the exact -log q_theta(x_0, alignment | x_t) under the alignment known from the noise,
   = - sum_gaps log q(c_g) - sum_deleted log q(x_0[i] | x_t, c)   (count CE + token CE, summed).
+  It is the training loss and one step's term of the likelihood; the ELBO of the whole deletion chain (every
+  step, not only this one) is the ``elbo_deletion`` estimator (``udm.likelihood``, docs/math.md "Likelihoods").
 * ``sample_x0``: counts, then tokens at the placeholders; x_t is a subsequence of the result by
   construction, and the result (:class:`Aligned`) carries which of its positions are x_t's tokens.
 

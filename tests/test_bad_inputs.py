@@ -99,6 +99,7 @@ cli("cli-out-is-a-file", ["run", "{exp}", "--out", "{exp}"], 2, r"run\.out: the 
 cli("cli-out-dot", ["run", "{exp}", "--out", "."], 2, r"run\.out: the run directory must be empty or a udm run directory")
 cli("cli-resume-nothing", ["run", "{exp}", "--resume", "--out", "nothing"], 2,
     r"--resume: the run directory must exist and hold a checkpoint to resume; got 'nothing'")
+cli("cli-eval-not-a-run", ["eval", ".", "--nll"], 2, r"udm eval: RUN_DIR must be a trained run directory")
 cli("cli-steps-not-int", ["sample", ".", "--steps", "ten"], 2, r"argument --steps: invalid int value: 'ten'")
 yaml_file("cli-binary-file", b"\xff\xfe\x00garbage", 2, r"config: the experiment file must be readable UTF-8 text")
 
@@ -193,7 +194,7 @@ sets("yaml-corrector-schedule-unknown", ["sample.corrector={name: remask, schedu
      r"sample\.corrector\.schedule: the value must be one of 'rescale', 'cap', 'confidence'; got 'loop'", base=MASK)
 sets("yaml-corrector-unsupported", ["sample.corrector=langevin"], 2,
      r"sample: corrector 'langevin': corruption 'mask' must offer linear_gaussian; it lacks linear_gaussian\. "
-     r"Correctors 'mask' supports: refresh, remask\.", base=MASK)
+     r"Correctors corruption 'mask' supports: refresh, remask\.", base=MASK)
 sets("yaml-corrector-number", ["sample.corrector=3"], 2,
      r"sample\.corrector: the value must be a registered corrector name or a mapping")
 sets("yaml-noise-unknown", ["sample.noise=per-sample"], 2,
@@ -236,6 +237,16 @@ sets("yaml-metric-not-mapping", ["eval.sliced_wasserstein=3"], 2,
      r"eval\.sliced_wasserstein: the value must be a mapping of the metric's keywords \(or null\); got 3")
 sets("yaml-metric-unknown-key", ["eval.sliced_wasserstein={projection: 3}"], 2,
      r"eval\.sliced_wasserstein\.projection: the key must be one of")
+sets("yaml-nll-unknown-key", ["eval.nll={estimator: ode, probs: 2}"], 2,
+     r"eval\.nll\.probs: the key must be one of .*Did you mean 'probes'\?")
+sets("yaml-nll-estimator-unknown", ["eval.nll={estimator: odee}"], 2,
+     r"eval\.nll\.estimator: the name must be a registered estimator; got 'odee'.*Did you mean 'ode'\?")
+sets("yaml-nll-estimator-the-corruption-cannot-run", ["eval.nll={estimator: ode}"], 2,
+     r"eval\.nll: likelihood estimator 'ode': the corruption must be linear-Gaussian .*; got 'mask'\. Estimators "
+     r"'mask' supports: elbo_masked", base=MASK)
+sets("yaml-nll-bits-of-unquantised-data", ["eval.nll={units: bits}"], 2,
+     r"eval\.nll: likelihood: bits per dimension must come with the data's quantisation; got none declared for "
+     r"data shaped \('n', 2\)\. Declare the data's levels \(data\.quantisation")
 sets("yaml-seed-negative", ["run.seed=-1"], 2, r"run\.seed: the value must be an integer in \[0, 4294967295\]; got -1")
 sets("yaml-seed-huge", ["run.seed=1099511627776"], 2, r"run\.seed: the value must be an integer in \[0, 4294967295\]")
 sets("yaml-device-missing", ["run.device=cuda:99"], 2,
@@ -476,7 +487,7 @@ api("api-sample-corrector-unsupported", lambda r: udm.sample(
     lambda x, t, g: x, r.create("corruption", "mask", vocab_size=4), _parts(r)[2], shape=(2, 2), steps=2,
     corrector="ald", registry=r), 2,
     r"udm\.sample: corrector 'ald': corruption 'mask' must offer linear_gaussian; it lacks linear_gaussian\. "
-    r"Correctors 'mask' supports: refresh, remask\.")
+    r"Correctors corruption 'mask' supports: refresh, remask\.")
 api("api-sample-corrector-amount", lambda r: sample(r, corrector={"name": "refresh", "amount": -0.1}), 2,
     r"udm\.sample: corrector 'refresh': amount must be a number in \[0, 1\]; got -0\.1")
 api("api-sample-corrector-unknown", lambda r: sample(r, corrector="langevn"), 2,
@@ -523,6 +534,17 @@ api("api-create-sampler", lambda r: r.create("sampler", "ddim"), 2,
 api("api-create-metric", lambda r: r.create("metric", "sliced_wasserstein"), 2,
     r"metric 'sliced_wasserstein': create\(\) must be used for factories")
 api("api-unknown-kind", lambda r: r.names("corruptions"), 2, r"registry: kind must be one of .*Did you mean 'corruption'")
+api("api-likelihood-unsupported-estimator", lambda r: udm.likelihood(
+    *_parts(r)[:1], torch.zeros(4, 2), "elbo_deletion", corruption=_parts(r)[1], time_type=_parts(r)[2]), 2,
+    r"likelihood estimator 'elbo_deletion': the corruption must be the delete corruption .*; got 'gaussian'\. "
+    r"Estimators 'gaussian' supports: elbo_continuous, elbo_discrete, ode\.")
+api("api-likelihood-bits-without-quantisation", lambda r: udm.likelihood(
+    *_parts(r)[:1], torch.zeros(4, 2), "ode", corruption=_parts(r)[1], time_type=_parts(r)[2], units="bits"), 2,
+    r"udm\.likelihood: bits per dimension must come with the data's quantisation; got none declared for data shaped "
+    r"\(4, 2\)\. Declare the data's levels \(data\.quantisation")
+api("api-likelihood-option-type", lambda r: udm.likelihood(
+    *_parts(r)[:1], torch.zeros(4, 2), "ode", corruption=_parts(r)[1], time_type=_parts(r)[2], solver="rk23"), 2,
+    r"udm\.likelihood\.solver: the value must be one of 'rk45', 'euler', 'heun', 'rk4'; got 'rk23'")
 api("api-experiment-dict", lambda r: udm.Experiment.from_dict({"corruption": {"name": "gaussian"}}, r), 2,
     r"<dict>: time: the section must be present; got None")
 

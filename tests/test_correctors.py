@@ -304,13 +304,14 @@ def test_a_corrector_the_corruption_cannot_support_names_the_supported_ones(reg)
     mask = reg.create("corruption", "mask", vocab_size=4)
     time = reg.create("time", "continuous")
     with pytest.raises(udm.CapabilityError, match=r"udm\.sample: corrector 'langevin': corruption 'mask' must offer "
-                                                  r"linear_gaussian; it lacks linear_gaussian\. Correctors 'mask' "
+                                                  r"linear_gaussian; it lacks linear_gaussian\. Correctors corruption 'mask' "
                                                   r"supports: refresh, remask\."):
         udm.sample(MarkovOracle(MarkovChain.random(4, 3, seed=0), mask), mask, time, shape=(2, 3), steps=2,
                    corrector="langevin", registry=reg)
     gauss = reg.create("corruption", "gaussian")
     with pytest.raises(udm.CapabilityError, match=r"corrector 'remask': corruption 'gaussian' must offer a masking "
-                                                  r"schedule tau\(t\).*Correctors 'gaussian' supports: ald, langevin, "
+                                                  r"schedule tau\(t\).*Correctors corruption 'gaussian' supports: ald, "
+                                                  r"langevin, "
                                                   r"refresh\."):
         udm.samplers.resolve_corrector("remask", gauss, reg)
 

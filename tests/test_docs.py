@@ -21,8 +21,8 @@ from udm.experiment import Experiment
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 PAGES = ["index.md", "tutorial.md", "howto-corruption.md", "howto-token-corruption.md", "howto-sampler.md",
-         "howto-time-type.md", "howto-model.md", "howto-variance.md", "howto-publish.md", "data.md", "runs.md",
-         "safety.md", "conformance.md", "reference.md", "explanation.md", "math.md"]
+         "howto-time-type.md", "howto-model.md", "howto-variance.md", "howto-likelihood.md", "howto-publish.md",
+         "data.md", "runs.md", "safety.md", "conformance.md", "reference.md", "explanation.md", "math.md"]
 
 
 def code_blocks(text: str, lang: str) -> list[tuple[int, str]]:

@@ -264,7 +264,7 @@ def test_unknown_name_lists_available_and_suggests(reg):
 
 def test_unknown_kind(reg):
     with pytest.raises(UnknownPluginError, match=r"registry: kind must be one of corruption, schedule, time, sampler, corrector, "
-                                                 r"model, dataset, metric; got 'corruptions'\. Did you mean 'corruption'\?"):
+                                                 r"model, dataset, metric, estimator; got 'corruptions'\. Did you mean 'corruption'\?"):
         reg.names("corruptions")
 
 

@@ -45,6 +45,8 @@ _EXPORTS = {
     "CapabilityError": "errors", "UdmWarning": "errors", "IllConditionedWarning": "errors",
     "NoiseLevelTime": "noise_level",
     "Interval": "_schema",
+    "likelihood": "likelihoods", "LikelihoodResult": "likelihoods", "EstimatorSpec": "likelihoods",
+    "supported_estimators": "likelihoods",
 }
 
 __all__ = list(_EXPORTS)
@@ -70,6 +72,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # what type checkers and IDEs see
     from . import accelerators, bases, grids, nn, samplers
     from .accelerators import accelerate
+    from .likelihoods import EstimatorSpec, LikelihoodResult, likelihood, supported_estimators
     from .linear_gaussian import LinearGaussian, Marginal
     from .parameterization import Parameterization
     from .plugin_spec import PluginSpec, build_plugin

@@ -95,6 +95,11 @@ def sanity_check(exp: Any, b: Built, device: torch.device) -> None:
                         lambda: resolve_sampler(cfg["sampler"], b.corruption, exp.registry, options),
                         "Choose a sampler the corruption supports")
         steps = resolve_steps(spec, steps, cfg["nfe"], options, where=f"{src}: sample", corrector=corrector)
+    if "nll" in exp.config["eval"]:  # the likelihood's estimator must suit the corruption and the data
+        from .likelihoods import resolve_nll_config
+        _attempt(f"{src}: eval.nll", "resolve the likelihood estimator",
+                 lambda: resolve_nll_config(exp, b.corruption, b.time_type, b.data_shape),
+                 "Choose an estimator the corruption supports")
     x0 = b.data[torch.arange(min(SANITY_BATCH, len(b.data)))].to(device)
     g = torch.Generator(device=device).manual_seed(0)
     _validate.check_sample_args(b.network, b.corruption, b.time_type, shape=(len(x0), *b.data_shape),

@@ -7,6 +7,7 @@
     udm sample RUN_DIR [--sampler NAME --steps N --n N --seed S --variance V]   sample a trained run
     udm fit-variance RUN_DIR [--source analytic --samples N --steps K | --dense M]  fit q_theta's variance
     udm check EXP.yaml [--set ...]                                       validate, build, and run 2 examples
+    udm eval RUN_DIR --nll [--estimator NAME --n N --seed S]              the likelihood of held-out data
     udm report RUN_DIR [--out FILE]                                      one HTML page: metrics, curves, samples
     udm plugins [--json]                                                 what is installed
 
@@ -48,7 +49,7 @@ def exit_code(exc: BaseException) -> int:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="udm", description="Unified diffusion models: run YAML experiments.")
     sub = p.add_subparsers(dest="command", required=True,
-                           metavar="{run,train,sample,fit-variance,check,report,plugins}")
+                           metavar="{run,train,sample,fit-variance,eval,check,report,plugins}")
     for name, help_ in (("run", "train, then sample and evaluate"), ("train", "train only"),
                         ("check", "validate an experiment without running it")):
         sp = sub.add_parser(name, help=help_)
@@ -74,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="sampler options, e.g. --set sample.eta=0.5")
     sp.add_argument("--quiet", action="store_true")
     _fit_variance_parser(sub)
+    _eval_parser(sub)
     sp = sub.add_parser("report", help="write one HTML summary of a run (metrics, curves, samples, config)")
     sp.add_argument("run_dir")
     sp.add_argument("--out", help="the HTML file (default: RUN_DIR/report.html)")
@@ -108,6 +110,30 @@ def _fit_variance(args: argparse.Namespace, progress: bool | None) -> None:
                         batch_size=args.batch_size, seed=args.seed, overrides=args.overrides, progress=progress)
     flagged = f"; Gamma_t > 1 (set to the bound) at {len(fit.flagged)} times" if fit.flagged else ""
     print(f"variance table written to {path} ({fit.source}, {len(fit.times)} times, {fit.samples} samples{flagged})")
+
+
+def _eval_parser(sub: argparse._SubParsersAction) -> None:
+    sp = sub.add_parser("eval", help="evaluate a trained run: --nll, the likelihood of held-out data")
+    sp.add_argument("run_dir")
+    sp.add_argument("--nll", action="store_true", help="negative log-likelihood (bits/dim, or nats/dim of a density)")
+    sp.add_argument("--estimator", help="elbo_discrete, elbo_continuous, ode, elbo_masked, elbo_deletion, ...")
+    sp.add_argument("--n", type=int, help="held-out examples (default: eval.nll.n, 1000)")
+    sp.add_argument("--seed", type=int)
+    sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                    help="estimator options, e.g. --set eval.nll.steps=100")
+    sp.add_argument("--quiet", action="store_true")
+
+
+def _eval(args: argparse.Namespace, progress: bool | None) -> None:
+    from .errors import ConfigError
+    from .likelihoods import eval_run
+
+    if not args.nll:
+        raise ConfigError("udm eval: --nll (what to evaluate) must be given; got no flag. Pass --nll (the likelihood of "
+                          "held-out data).")
+    result = eval_run(args.run_dir, estimator=args.estimator, n=args.n, seed=args.seed, overrides=args.overrides,
+                      progress=progress)
+    print(result.summary(), f"(appended to {args.run_dir}/eval.jsonl)")
 
 
 def _plugins(as_json: bool = False) -> None:
@@ -186,6 +212,9 @@ def _dispatch(args: argparse.Namespace) -> None:
         return
     if args.command == "fit-variance":
         _fit_variance(args, progress)
+        return
+    if args.command == "eval":
+        _eval(args, progress)
         return
     if args.command == "sample":
         from .sampling import sample_run

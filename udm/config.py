@@ -10,7 +10,8 @@
     train:      {steps: 3000, batch_size: 512, lr: 2.0e-3, ema: 0.999}   # udm.Trainer's keywords
     sample:     {sampler: invert, steps: 50, n: 4096}     # or nfe: 10 (model calls) instead of steps; + the
                                                           # sampler's own options (eta, solver, ...)
-    eval:       {sliced_wasserstein: {projections: 256}}  # metric name -> its keywords
+    eval:       {sliced_wasserstein: {projections: 256}}  # metric name -> its keywords; nll: the likelihood
+                                                          # of held-out data (udm.likelihoods.NllOptions)
     run:        {out: runs/moons, seed: 0, checkpoint_every: 500, keep: 3}
 
 Every key is checked against the signature of what it configures; errors name the key path, the
@@ -197,12 +198,28 @@ def validate(cfg: dict[str, Any], registry: Registry, source: str = "<config>") 
     if cfg["run"].get("plots", True):
         require_matplotlib(f"{source}: run.plots")
     for metric, kwargs in cfg.setdefault("eval", {}).items():
+        if metric == "nll":  # the likelihood of held-out data (udm.likelihoods), not a sample metric
+            _check_nll(source, kwargs, registry)
+            continue
         _registered(source, f"eval.{metric}", "the key", registry, "metric", metric)
         if kwargs is not None and not isinstance(kwargs, dict):
             _fail(source, f"eval.{metric}", "the value", "a mapping of the metric's keywords (or null)", kwargs,
                   f"Write {metric}: {{}}.")
         _check_keys(source, f"eval.{metric}", kwargs or {}, plugin_schema(registry, "metric", metric))
     return _with_defaults(cfg, registry)
+
+
+def _check_nll(src: str, body: Any, registry: Registry) -> None:
+    """``eval.nll``: a mapping of :class:`udm.likelihoods.NllOptions` and the named estimator's options."""
+    from .likelihoods import nll_schema
+
+    if body is not None and not isinstance(body, dict):
+        _fail(src, "eval.nll", "the value", "a mapping of the likelihood's options (or null)", body,
+              "Write nll: {estimator: elbo_discrete}.")
+    body = body or {}
+    if body.get("estimator") is not None:
+        _registered(src, "eval.nll.estimator", "the name", registry, "estimator", body["estimator"])
+    _check_keys(src, "eval.nll", body, nll_schema(registry, body))
 
 
 def _nested_plugins(src: str, section: str, body: dict[str, Any], options: type, registry: Registry) -> None:

@@ -158,10 +158,15 @@ class Experiment:
         given = out or self.config["run"]["out"]
         return (Path(given), True) if given else (Path("runs") / Path(self.source).stem, False)
 
-    def resolved(self, data_shape: list[int], vocab_size: int | None, run_dir: Path | None = None) -> dict[str, Any]:
+    def resolved(self, data_shape: list[int], vocab_size: int | None, run_dir: Path | None = None,
+                 built: Any = None) -> dict[str, Any]:
         """The config as run: defaults, injected shapes, and the versions of everything it names; a data
-        file is written relative to ``run_dir`` (so that moving the project folder keeps the run valid)."""
+        file is written relative to ``run_dir`` (so that moving the project folder keeps the run valid);
+        with the ``built`` plugins, ``eval.nll``'s estimator and dequantisation as they will run."""
         cfg = {k: dict(v) for k, v in self.config.items() if k != "versions"}
+        if "nll" in cfg.get("eval", {}) and built is not None:
+            from .likelihoods import resolve_nll_config
+            cfg["eval"]["nll"] = resolve_nll_config(self, built.corruption, built.time_type, data_shape)
         quant = self.quantisation()
         if quant is not None:
             cfg["data"]["quantisation"] = quant.to_config()
@@ -342,7 +347,8 @@ def _train_and_sample(exp: Experiment, d: distributed.Dist, device: torch.device
     try:
         if d.is_main:
             _rundir.atomic_write(run_dir / "config.yaml",
-                                 yaml.safe_dump(exp.resolved(built.data_shape, built.vocab, run_dir), sort_keys=False))
+                                 yaml.safe_dump(exp.resolved(built.data_shape, built.vocab, run_dir, built),
+                                                sort_keys=False))
         losses, seconds = _train(exp, trainer, corruption, data, steps, batch_size, run, run_dir, log, d, device,
                                  progress, extra)
         result = RunResult(run_dir, trainer.step, losses, seconds=seconds)
@@ -355,6 +361,11 @@ def _train_and_sample(exp: Experiment, d: distributed.Dist, device: torch.device
                 result.samples, result.metrics = sample_and_evaluate(exp, net, corruption, time_type, data, run_dir,
                                                                      log=log, progress=progress, step=trainer.step,
                                                                      fit_missing=True)
+                if "nll" in exp.config["eval"]:
+                    from .likelihoods import evaluate_nll
+                    nll = evaluate_nll(exp, net, corruption, time_type, run_dir, step=trainer.step, log=log,
+                                       progress=progress)
+                    result.metrics["nll"] = nll.bits_per_dim if nll.bits_per_dim is not None else nll.nats_per_dim
     except OSError as exc:
         last = checkpoint.latest_checkpoint(ckpts)
         kept = f"the last checkpoint {str(last)!r} is intact" if last else "no checkpoint was written"

@@ -117,6 +117,12 @@ _KINDS = (
         "metric", "udm_register_metrics",
         "Register metrics: callables ``(samples, reference, *, generator=None, **kwargs) -> float``.",
         must_be_callable=True, factory=False, supplied=("samples", "reference", "generator")),
+    PluginKind(
+        "estimator", "udm_register_estimators",
+        "Register likelihood estimators: :class:`udm.EstimatorSpec` instances (an estimate function and what it "
+        "needs from a corruption), configured in ``eval: {nll: {estimator: ...}}``.",
+        required=("estimate", "supports"), factory=False, supplied=("ctx", "x0", "generator"),
+        options=lambda spec: spec.estimate),
 )
 
 _BY_NAME = {k.name: k for k in _KINDS}

@@ -112,10 +112,11 @@ def sample_and_evaluate(exp: Any, network: torch.nn.Module, corruption: Any, tim
                    family_options=cfg.get("family_options"), callback=recorder if strips else callback,
                    x_init=x_init, variance=variance, corrector=corrector, **options)
     reference = None
-    if exp.config["eval"] or two_d:
+    wanted = {k: v for k, v in exp.config["eval"].items() if k != "nll"}  # eval.nll: udm.likelihoods.evaluate_nll
+    if wanted or two_d:
         reference = _reference(exp, data, max(cfg["n"], 1)).to(device)
     metrics = {}
-    for name, kwargs in exp.config["eval"].items():
+    for name, kwargs in wanted.items():
         metrics[name] = float(exp.registry.get("metric", name)(x, reference, **(kwargs or {})))
     nfe = last[0].nfe if last else 0
     record = {"step": step, "sampler": cfg["sampler"], "sample_steps": steps, "nfe": nfe, "seed": seed,
@@ -156,9 +157,11 @@ class TrainedRun:
 
 
 def load_trained_run(run_dir: str | Path, where: str, *, sample: Callable[[dict], dict] | None = None,
-                     overrides: list[str] | tuple[str, ...] = (), registry: Any = None) -> TrainedRun:
-    """Read a trained run directory: its saved config (``sample`` section edited, then ``overrides``), the newest
-    intact checkpoint (a damaged newer one is skipped with a warning), the plugins built and the weights loaded."""
+                     edit: Callable[[dict], dict] | None = None, overrides: list[str] | tuple[str, ...] = (),
+                     registry: Any = None) -> TrainedRun:
+    """Read a trained run directory: its saved config (``sample`` section edited, the whole config by ``edit``,
+    then ``overrides``), the newest intact checkpoint (a damaged newer one is skipped with a warning), the plugins
+    built and the weights loaded. The time type must feed the network what it was trained on."""
     from .experiment import Experiment
 
     run_dir = Path(run_dir)
@@ -174,6 +177,8 @@ def load_trained_run(run_dir: str | Path, where: str, *, sample: Callable[[dict]
     cfg.pop("versions", None)
     if sample is not None:
         cfg["sample"] = sample(cfg["sample"])
+    if edit is not None:
+        cfg = edit(cfg)
     from .config import apply_overrides
     exp = Experiment.from_dict(apply_overrides(cfg, overrides), registry, str(saved))
     sampler_schema(exp.registry, exp.config["sample"]["sampler"])
@@ -181,7 +186,7 @@ def load_trained_run(run_dir: str | Path, where: str, *, sample: Callable[[dict]
     data_shape = list(ckpt.extra["data_shape"])
     model_cfg = exp.config["model"]
     corruption, time_type, network = exp.build(data_shape, model_cfg.get("vocab_size"), exp.config["run"]["seed"])
-    check_encoding(time_type, ckpt.extra.get("time_encoding"), "udm sample: time")
+    check_encoding(time_type, ckpt.extra.get("time_encoding"), f"{where}: time")
     from .variance_head import wrap_for_stage
     network = wrap_for_stage(exp.config["train"], network, data_shape)  # a variance-head run: the mean network + its head
     network.load_state_dict(ckpt.trainer["ema"] if ckpt.trainer["ema"] is not None else ckpt.trainer["network"])

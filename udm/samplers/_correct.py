@@ -129,7 +129,8 @@ def resolve_corrector(spec: Any, corruption: Any, registry: Any = None, *, where
         cname = getattr(corruption, "name", type(corruption).__name__)
         raise CapabilityError(
             f"{where}: corrector {corrector.name!r}: corruption {cname!r} must offer {', '.join(missing)}; it lacks "
-            f"{', '.join(missing)}. Correctors {cname!r} supports: {', '.join(supported_correctors(corruption, registry))}.")
+            f"{', '.join(missing)}. Correctors corruption {cname!r} supports: "
+            f"{', '.join(supported_correctors(corruption, registry))}.")
     return corrector
 
 
