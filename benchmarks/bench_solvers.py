@@ -275,11 +275,14 @@ def main() -> None:
                                f"{abs(u[2].std - 1):.3f}, best diffusers {min(dstd):.3f}) |")
             print(f"{mname} {sched_name} done ({time.perf_counter() - start:.0f} s)", flush=True)
             print("\n".join(summary[-len(args.budgets):]), flush=True)
-    failed = ["## diffusers runs that failed", "", *(failures or ["none"]), ""]
-    text = "\n".join(lines[:4] + summary + [""] + failed + lines[4:]) + "\n"
-    with open(args.out, "w") as fh:
-        fh.write(text)
+            _write(args.out, lines, summary, failures)  # after every cell: a long run that is stopped keeps its results
     print(f"wrote {args.out}")
+
+
+def _write(path: str, lines: list[str], summary: list[str], failures: list[str]) -> None:
+    failed = ["## diffusers runs that failed", "", *(failures or ["none"]), ""]
+    with open(path, "w") as fh:
+        fh.write("\n".join(lines[:4] + summary + [""] + failed + lines[4:]) + "\n")
 
 
 if __name__ == "__main__":
