@@ -16,6 +16,8 @@ member                 contract
 ``round(z)``           the data the latent z stands for (tokens: the nearest embedding); the last step
 ``latent_shape(shape)`` the latent's shape for a data batch of ``shape`` (batch first); a latent shape maps to
                        itself
+``expect(probs)``      optional: sum_v probs[..., v] E(v), the latent's mean under per-position token
+                       probabilities ``(batch, *data_shape, V)`` (needed by ``prediction: logits``)
 ``is_data(x)``         whether a batch is data (to be encoded) rather than a latent (default: integer
                        tensors are token data)
 =====================  ==========================================================================
