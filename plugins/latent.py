@@ -27,7 +27,14 @@ SNR |x0_hat - E(x_0)|^2, stays of order one, where a uniform t would weight the 
 noise at t_r cannot be told apart); the prior term keeps them from blowing up (it grows with |E(x_0)|^2 where
 SNR(1) > 0, e.g. the ``linear`` and ``vp`` schedules). ``loss: simple`` is Diffusion-LM's L_simple: the inner
 corruption's own loss (its prediction target and weighting, a mean over latent entries) plus the reconstruction
-and prior terms per position. :meth:`LatentCorruption.nelbo` estimates the bound itself for a trained denoiser,
+and prior terms per position.
+
+**The logits head** (``prediction: logits``; CDCD's score interpolation): the network outputs V logits per
+position and x0_hat_l = sum_v softmax(logits_l)_v e_v (the encoder's ``expect``), exact when the logits are the
+per-position posteriors p(x_{0,l} = v | z_t). ``loss: cross_entropy`` trains it with the tokens' cross-entropy
+(a mean over positions) at the time type's training times, plus the reconstruction and prior terms per
+position: unlike the bound, whose weight vanishes at high noise, it trains the times where the tokens are
+decided (benchmarks/results_latent_cpu.md); ``loss: elbo`` is the bound on the head's x0_hat. :meth:`LatentCorruption.nelbo` estimates the bound itself for a trained denoiser,
 by importance sampling in the log-SNR.
 
 ``mode: joint`` trains the encoder with the network (its parameters reach the optimiser through
@@ -85,10 +92,13 @@ class LatentCorruption(Composite):
         encoder: an encoder plugin (``embedding``), a mapping ``{name: ..., **options}`` or an instance.
         inner: the corruption of the latents (default ``gaussian``): linear-Gaussian, one amplitude pair per time.
         mode: ``joint`` (train the encoder with the network) | ``frozen`` (keep it fixed).
-        loss: ``elbo`` (the bound in nats per position) | ``simple`` (the inner loss + reconstruction + prior).
+        loss: ``elbo`` (the bound in nats per position) | ``simple`` (the inner loss + reconstruction + prior) |
+            ``cross_entropy`` (the tokens' cross-entropy of the logits head + reconstruction + prior).
         recon_time: t_r in (0, 1), where the decoder reads the latent (the inner corruption must be noisy there).
         rounding: ``end`` (x0_hat rounded to tokens by the last step only) | ``every_step`` (snapped to the
             nearest embedding at every step).
+        prediction: ``inner`` (the network predicts the inner corruption's target) | ``logits`` (V logits per
+            position; x0_hat is the softmax-weighted embedding).
     """
 
     name = "latent"
