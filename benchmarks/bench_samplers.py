@@ -9,6 +9,11 @@ is the sampler's overhead. Contenders:
     udm    udm.samplers.invert                 udm    udm.samplers.refresh(eta=1)  (the ``ddpm`` preset)
     diff   diffusers DDIMScheduler             diff   diffusers DDPMScheduler
 
+    DPM-Solver++(2M) (multistep)
+    hand   plain-torch DPM++(2M) loop
+    udm    udm.samplers.multistep  (the ``dpm++2m`` preset)
+    diff   diffusers DPMSolverMultistepScheduler
+
 Grid. udm's ``discrete`` time with T = 1000 walks n in {1000, 980, ..., 20} and returns x0_hat at
 the last step to n = 0; the model sees n. udm's index n is diffusers' index n - 1 (udm's alpha_bar_n
 = prod_{i<=n}(1 - beta_i), diffusers' alphas_cumprod[k] = prod_{i<=k}(1 - betas[i]), 0-based), so the
@@ -119,6 +124,31 @@ def hand_ddpm(model, x, grid: list[int], abar: list[float], gen) -> torch.Tensor
     return x
 
 
+def hand_dpm2m(model, x, grid: list[int], abar: list[float], gen) -> torch.Tensor:
+    """Plain-torch DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2): x_s = (s_s/s_t) x + a_s (1 - e^{-h}) D with
+    D = (1 + 1/(2r)) x0 - 1/(2r) x0_prev, r = h_prev / h, lambda = log(a/s); the last step returns x0."""
+    batch, prev, lam_prev = x.shape[0], None, None
+    for n, m in zip(grid[:-1], grid[1:]):
+        eps = model(x, torch.full((batch,), float(n), device=x.device))
+        a_t, s_t = math.sqrt(abar[n]), math.sqrt(1 - abar[n])
+        x0 = (x - s_t * eps) / a_t
+        if m == 0:
+            return x0
+        a_s, s_s = math.sqrt(abar[m]), math.sqrt(1 - abar[m])
+        lam_t = math.log(a_t / s_t)
+        h = math.log(a_s / s_s) - lam_t
+        d = x0 if prev is None else (1 + h / (2 * (lam_t - lam_prev))) * x0 - h / (2 * (lam_t - lam_prev)) * prev
+        x = (s_s / s_t) * x - a_s * math.expm1(-h) * d
+        prev, lam_prev = x0, lam_t
+    return x
+
+
+def udm_dpm2m(ctx):
+    def run(model, x, grid, abar, gen):
+        return samplers.multistep(ctx["denoiser"](model), ctx["corruption"], ctx["times"], x, generator=gen)
+    return run
+
+
 def udm_invert(ctx):
     def run(model, x, grid, abar, gen):
         return samplers.invert(ctx["denoiser"](model), ctx["corruption"], ctx["times"], x, generator=gen)
@@ -135,9 +165,10 @@ def diffusers_loop(scheduler_cls, **step_kw):
     """A diffusers scheduler's set_timesteps/step loop (the way its pipelines call it) on udm's grid."""
 
     def make(steps: int):
+        extra = {"DDIMScheduler": {"set_alpha_to_one": True, "clip_sample": False},
+                 "DDPMScheduler": {"clip_sample": False}}.get(scheduler_cls.__name__, {})
         sched = scheduler_cls(num_train_timesteps=T, beta_start=BETA_START, beta_end=BETA_END, beta_schedule="linear",
-                              clip_sample=False, prediction_type="epsilon", timestep_spacing="trailing",
-                              **({"set_alpha_to_one": True} if scheduler_cls.__name__ == "DDIMScheduler" else {}))
+                              prediction_type="epsilon", timestep_spacing="trailing", **extra)
 
         def run(model, x, grid, abar, gen):
             sched.set_timesteps(steps, device=x.device)
@@ -183,20 +214,24 @@ def bench_batch(batch: int, steps: int, repeats: int, device: torch.device, widt
     abar = alpha_bar_table()
     x1 = corruption.sample_prior((batch, 2), torch.Generator().manual_seed(1)).to(device)
 
-    from diffusers import DDIMScheduler, DDPMScheduler
+    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
     ddim_diff, s_ddim = diffusers_loop(DDIMScheduler, eta=0.0)(steps)
     ddpm_diff, s_ddpm = diffusers_loop(DDPMScheduler)(steps)
+    dpm_diff, s_dpm = diffusers_loop(DPMSolverMultistepScheduler)(steps)
     ctx = {"denoiser": lambda m: udm.Denoiser(m, corruption, tt), "corruption": corruption, "times": times}
     contenders: dict[str, Callable] = {
         "DDIM hand": hand_ddim, "DDIM udm invert": udm_invert(ctx), "DDIM diffusers": ddim_diff,
         "DDPM hand": hand_ddpm, "DDPM udm refresh(eta=1)": udm_refresh(ctx), "DDPM diffusers": ddpm_diff,
+        "DPM++2M hand": hand_dpm2m, "DPM++2M udm multistep": udm_dpm2m(ctx), "DPM++2M diffusers": dpm_diff,
     }
     # grids: each contender's model inputs, step by step
     s_ddim.set_timesteps(steps)
     assert [int(t) + 1 for t in s_ddim.timesteps] == grid[:-1], (s_ddim.timesteps, grid)
     s_ddpm.set_timesteps(steps)
     assert [int(t) + 1 for t in s_ddpm.timesteps] == grid[:-1], (s_ddpm.timesteps, grid)
+    s_dpm.set_timesteps(steps)
+    assert [int(t) + 1 for t in s_dpm.timesteps] == grid[:-1], (s_dpm.timesteps, grid)
 
     def gen():
         return torch.Generator(device=device).manual_seed(2)
@@ -241,6 +276,8 @@ def bench_batch(batch: int, steps: int, repeats: int, device: torch.device, widt
         "diffusers DDIM vs hand DDIM": rel("DDIM diffusers", "DDIM hand"),
         "udm refresh vs hand DDPM": rel("DDPM udm refresh(eta=1)", "DDPM hand"),
         "diffusers DDPM vs hand DDPM": rel("DDPM diffusers", "DDPM hand"),
+        "udm multistep vs hand DPM++2M": rel("DPM++2M udm multistep", "DPM++2M hand"),
+        "diffusers DPM++2M vs hand DPM++2M": rel("DPM++2M diffusers", "DPM++2M hand"),
     }
     return results, diffs
 
@@ -252,7 +289,7 @@ def table(batch: int, steps: int, repeats: int, results: dict) -> str:
              "| sampler | total ms | outside-model us/step | total / hand | outside / hand | aten ops/step outside |",
              "|---|---:|---:|---:|---:|---:|"]
     for name, (tot, out) in med.items():
-        hand = med["DDIM hand"] if name.startswith("DDIM") else med["DDPM hand"]
+        hand = med[name.split(" ")[0] + " hand"]
         lines.append(f"| {name} | {tot * 1e3:.2f} | {out / steps * 1e6:.1f} | {tot / hand[0]:.3f} | {out / hand[1]:.2f} "
                      f"| {results[name].ops / steps:.1f} |")
     return "\n".join(lines)

@@ -1,4 +1,8 @@
-"""The built-in time types: ``discrete`` (T steps, DDPM/DDIM) and ``continuous`` (t in [t_min, 1])."""
+"""The built-in time types: ``discrete`` (T steps, DDPM/DDIM) and ``continuous`` (t in [t_min, 1]).
+
+Both take their sampling grids' spacing from one table, :data:`udm.grids.SPACINGS` (``uniform``, ``quadratic``,
+``trailing``, ``logsnr``, ``karras``, and any spacing added there); docs/math.md, "Time grids".
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import torch
 
 import udm
 from udm.errors import ConfigError
+from udm.grids import SPACINGS, GridRequest, spacing_times
 
 
 def _strictly_decreasing_ints(pos: torch.Tensor, top: int) -> torch.Tensor:
@@ -29,17 +34,33 @@ def _refuse_optimal(name: str, spacing: str) -> None:
                           f"--dense M`.")
 
 
-class Discrete(udm.TimeType):
+class _SpacingNames:
+    """The spacing names a grid accepts, read from :data:`udm.grids.SPACINGS` when asked, on the class (the
+    configuration check reads the registered class) as on an instance."""
+
+    def __get__(self, obj: object, owner: type) -> tuple[str, ...]:
+        return (*SPACINGS, "optimal")
+
+
+class _Spaced:
+    """Time types whose grids take every entry of :data:`udm.grids.SPACINGS`, and ``optimal``, which udm.sample
+    chooses from a fitted variance table."""
+
+    spacings = _SpacingNames()
+
+
+class Discrete(_Spaced, udm.TimeType):
     """T discrete steps: t_n = n / T, n = 0..T (DDPM).
 
-    Training draws n ~ U{1..T}. ``grid(N)`` is a strided sub-grid of N + 1 points from n = T to 0
-    (DDIM's sub-sequence trick): ``uniform`` (n_i = round(T (N - i)/N)) or ``quadratic``
-    (n_i = round(T ((N - i)/N)^2), denser near the data); ``optimal`` is chosen from a fitted variance
-    table by udm.sample (Analytic-DPM's trajectory). The model sees the index n as a float.
+    Training draws n ~ U{1..T}. ``grid(N)`` is a sub-grid of N + 1 points ending at n = 0 (DDIM's sub-sequence
+    trick): the spacing's times rounded to distinct indices n_i = round(T t_i). ``uniform`` is the stride
+    n_i = round(T (N - i)/N) (= diffusers' ``trailing``; ``trailing`` gives the same grid), ``quadratic``
+    n_i = round(T ((N - i)/N)^2); ``logsnr`` and ``karras`` end at n = 1; ``optimal`` is chosen from a fitted
+    variance table by udm.sample (Analytic-DPM's trajectory). The model sees the index n as a float.
+    Index convention: udm's n is diffusers' timestep index + 1 (udm's alpha_bar_n multiplies n factors).
     """
 
     name = "discrete"
-    spacings = ("uniform", "quadratic", "optimal")
 
     def __init__(self, steps: int = 1000) -> None:
         self._check_steps(steps, "time discrete")
@@ -56,10 +77,13 @@ class Discrete(udm.TimeType):
         self._check_steps(steps, "time discrete: grid", most=self.steps)
         self._check_spacing(spacing)
         _refuse_optimal(self.name, spacing)
-        frac = torch.linspace(1, 0, steps + 1, dtype=torch.float64)
-        if spacing == "quadratic":
-            frac = frac**2
-        return self.to_time(_strictly_decreasing_ints(frac * self.steps, self.steps)).to(device)
+        t = spacing_times(spacing, GridRequest(steps, 0.0, 1.0 / self.steps, corruption))
+        top = int(torch.round(t[0] * self.steps))
+        if steps > top:
+            raise ConfigError(f"time discrete: grid: steps must be at most {top} with spacing {spacing!r} (the grid "
+                              f"starts at n = {top}); got {steps}. Use fewer steps or spacing 'uniform'.")
+        pos = torch.cat([t * self.steps, torch.zeros(1, dtype=torch.float64)])
+        return self.to_time(_strictly_decreasing_ints(pos, top)).to(device)
 
     def encode(self, t):
         return t * self.steps
@@ -73,18 +97,19 @@ class Discrete(udm.TimeType):
         return torch.as_tensor(n).to(torch.float64) / self.steps
 
 
-class Continuous(udm.TimeType):
+class Continuous(_Spaced, udm.TimeType):
     """Continuous time t in [t_min, 1].
 
     Training draws t = t_min + (1 - t_min) u with u ~ U(0, 1), or with ``sampling="stratified"`` the
     low-discrepancy draw u_i = (u_0 + i / B) mod 1 (Kingma et al. 2021), which lowers the loss
-    variance. ``grid(N)`` puts N points from 1 down to t_min, then 0: ``uniform``, ``quadratic``
-    (denser near the data) or ``logsnr`` (uniform in log(alpha^2/sigma^2); needs a corruption with
-    an affine ``schedule``). The model sees ``scale * t`` (default 1000, the discrete scale).
+    variance. ``grid(N)`` puts N model calls at the spacing's times, then 0 (docs/math.md, "Time grids"):
+    ``uniform`` t_i = t_min + (1 - t_min)(N - i)/N and ``quadratic`` (squared fractions) stride from t = 1 and
+    never spend a call at t_min; ``trailing`` is the stride (N - i)/N; ``logsnr`` and ``karras`` run from the
+    first noise level to t_min (they need a corruption with a ``noise_schedule``); ``optimal`` is chosen from a
+    fitted variance table by udm.sample. The model sees ``scale * t`` (default 1000, the discrete scale).
     """
 
     name = "continuous"
-    spacings = ("uniform", "quadratic", "logsnr", "optimal")
 
     def __init__(self, t_min: float = 1e-3, sampling: str = "uniform", scale: float = 1000.0) -> None:
         if not 0 <= t_min < 1:
@@ -108,39 +133,8 @@ class Continuous(udm.TimeType):
         self._check_steps(steps, "time continuous: grid")
         self._check_spacing(spacing)
         _refuse_optimal(self.name, spacing)
-        frac = torch.linspace(1, 0, steps, dtype=torch.float64) if steps > 1 else torch.ones(1, dtype=torch.float64)
-        t_min = max(self.t_min, 1e-6)
-        if spacing == "quadratic":
-            pts = t_min + (1 - t_min) * frac**2
-        elif spacing == "logsnr":
-            pts = self._logsnr_points(frac, t_min, corruption)
-        else:
-            pts = t_min + (1 - t_min) * frac
-        return torch.cat([pts, torch.zeros(1, dtype=torch.float64)]).to(device)
-
-    @staticmethod
-    def _logsnr_points(frac, t_min, corruption):
-        if not callable(getattr(corruption, "schedule", None)):
-            name = getattr(corruption, "name", corruption)
-            raise udm.CapabilityError(
-                f"time continuous: spacing 'logsnr' needs a corruption with an affine schedule; got {name!r}. "
-                f"Use spacing 'uniform' or 'quadratic'.")
-
-        def logsnr(t):
-            s = corruption.schedule(t)
-            return (2 * (s.alpha.log() - s.sigma.log())).clamp(-40, 40)
-
-        ends = logsnr(torch.tensor([1.0, t_min], dtype=torch.float64))
-        wanted = ends[0] + (ends[1] - ends[0]) * (1 - frac)
-        lo = torch.full_like(wanted, t_min)
-        hi = torch.ones_like(wanted)
-        for _ in range(60):  # bisection: log-SNR decreases in t
-            mid = (lo + hi) / 2
-            above = logsnr(mid) > wanted
-            lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
-        pts = (lo + hi) / 2
-        pts[0], pts[-1] = 1.0, t_min
-        return pts
+        t = spacing_times(spacing, GridRequest(steps, self.t_min, max(self.t_min, 1e-6), corruption))
+        return torch.cat([t, torch.zeros(1, dtype=torch.float64)]).to(device)
 
     def encode(self, t):
         return t * self.scale

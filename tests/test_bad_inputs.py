@@ -29,9 +29,9 @@ from udm.errors import UdmError, UdmWarning
 from _tiny import MASK, TINY
 
 BASE = TINY
-#: <where>: <what> must be <rule>; got <value>. <fix>.  Three messages written in udm/samplers and plugins/time.py say
-#: it their own way: "corruption 'x' must offer A; it lacks B", "give exactly one of eta or amount; got ...",
-#: "spacing 'logsnr' needs a corruption with an affine schedule; got ..."
+#: <where>: <what> must be <rule>; got <value>. <fix>.  Some messages say it their own way:
+#: "corruption 'x' must offer A; it lacks B", "give exactly one of eta or amount; got ...",
+#: "variance 'sn' needs a run trained with ...; got ..."
 TEMPLATE = re.compile(r": .*(must .*; (got|it lacks) |give exactly one of eta or amount; got |needs .*; got )")
 
 
@@ -200,12 +200,19 @@ sets("yaml-corrector-number", ["sample.corrector=3"], 2,
 sets("yaml-noise-unknown", ["sample.noise=per-sample"], 2,
      r"sample\.noise: the value must be one of 'shared', 'per_sample'; got 'per-sample'")
 sets("yaml-spacing-unknown", ["sample.spacing=cubic"], 2,
-     r"sample\.spacing: the value must be one of 'uniform', 'quadratic', 'optimal' \(the spacings time 'discrete' offers\); "
-     r"got 'cubic'")
-sets("yaml-spacing-logsnr-discrete", ["sample.spacing=logsnr"], 2, r"sample\.spacing: the value must be one of")
+     r"sample\.spacing: the value must be one of 'uniform', 'quadratic', 'trailing', 'logsnr', 'karras', "
+     r"'optimal' \(the spacings time 'discrete' offers\); got 'cubic'")
 sets("yaml-spacing-logsnr-needs-schedule", ["sample.spacing=logsnr"], 2,
-     r"sample\.steps: time continuous: spacing 'logsnr' needs a corruption with an affine schedule; got 'mask'",
+     r"sample\.steps: grid spacing 'logsnr': the corruption must have a noise schedule with a log-SNR and its "
+     r"inverse \(a noise_schedule, as gaussian has\); got 'mask'\. Use spacing 'uniform', 'quadratic' or 'trailing'",
      base=MASK.replace("{name: discrete, steps: 100}", "{name: continuous}"))
+sets("yaml-spacing-karras-needs-schedule", ["sample.spacing=karras"], 2,
+     r"sample\.steps: grid spacing 'karras': the corruption must have a noise schedule", base=MASK)
+sets("yaml-nfe-adaptive", ["sample.sampler=adaptive", "sample.nfe=20"], 2,
+     r"sampler 'adaptive': a budget of model calls \(nfe\) must be asked only of a sampler that steps on the grid; "
+     r"got 'adaptive', which chooses its own steps", base=BASE.replace("sampler: ddim, steps: 4,", "sampler: ddim,"))
+sets("yaml-multistep-order", ["sample.sampler=dpm++2m", "sample.order=4"], 2,
+     r"sample: sampler 'multistep': order must be 1, 2 or 3; got 4\. Use 1 \(DDIM\), 2 or 3")
 sets("yaml-sample-steps-zero", ["sample.steps=0"], 2, r"sample\.steps: the value must be an integer >= 1; got 0")
 sets("yaml-sample-steps-too-many", ["sample.steps=500"], 2,
      r"sample\.steps: time discrete: grid: steps must be an integer >= 1 and at most 100; got 500")
@@ -491,7 +498,14 @@ api("api-sample-option-type", lambda r: sample(r, sampler="refresh", eta="high")
 api("api-sample-option-of-other-sampler", lambda r: sample(r, solver="heun"), 2,
     r"sampler 'ddim': option\.solver: the key must be one of \(none\); got 'solver'")
 api("api-sample-spacing", lambda r: sample(r, spacing="cubic"), 2,
-    r"udm\.sample: spacing must be one of 'uniform', 'quadratic', 'optimal' \(what Discrete offers\); got 'cubic'")
+    r"udm\.sample: spacing must be one of 'uniform', 'quadratic', 'trailing', 'logsnr', 'karras', "
+    r"'optimal' \(what Discrete offers\); got 'cubic'")
+api("api-sample-nfe-adaptive", lambda r: sample(r, sampler="adaptive", steps=None, nfe=20), 2,
+    r"sampler 'adaptive': a budget of model calls \(nfe\) must be asked only of a sampler that steps on the grid")
+api("api-sample-solver-needs-lg", lambda r: udm.sample(*_parts(r)[:1], r.create("corruption", "mask", vocab_size=4),
+                                                       _parts(r)[2], shape=(2, 2), sampler="dpm++2m", registry=r), 2,
+    r"sampler 'dpm\+\+2m': corruption 'mask' must offer linear_gaussian; it lacks linear_gaussian\. Samplers 'mask' "
+    r"supports: .*confidence")
 api("api-sample-sampler-unknown", lambda r: sample(r, sampler="dimm"), 2,
     r"sampler 'dimm': name must be a registered sampler; got 'dimm'.*Did you mean 'ddim'\?")
 api("api-sample-sampler-type", lambda r: sample(r, sampler=3), 2,

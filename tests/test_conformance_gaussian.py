@@ -30,10 +30,15 @@ def test_every_gaussian_sampler_keeps_the_marginals(reg, schedule, time_name):
     # fine_steps: the ODE samplers are only exact as steps shrink; 20 steps per chain put heun's (second-order)
     # error below what n = 2000 KS tests resolve, except for ve, whose sigma grows 2000-fold over the 3-step
     # chain 0.95 -> 0.05 (heun at 20 steps: KS D = 0.095 vs critical 0.085)
+    # adaptive: its tolerance plays the part of fine_steps (at the default 1e-3 the end of the chain 0.115 -> 0.012
+    # on the linear schedule is off by 0.02, which n = 2000 KS tests resolve; at 1e-5 by 4e-4)
     report = assert_conforms(corr, X0, time_type=time, registry=reg, n=2000, fine_steps=50 if schedule == "ve" else 20,
-                             samplers=names)
+                             samplers=names, sampler_options={"adaptive": {"rtol": 1e-5, "atol": 1e-5}})
     checked = {r.name for r in report.results}
-    assert {f"marginal[{s}]" for s in names} | {f"joint[{s}]" for s in names} <= checked
+    # the kit judges the joint law of single steps of the core rules; a multistep solver's single step is DDIM's
+    # (tests/test_multistep.py), the adaptive ODE's an integration to a tolerance
+    joint = [s for s in names if reg.get("sampler", s).rule not in (S.multistep, S.adaptive)]
+    assert {f"marginal[{s}]" for s in names} | {f"joint[{s}]" for s in joint} <= checked
     assert {"shapes", "determinism", "t0_identity", "noise_posterior_explains_x_t", "noise_posterior_law",
             "refresh_noise_preserves_q", "schedule_matches_forward", "prior"} <= checked
     assert {"invert", "refresh", "residual", "ode", "posterior", "renoise", "ddim", "ddpm", "heun"} <= set(supported)

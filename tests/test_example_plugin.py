@@ -44,11 +44,14 @@ def test_udm_plugins_lists_the_example_with_version_and_registrations(version):
     assert (entry["name"], entry["version"], entry["status"], entry["error"]) == ("pixelate", version, "loaded", None)
     assert entry["value"] == "udm_pixelate" and entry["registered"] == REGISTERED
     (corr,) = [c for c in report["corruptions"] if c["name"] == "pixelate"]
-    # samplers derived for free from the capabilities Pixelate gets as a linear-Gaussian corruption (Haar basis)
+    # samplers derived for free from the linear-Gaussian layer Pixelate subclasses (Haar basis, its amplitudes only):
+    # the posterior and DDPM per Haar coefficient, and the multistep solvers per coefficient
     assert corr["distribution"] == "udm-pixelate" and corr["loss"] == "squared error"
     assert corr["capabilities"] == ["fit", "linear_gaussian", "noise_posterior", "posterior", "refresh_noise",
                                     "vector_space"]
-    assert {"ddim", "ddpm", "posterior", "invert", "refresh", "cold", "heun", "naive"} <= set(corr["samplers"])
+    assert {"ddim", "invert", "refresh", "cold", "heun", "naive", "ddpm", "posterior", "dpm++2m", "unipc",
+            "adaptive"} <= set(corr["samplers"])
+    assert not {"confidence", "maskgit"} & set(corr["samplers"])
     text = _udm("plugins").stdout
     assert f"udm-pixelate {version} [pixelate] loaded\n    corruption: pixelate\n    dataset: bars\n" \
            f"    metric: pyramid_swd" in text

@@ -39,7 +39,9 @@ def test_fit_variance_then_sample_with_it(tmp_path, monkeypatch, capsys):
     # the closed forms need no table
     assert udm("sample", "r", "--variance", "large", "--steps", "7") == 0
     assert _records(tmp_path / "r")[-1] | {"eval": {}} == {"step": 6, "sampler": "ddim", "sample_steps": 7, "nfe": 7,
-                                                            "seed": 0, "eval": {}, "variance": "large"}
+                                                            "seed": 0, "eval": {}, "variance": "large",
+                                                            "grid": {"spacing": "uniform", "first_time": 1.0, "prior":
+                                                                     "the corruption's prior at t = 1 (sample_prior)"}}
 
 
 def test_udm_run_fits_a_missing_table_and_spacing_optimal_uses_a_dense_one(tmp_path, monkeypatch):

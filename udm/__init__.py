@@ -27,7 +27,7 @@ _EXPORTS = {
     "Denoiser": "denoiser", "Prediction": "denoiser",
     "SamplerSpec": "samplers", "SamplerStep": "samplers", "Corrector": "samplers", "PerSampleGenerator": "samplers",
     "Sequences": "sequences",
-    "samplers": "samplers", "nn": "nn", "bases": "bases", "accelerators": "accelerators",
+    "samplers": "samplers", "nn": "nn", "bases": "bases", "grids": "grids", "accelerators": "accelerators",
     "accelerate": "accelerators", "Quantisation": "quantisation",
     "Schedule": "schedule", "AffineSchedule": "schedule",
     "LinearGaussian": "linear_gaussian", "Marginal": "linear_gaussian", "Parameterization": "parameterization",
@@ -71,7 +71,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
-    from . import accelerators, bases, nn, samplers
+    from . import accelerators, bases, grids, nn, samplers
     from .accelerators import accelerate
     from .likelihoods import EstimatorSpec, LikelihoodResult, likelihood, supported_estimators
     from .linear_gaussian import LinearGaussian, Marginal

@@ -17,7 +17,8 @@ from .samplers import SamplerSpec, SamplerStep
 from .samplers._correct import resolve_corrector
 from .samplers._noise import per_sample_draws
 
-__all__ = ["sample", "supported_samplers", "resolve_sampler", "resolve_steps"]
+__all__ = ["sample", "supported_samplers", "resolve_sampler", "resolve_steps", "sampling_grid", "sample_start",
+           "describe_start"]
 
 
 def supported_samplers(corruption: Any, registry: Registry | None = None) -> list[str]:
@@ -59,6 +60,56 @@ def resolve_steps(spec: SamplerSpec, steps: int | None, nfe: int | None, options
     return 50 if steps is None else steps
 
 
+def sampling_grid(spec: SamplerSpec, time_type: Any, steps: int, spacing: str, corruption: Any, nfe: int | None,
+                  options: dict[str, Any], *, variance: Any = None, shape: tuple[int, ...] = (1,),
+                  corrector: Any = None, where: str = "udm.sample") -> torch.Tensor:
+    """The sampling grid of ``steps`` steps: the time type's, or for spacing ``optimal`` Analytic-DPM's trajectory
+    chosen from the fitted ``variance`` table (examples of ``shape[1:]``). When ``nfe`` set the steps, a grid
+    that cannot be built is reported as a budget error."""
+    try:
+        if spacing == "optimal":
+            from .variance_trajectory import optimal_grid
+            return optimal_grid(steps, variance, corruption, torch.zeros(1, *shape[1:], dtype=torch.float64))
+        return time_type.grid(steps, spacing=spacing, corruption=corruption)
+    except ConfigError as exc:
+        if nfe is None:
+            raise
+        per, last = spec.per_step(options)
+        raise ConfigError(f"{where}: nfe must give a grid the time type accepts; got nfe={nfe}, i.e. {steps} "
+                          f"steps of {spec.name!r} ({per} model call(s) a step, {last} on the last"
+                          f"{', and the corrector' if corrector is not None else ''}). Lower nfe. "
+                          f"({exc})") from None
+
+
+def sample_start(corruption: Any, t0: float, shape: Any, generator: torch.Generator | None, *,
+                 device: Any = None, dtype: torch.dtype | None = None) -> Any:
+    """x at the grid's first time t0: the corruption's prior at t0 = 1, else its ``noise_prior(t0)`` (a
+    linear-Gaussian corruption's x_t0 with a(t0) x_0 neglected; docs/math.md, "Time grids"). ``shape``: a tuple,
+    or a mapping of parts' shapes for data made of parts."""
+    if t0 == 1.0:
+        with per_sample_draws(generator):
+            return corruption.sample_prior(shape, generator, device=device, dtype=dtype)
+    noise_prior = getattr(corruption, "noise_prior", None)
+    if not callable(noise_prior):
+        cname = getattr(corruption, "name", type(corruption).__name__)
+        raise CapabilityError(f"udm.sample: the grid's first time must be 1 for corruption {cname!r}, which has a "
+                              f"prior only at t = 1; got t_0 = {t0:.6g}. Use a spacing that starts at t = 1 "
+                              f"(uniform, quadratic, trailing).")
+    with per_sample_draws(generator):
+        return noise_prior(t0, tuple(shape), generator, device=device, dtype=dtype)
+
+
+def describe_start(corruption: Any, times: Any, shape: tuple[int, ...]) -> dict[str, Any]:
+    """The grid's first time and the prior a sampling run starts from, for run records."""
+    t0 = float(times[0])
+    if t0 == 1.0:
+        return {"first_time": 1.0, "prior": "the corruption's prior at t = 1 (sample_prior)"}
+    m = corruption.marginal(torch.tensor([t0], dtype=torch.float64),
+                            torch.zeros((1, *shape[1:]), dtype=torch.float64), derivatives=False)
+    return {"first_time": t0, "prior": f"noise_prior: x_t0 = s(t0) eps with s(t0) = {float(m.s64.max()):.6g} "
+                                       f"(a(t0) = {float(m.a64.abs().max()):.3g} times x_0 neglected)"}
+
+
 def model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype | None]:
     """The device and floating dtype of a network's first parameter or buffer (CPU / None if it has none)."""
     for tensor in (*model.parameters(), *model.buffers()):
@@ -90,8 +141,9 @@ def sample(model: torch.nn.Module | Callable[..., Any], corruption: Any, time_ty
         dtype: the prior's (and so the run's) dtype; default: the network's parameter dtype, else float32.
         device: where to sample; default: the network's device, else the generator's, else the CPU.
         variance: q_theta's variance source (see :class:`Denoiser`); ``None``: the mean.
-        x_init: the starting batch x_1 (default: drawn from the corruption's prior with ``generator``,
-            which is what happens first, so passing that same draw changes nothing).
+        x_init: the starting batch x_{t_0} at the grid's first time (default: drawn with ``generator`` from the
+            corruption's prior at t_0 = 1, else its ``noise_prior(t_0)``; which is what happens first, so
+            passing that same draw changes nothing).
         corrector: a corrector run after every step but the last (a registered name such as ``refresh``,
             ``langevin``, ``ald``, ``remask``, a mapping ``{"name": ..., **options}`` or a :class:`udm.Corrector`).
         options: sampler options (``eta``, ``solver``, ...).
@@ -110,23 +162,10 @@ def sample(model: torch.nn.Module | Callable[..., Any], corruption: Any, time_ty
     elif device is None:
         device = generator.device if generator is not None else torch.device("cpu")
     steps = resolve_steps(spec, steps, nfe, options, corrector=corrector)
-    try:
-        if spacing == "optimal":  # Analytic-DPM's trajectory, chosen from the fitted variance table
-            from .variance_trajectory import optimal_grid
-            times = optimal_grid(steps, variance, corruption, torch.zeros(1, *shape[1:], dtype=torch.float64))
-        else:
-            times = time_type.grid(steps, spacing=spacing, corruption=corruption)
-    except ConfigError as exc:
-        if nfe is None:
-            raise
-        per, last = spec.per_step(options)
-        raise ConfigError(f"udm.sample: nfe must give a grid the time type accepts; got nfe={nfe}, i.e. {steps} "
-                          f"steps of {spec.name!r} ({per} model call(s) a step, {last} on the last"
-                          f"{', and the corrector' if corrector is not None else ''}). Lower nfe. "
-                          f"({exc})") from None
+    times = sampling_grid(spec, time_type, steps, spacing, corruption, nfe, options, variance=variance, shape=shape,
+                          corrector=corrector)
     if x_init is None:
-        with per_sample_draws(generator):
-            x_init = corruption.sample_prior(shape if is_parts(shape) else tuple(shape), generator, device=device,
-                                             dtype=dtype)
+        x_init = sample_start(corruption, float(times[0]), shape if is_parts(shape) else tuple(shape), generator,
+                              device=device, dtype=dtype)
     return spec(model, corruption, times, x_init, generator=generator, callback=callback, clamp=clamp,
                 corrector=corrector, **options)

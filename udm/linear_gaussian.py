@@ -321,9 +321,14 @@ class LinearGaussian(GaussianNoise, Corruption):
 
     def sample_prior(self, shape, generator, *, device=None, dtype=None) -> torch.Tensor:
         """x_1 = B^T (s(1) B eps), eps ~ N(0, I): the law of x_1 when a(1) x_0 is negligible."""
+        return self.noise_prior(1.0, shape, generator, device=device, dtype=dtype)
+
+    def noise_prior(self, t: float, shape, generator, *, device=None, dtype=None) -> torch.Tensor:
+        """x_t = B^T (s(t) B eps), eps ~ N(0, I): the law of x_t when a(t) x_0 is negligible (the prior of a
+        sampling grid that starts at t < 1, docs/math.md "Time grids")."""
         dtype = dtype or torch.float32
         eps = torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
-        m = self.marginal(torch.ones(1, dtype=torch.float64), eps[:1], derivatives=False)
+        m = self.marginal(torch.full((1,), float(t), dtype=torch.float64), eps[:1], derivatives=False)
         if m.scalar:
             return eps * m.s
         return self.from_basis(self.to_basis(eps) * m.s)

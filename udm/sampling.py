@@ -15,12 +15,13 @@ from ._progress import progress_bar
 from ._options import sampler_own_keys
 from ._schema import schema_of
 from .accelerators import accelerate
-from .api import model_device_dtype, resolve_sampler, resolve_steps, sample
+from .api import (describe_start, model_device_dtype, resolve_sampler, resolve_steps, sample, sample_start,
+                  sampling_grid)
 from .batch import example_shape, is_parts, shape_for
 from .config import load_config, sampler_schema
 from .errors import ConfigError
 from .time import check_encoding
-from .samplers import PerSampleGenerator, SamplerStep, per_sample_draws, resolve_corrector
+from .samplers import PerSampleGenerator, SamplerStep, resolve_corrector
 from .variance_store import variance_for_run
 
 __all__ = ["sample_and_evaluate", "sample_run", "load_trained_run", "TrainedRun", "SnapshotRecorder"]
@@ -95,9 +96,11 @@ def sample_and_evaluate(exp: Any, network: torch.nn.Module, corruption: Any, tim
                                          where="sample.variance", data=data if fit_missing else None, progress=progress)
     net = accelerate(network.eval(), precision=cfg.get("precision", "fp32"), compile=cfg.get("compile", False),
                      where="sample.precision")
-    with per_sample_draws(generator):  # what udm.sample would draw first
-        x_init = corruption.sample_prior(shape if is_parts(shape) else tuple(shape), generator, device=device)
+    grid = sampling_grid(spec, time_type, steps, cfg["spacing"], corruption, cfg.get("nfe"), options,
+                         variance=variance, shape=shape, corrector=corrector, where="sample")
     parts = is_parts(shape)  # data made of parts: saved part by part, no pictures
+    x_init = sample_start(corruption, float(grid[0]), shape if parts else tuple(shape), generator,
+                          device=device)  # udm.sample's first draw
     two_d = not parts and len(shape) == 2 and shape[1] == 2
     plots = run.get("plots", True) and not parts
     kind = getattr(corruption, "data_kind", "continuous")
@@ -127,6 +130,7 @@ def sample_and_evaluate(exp: Any, network: torch.nn.Module, corruption: Any, tim
     if corrector is not None:
         record["corrector"] = cfg["corrector"] if isinstance(cfg["corrector"], (str, dict)) else corrector.name
     stem = _artifacts.samples_stem(record)
+    record["grid"] = {"spacing": cfg["spacing"], **describe_start(corruption, grid, shape)}
     with_variance = f" + variance {cfg['variance']}" if cfg.get("variance") else ""
     caption = f"{cfg['sampler']}{with_variance}, {steps} steps ({nfe} model calls), seed {seed} (trained {step} steps)" + (
         "\n" + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()) if metrics else "")

@@ -12,8 +12,9 @@ training noise and eps_hat the noise posterior at the frozen mean:
 SN-DPM's head learns E[eps^2 | x_t] and subtracts eps_hat^2 afterwards; udm's learns the difference, which
 has the same minimiser but spares a head that is linear in the features from reproducing eps_hat^2, a
 quadratic function of them (docs/math.md, "A second head: SN and NPR"). Sigma is at most v s^2 / (a^2 v + s^2)
-(v: the data's variance per coefficient), and that bound where h comes out negative (a failed estimate, as
-Gamma_t > 1 for ``analytic``). A YAML run trains the head as a second stage::
+(v: the data's variance per coefficient) or the average of that bound over the coefficients, whichever is larger
+(:func:`head_bound`), and that bound where h comes out negative (a failed estimate, as Gamma_t > 1 for
+``analytic``). A YAML run trains the head as a second stage::
 
     train: {stage: variance_head, head: sn, init: runs/moons, steps: 500}   # init: the first stage's run
     sample: {sampler: ddpm, steps: 10, variance: sn}
@@ -32,8 +33,8 @@ from .errors import ConfigError
 from .losses import LossOutput, _take
 from .variance import mmse_bound, x0_scale
 
-__all__ = ["HeadKind", "VarianceHeadNetwork", "HeadVariance", "head_loss", "feature_layer", "wrap_for_stage",
-           "prepare_stage", "stage_loss", "pop_stage_options", "STAGE_KEYS"]
+__all__ = ["HeadKind", "VarianceHeadNetwork", "HeadVariance", "head_bound", "head_loss", "feature_layer",
+           "wrap_for_stage", "prepare_stage", "stage_loss", "pop_stage_options", "STAGE_KEYS"]
 
 HeadKind = Literal["sn", "npr"]
 HEADS = ("sn", "npr")
@@ -115,6 +116,21 @@ class VarianceHeadNetwork(nn.Module):
         return out, h.reshape(out.shape)
 
 
+def head_bound(bound: torch.Tensor, coefficient_dims: int) -> torch.Tensor:
+    """The upper clip of an x_t-dependent Sigma: each coefficient's linear-MMSE bound ``bound`` (its last
+    ``coefficient_dims`` dimensions index the coefficients), but never below their average over the coefficients
+    (the bound a one-per-time table is clipped to).
+
+    The per-coefficient bound v_k s^2 / (a^2 v_k + s^2) holds for the average over x_t of Var[x_0k | x_t], not for
+    its value at one x_t: a coefficient that rarely varies (v_k ~ 0, e.g. a corner pixel of the digits, always
+    blank in the training set) has a bound ~ 0, yet given an x_t showing ink there Var[x_0k | x_t] is large, and a
+    variance clipped to ~ 0 there makes the step's KL grow as (x_0k - mean_k)^2 / std^2 (docs/math.md, "A second
+    head: SN and NPR"). Coefficients whose own bound is larger (e.g. blur's low frequencies) keep theirs."""
+    if coefficient_dims == 0:
+        return bound
+    return bound.maximum(bound.mean(dim=tuple(range(-coefficient_dims, 0)), keepdim=True))
+
+
 class HeadVariance:
     """q_theta's variance from the head's output (for :class:`udm.Denoiser`; ``uses_head``)."""
 
@@ -135,7 +151,8 @@ class HeadVariance:
         m = marginal if marginal is not None else c.marginal(t, x_t, derivatives=False)
         h = head.to(torch.float64)
         scale = x0_scale(m).to(h.device)
-        bound = mmse_bound(m, self.data_variance.to(device=h.device, dtype=torch.float64)).to(h.device)
+        v = torch.as_tensor(self.data_variance).to(device=h.device, dtype=torch.float64)
+        bound = head_bound(mmse_bound(m, v).to(h.device), v.ndim)
         sigma = torch.where(torch.isinf(scale), bound, torch.where(m.s64.to(h.device) > 0, scale, 0.0) * h)
         # a negative variance (h < 0) is a failed estimate, as Gamma_t > 1 for analytic:
         # nothing is known there, so the bound (docs/math.md, "Failed estimates")

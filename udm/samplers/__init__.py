@@ -3,10 +3,16 @@
 from ._correct import Corrector, current_corrector, resolve_corrector, sampling_context, supported_correctors
 from ._loop import Point, SamplerStep, Sampling, StepContext, require, sample_loop
 from ._noise import PerSampleGenerator, per_sample_draws, sample_seed
-from ._requires import Requirements, calls_per_step, calls_per_step_of, requirements_of, requires
-from ._rules import CALLS_PER_STEP, RULES, SOLVERS, invert, ode, posterior, refresh, renoise, residual
+from ._requires import Requirements, calls_per_step, calls_per_step_of, chooses_own_steps, requirements_of, requires
+from ._adaptive import TABLEAUX, adaptive
+from ._multistep import METHODS, multistep
+from ._rules import CALLS_PER_STEP, SOLVERS, invert, ode, posterior, refresh, renoise, residual
+from ._rules import RULES as _FIRST_ORDER
 from ._sde import edm, reverse_diffusion, scale_coefficients, sde
 from ._spec import SamplerSpec
+
+#: rule name -> function (each declares its requirements with ``@requires``)
+RULES = {**_FIRST_ORDER, "multistep": multistep, "adaptive": adaptive}
 
 __all__ = [
     "SamplerSpec",
@@ -21,12 +27,17 @@ __all__ = [
     "requirements_of",
     "calls_per_step",
     "calls_per_step_of",
+    "chooses_own_steps",
     "renoise",
     "invert",
     "refresh",
     "residual",
     "ode",
     "posterior",
+    "multistep",
+    "METHODS",
+    "adaptive",
+    "TABLEAUX",
     "sde",
     "edm",
     "reverse_diffusion",

@@ -9,9 +9,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import CapabilityError
+from ..errors import CapabilityError, ConfigError
 
-__all__ = ["Requirements", "requires", "requirements_of", "calls_per_step", "calls_per_step_of"]
+__all__ = ["Requirements", "requires", "requirements_of", "calls_per_step", "calls_per_step_of", "chooses_own_steps"]
 
 
 @dataclass(frozen=True)
@@ -69,13 +69,14 @@ def requirements_of(rule: Callable[..., Any]) -> Requirements:
     return getattr(rule, "requirements", Requirements())
 
 
-def calls_per_step(count: int | Callable[[Mapping[str, Any]], int], *,
+def calls_per_step(count: int | Callable[[Mapping[str, Any]], int] | None, *,
                    last: int = 1) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator declaring how many model calls a rule makes on each step but the last (``count``: a number,
     or a function of the call's options: the rule's defaults, then the preset's, then the caller's) and on
     the last step to t = 0 (``last``; rules that return x0_hat there make one), e.g.
     ``@calls_per_step(lambda options: {"euler": 1, "heun": 2}[options["solver"]])``. Undeclared rules make
-    one call a step. :meth:`~udm.SamplerSpec.calls` turns it into a budget."""
+    one call a step. :meth:`~udm.SamplerSpec.calls` turns it into a budget. ``None``: the rule chooses its
+    steps itself (error control), so no grid fixes its calls and it takes no budget ``nfe``."""
 
     def deco(rule: Callable[..., Any]) -> Callable[..., Any]:
         rule.calls_per_step = count  # type: ignore[attr-defined]
@@ -89,8 +90,17 @@ def calls_per_step_of(rule: Callable[..., Any], options: Mapping[str, Any]) -> t
     """(calls on each step but the last, calls on the last) that ``rule`` declared, for ``options`` (merged over
     the rule's defaults)."""
     count, last = getattr(rule, "calls_per_step", 1), getattr(rule, "calls_on_last_step", 1)
+    if count is None:
+        raise ConfigError(f"sampler rule {rule.__name__!r}: a budget of model calls (nfe) must be asked only of a "
+                          f"rule whose steps are the grid's; got a rule that chooses its own steps (error control). "
+                          f"Give steps, and bound its calls with its own options (e.g. rtol, atol, max_calls).")
     if not callable(count):
         return int(count), last
     params = inspect.signature(rule).parameters.values()
     defaults = {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY and p.default is not p.empty}
     return int(count({**defaults, **options})), last
+
+
+def chooses_own_steps(rule: Callable[..., Any]) -> bool:
+    """Whether ``rule`` declared ``@calls_per_step(None)``: it picks its steps itself, so no grid fixes its calls."""
+    return hasattr(rule, "calls_per_step") and rule.calls_per_step is None  # type: ignore[attr-defined]

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..corruption import capabilities, describe_missing
 from ..errors import CapabilityError, ConfigError
-from ._requires import calls_per_step_of, requirements_of
+from ._requires import calls_per_step_of, chooses_own_steps, requirements_of
 
 __all__ = ["SamplerSpec"]
 
@@ -55,6 +55,10 @@ class SamplerSpec:
 
     def per_step(self, options: Mapping[str, Any] | None = None) -> tuple[int, int]:
         """(model calls on each step but the last, on the last step) for a call with ``options``."""
+        if chooses_own_steps(self.rule):
+            raise ConfigError(f"sampler {self.name!r}: a budget of model calls (nfe) must be asked only of a sampler "
+                              f"that steps on the grid; got {self.name!r}, which chooses its own steps (error "
+                              f"control). Give steps, and bound its calls with its options (rtol, atol, max_calls).")
         return calls_per_step_of(self.rule, {**self.options, **(options or {})})
 
     def steps_for(self, nfe: int, options: Mapping[str, Any] | None = None, corrector: Any = None) -> int:
