@@ -76,8 +76,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", choices=["mask", "joint", "frozen"], nargs="+", default=["mask", "joint", "frozen"])
-    ap.add_argument("--loss", choices=["elbo", "simple"], default="elbo", help="the latent corruption's loss")
-    ap.add_argument("--prediction", choices=["x0", "eps", "v"], default="v", help="the inner corruption's target")
+    ap.add_argument("--loss", choices=["elbo", "simple", "cross_entropy"], default="elbo",
+                    help="the latent corruption's loss")
+    ap.add_argument("--prediction", choices=["x0", "eps", "v", "logits"], default="v",
+                    help="the inner corruption's target, or logits: the latent corruption's logits head")
+    ap.add_argument("--normalize", action="store_true", help="fixed-norm embeddings (CDCD)")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -114,11 +117,14 @@ def main() -> None:
     for mode in ("joint", "frozen"):
         if mode not in args.only:
             continue
-        latent = reg.create("corruption", "latent", mode=mode, loss=args.loss, encoder={"name": "embedding", "vocab_size": V,
-                                                                        "dim": args.dim, "seed": args.seed},
-                            inner={"name": "gaussian", "schedule": "linear", "prediction": args.prediction})
+        logits = args.prediction == "logits"
+        latent = reg.create("corruption", "latent", mode=mode, loss=args.loss, prediction="logits" if logits else "inner",
+                            encoder={"name": "embedding", "vocab_size": V, "dim": args.dim, "seed": args.seed,
+                                     "normalize": args.normalize},
+                            inner={"name": "gaussian", "schedule": "linear",
+                                   **({} if logits else {"prediction": args.prediction})})
         time_type = reg.create("time", "continuous", t_min=latent.recon_time)
-        net = transformer(input_dim=args.dim)
+        net = transformer(input_dim=args.dim, logits=logits)
         trainer, curve, seconds = train(net, latent, time_type, data, args, record=lambda: embedding_stats(latent))
         den = udm.Denoiser(trainer.ema.eval(), latent, time_type)
         bound = latent.nelbo(den, held_out, torch.Generator().manual_seed(3), times=16)

@@ -111,6 +111,15 @@ class EmbeddingEncoder(udm.Encoder):
         std = torch.as_tensor(std, dtype=z.dtype, device=z.device)
         return -self._sq_dist(z) / (2 * std * std)
 
+    def expect(self, probs: torch.Tensor) -> torch.Tensor:
+        """sum_v probs[..., v] e_v: ``(batch, length, V)`` probabilities -> ``(batch, length, dim)`` latents (CDCD's
+        score interpolation: the mean embedding under the network's token probabilities)."""
+        if probs.shape[-1] != self.vocab_size:
+            raise ConfigError(f"encoder embedding: the network's logits must have vocab_size = {self.vocab_size} "
+                              f"entries per position; got shape {tuple(probs.shape)}. Build the network with V "
+                              f"outputs per position (transformer: logits: true).")
+        return probs @ self.table().to(probs.dtype)
+
     def round(self, z: torch.Tensor) -> torch.Tensor:
         """The nearest token at every position: ``(batch, length, dim)`` -> ``LongTensor (batch, length)``."""
         return self._sq_dist(z.detach()).argmin(-1)

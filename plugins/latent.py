@@ -27,7 +27,14 @@ SNR |x0_hat - E(x_0)|^2, stays of order one, where a uniform t would weight the 
 noise at t_r cannot be told apart); the prior term keeps them from blowing up (it grows with |E(x_0)|^2 where
 SNR(1) > 0, e.g. the ``linear`` and ``vp`` schedules). ``loss: simple`` is Diffusion-LM's L_simple: the inner
 corruption's own loss (its prediction target and weighting, a mean over latent entries) plus the reconstruction
-and prior terms per position. :meth:`LatentCorruption.nelbo` estimates the bound itself for a trained denoiser,
+and prior terms per position.
+
+**The logits head** (``prediction: logits``; CDCD's score interpolation): the network outputs V logits per
+position and x0_hat_l = sum_v softmax(logits_l)_v e_v (the encoder's ``expect``), exact when the logits are the
+per-position posteriors p(x_{0,l} = v | z_t). ``loss: cross_entropy`` trains it with the tokens' cross-entropy
+(a mean over positions) at the time type's training times, plus the reconstruction and prior terms per
+position: unlike the bound, whose weight vanishes at high noise, it trains the times where the tokens are
+decided (benchmarks/results_latent_cpu.md); ``loss: elbo`` is the bound on the head's x0_hat. :meth:`LatentCorruption.nelbo` estimates the bound itself for a trained denoiser,
 by importance sampling in the log-SNR.
 
 ``mode: joint`` trains the encoder with the network (its parameters reach the optimiser through
@@ -59,6 +66,10 @@ _PASSED = ("noise_posterior", "refresh_noise", "posterior", "schedule", "linear_
 _ALSO = ("parameterization", "schedule")
 #: points of the log-SNR table the diffusion term's times are drawn from, and its floor where SNR(1) = 0
 TABLE_POINTS, LAMBDA_MIN = 4097, -30.0
+#: (loss, prediction) pairs that do not fit together, and the fix
+_INCOMPATIBLE = {("cross_entropy", "inner"): "prediction: logits (the cross-entropy is on the network's logits)",
+                 ("simple", "logits"): "loss: cross_entropy or elbo (simple is the inner corruption's own loss on "
+                                       "its own output)"}
 
 
 @dataclass
@@ -81,10 +92,13 @@ class LatentCorruption(Composite):
         encoder: an encoder plugin (``embedding``), a mapping ``{name: ..., **options}`` or an instance.
         inner: the corruption of the latents (default ``gaussian``): linear-Gaussian, one amplitude pair per time.
         mode: ``joint`` (train the encoder with the network) | ``frozen`` (keep it fixed).
-        loss: ``elbo`` (the bound in nats per position) | ``simple`` (the inner loss + reconstruction + prior).
+        loss: ``elbo`` (the bound in nats per position) | ``simple`` (the inner loss + reconstruction + prior) |
+            ``cross_entropy`` (the tokens' cross-entropy of the logits head + reconstruction + prior).
         recon_time: t_r in (0, 1), where the decoder reads the latent (the inner corruption must be noisy there).
         rounding: ``end`` (x0_hat rounded to tokens by the last step only) | ``every_step`` (snapped to the
             nearest embedding at every step).
+        prediction: ``inner`` (the network predicts the inner corruption's target) | ``logits`` (V logits per
+            position; x0_hat is the softmax-weighted embedding).
     """
 
     name = "latent"
@@ -95,14 +109,22 @@ class LatentCorruption(Composite):
     family = "gaussian"
 
     def __init__(self, encoder: udm.PluginSpec["encoder"], inner: udm.PluginSpec["corruption"] = "gaussian",
-                 mode: Literal["joint", "frozen"] = "joint", loss: Literal["elbo", "simple"] = "elbo",
+                 mode: Literal["joint", "frozen"] = "joint",
+                 loss: Literal["elbo", "simple", "cross_entropy"] = "elbo",
                  recon_time: Annotated[float, udm.Interval(gt=0, lt=1)] = 1e-3,
-                 rounding: Literal["end", "every_step"] = "end") -> None:
+                 rounding: Literal["end", "every_step"] = "end",
+                 prediction: Literal["inner", "logits"] = "inner") -> None:
         where = "corruption latent"
-        for key, value, allowed in (("mode", mode, ("joint", "frozen")), ("loss", loss, ("elbo", "simple")),
-                                    ("rounding", rounding, ("end", "every_step"))):
+        for key, value, allowed in (("mode", mode, ("joint", "frozen")),
+                                    ("loss", loss, ("elbo", "simple", "cross_entropy")),
+                                    ("rounding", rounding, ("end", "every_step")),
+                                    ("prediction", prediction, ("inner", "logits"))):
             if value not in allowed:
                 raise ConfigError(f"{where}: {key} must be one of {', '.join(allowed)}; got {value!r}.")
+        fix = _INCOMPATIBLE.get((loss, prediction))
+        if fix is not None:
+            raise ConfigError(f"{where}: loss and prediction must be compatible; got loss={loss!r} with "
+                              f"prediction={prediction!r}. Set {fix}.")
         if isinstance(recon_time, bool) or not isinstance(recon_time, (int, float)) or not 0 < recon_time < 1:
             raise ConfigError(f"{where}: recon_time must be in (0, 1); got {recon_time!r}. E.g. 1e-3.")
         self.encoder = udm.build_plugin("encoder", encoder, where=f"{where}: encoder")
@@ -113,6 +135,7 @@ class LatentCorruption(Composite):
                               f"{', which lacks ' + ', '.join(missing) if missing else ''}. E.g. encoder: embedding.")
         self.inner = udm.build_plugin("corruption", inner, where=f"{where}: inner")
         self.mode, self.loss, self.recon_time, self.rounding = mode, loss, float(recon_time), rounding
+        self.prediction = prediction
         self.data_kind = getattr(self.encoder, "data_kind", "tokens")
         self._check_inner(where)
         if mode == "frozen":
@@ -217,10 +240,19 @@ class LatentCorruption(Composite):
     def target(self, x0, eps, t) -> torch.Tensor:
         return self.inner.target(self.latent_of(x0), eps, t)
 
+    def latent_x0(self, output, x_t, t, marginal=None) -> torch.Tensor:
+        """x0_hat in the latent space ``(batch, *latent_shape)``, never rounded: the inner corruption's conversion
+        of the network output, or, with ``prediction: logits``, the mean embedding under the token probabilities,
+        sum_v softmax(output)_v E(v) (``output`` ``(batch, length, V)``; CDCD's score interpolation)."""
+        if self.prediction == "logits":
+            return self._enc(output).expect(torch.softmax(output.float(), -1)).to(x_t.dtype)
+        if marginal is None:
+            return self.inner.to_x0(output, x_t, t)
+        return self.inner.to_x0(output, x_t, t, marginal=marginal)
+
     def to_x0(self, output, x_t, t, marginal=None) -> torch.Tensor:
-        """x0_hat in the latent space (the inner corruption's conversion of the network output), snapped to the
-        nearest embedding when ``rounding`` is ``every_step``."""
-        z = self.inner.to_x0(output, x_t, t) if marginal is None else self.inner.to_x0(output, x_t, t, marginal=marginal)
+        """:meth:`latent_x0`, snapped to the nearest embedding when ``rounding`` is ``every_step``."""
+        z = self.latent_x0(output, x_t, t, marginal)
         if self.rounding == "every_step":
             enc = self._enc(z)
             z = enc.encode(enc.round(z)).to(z.dtype)
@@ -297,13 +329,18 @@ class LatentCorruption(Composite):
     def training_loss(self, output, x0, eps, x_t, t) -> torch.Tensor:
         """Per-sample loss ``(batch,)`` in nats per data position (module docstring): reconstruction + diffusion
         (at times drawn by :meth:`train_times`) + prior for ``elbo``; the inner loss + (reconstruction + prior)
-        per position for ``simple``."""
+        per position for ``simple``; the cross-entropy of the logits ``output`` against the tokens, a mean over
+        positions, + (reconstruction + prior) per position for ``cross_entropy``."""
         z0 = self.latent_of(x0)
-        positions = self._data(x0, z0)[0].numel()
+        data = self._data(x0, z0)
+        positions = data[0].numel()
         extra = self.reconstruction(x0, z0, eps) + self.prior_term(z0)
         if self.loss == "simple":
             return per_sample_loss(self.inner, output, z0, eps, x_t, t) + extra / positions
-        z0_hat = self.inner.to_x0(output, x_t, t)
+        if self.loss == "cross_entropy":
+            ce = F.cross_entropy(output.reshape(-1, output.shape[-1]).float(), data.reshape(-1), reduction="none")
+            return ce.view(data.shape[0], -1).mean(1).to(z0.dtype) + extra / positions
+        z0_hat = self.latent_x0(output, x_t, t)
         t = torch.as_tensor(t, dtype=torch.float64).expand(z0.shape[0])
         err = (z0_hat - z0).pow(2) * self.diffusion_weight(t, z0).to(z0.dtype)
         return (err.reshape(z0.shape[0], -1).sum(1) + extra) / positions

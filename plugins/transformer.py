@@ -61,13 +61,16 @@ class TokenTransformer(nn.Module):
         time_dim: sinusoidal time-embedding size; dropout: attention dropout.
         input_dim: continuous inputs and outputs ``(B, L, input_dim)`` instead of token ids and logits (default:
             ``data_shape[1]`` when ``data_shape`` is ``[length, dim]``).
+        logits: with continuous inputs, output V logits per position ``(B, L, vocab_size)`` instead of
+            ``input_dim`` values (a latent corruption with ``prediction: logits``).
     """
 
     name = "transformer"
 
     def __init__(self, vocab_size: int, max_length: int | None = None, width: int = 128, depth: int = 4, heads: int = 4,
                  mlp_ratio: int = 4, time_dim: int = 64, dropout: float = 0.0,
-                 data_shape: list[int] | tuple[int, ...] | None = None, input_dim: int | None = None) -> None:
+                 data_shape: list[int] | tuple[int, ...] | None = None, input_dim: int | None = None,
+                 logits: bool = False) -> None:
         super().__init__()
         if input_dim is None and data_shape is not None and len(data_shape) == 2:
             input_dim = int(data_shape[1])
@@ -93,12 +96,12 @@ class TokenTransformer(nn.Module):
         self.ada = nn.Linear(width, 2 * width)
         nn.init.zeros_(self.ada.weight)
         nn.init.zeros_(self.ada.bias)
-        self.head = nn.Linear(width, input_dim if input_dim is not None else vocab_size)
+        self.head = nn.Linear(width, input_dim if input_dim is not None and not logits else vocab_size)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, padding: torch.Tensor | None = None) -> torch.Tensor:
         """x ``(B, L)`` ids in [0, vocab_size] (or ``(B, L, input_dim)`` floats), t ``(B,)`` time encoding, padding
         ``(B, L)`` bool (True = pad, not attended to; optional) -> logits ``(B, L, vocab_size)`` (or
-        ``(B, L, input_dim)``)."""
+        ``(B, L, input_dim)`` with continuous inputs and ``logits`` off)."""
         rank = 2 if self.input_dim is None else 3
         if x.ndim != rank or x.shape[1] > self.max_length:
             dim = "" if rank == 2 else f", {self.input_dim}"

@@ -232,3 +232,95 @@ def test_a_variance_source_and_the_grid_tables_of_the_inner_corruption_apply(reg
     for a, b in zip(seen, plain):
         torch.testing.assert_close(a, b)
     assert len(seen) == 5 and torch.equal(got, latent.to_data(last))  # the mean of the last step, rounded
+
+
+# ------------------------------------------------------------------ the logits head (prediction: logits)
+def _oracle_logits(oracle: LatentOracle, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """log p(x0_l = v | z_t) ``(B, L, V)``: the exact per-position token posteriors of the chain (a finite sum)."""
+    m = oracle.latent.inner.marginal(t, z_t)
+    a, s = m.a64.reshape(-1, 1, 1, 1), m.s64.reshape(-1, 1, 1, 1)
+    d2 = (z_t.double()[:, None] - a * oracle.z[None]).pow(2).sum((2, 3))
+    w = (oracle.logp[None] - d2 / (2 * s.reshape(-1, 1) ** 2)).softmax(1)  # (B, S)
+    onehot = torch.nn.functional.one_hot(_states(CHAIN), CHAIN.vocab_size).double()  # (S, L, V)
+    return torch.einsum("bs,slv->blv", w, onehot).clamp_min(1e-300).log()
+
+
+def test_the_logits_head_gives_the_softmax_weighted_embedding_and_the_exact_denoiser_from_exact_logits():
+    """x0_hat = sum_v softmax(logits)_v e_v (checked entry by entry); with the exact per-position posteriors as
+    logits it is the exact E[E(x_0) | z_t] (the posterior mean of a per-token embedding only needs the per-position
+    marginals), so the logits head can represent the exact denoiser."""
+    latent = _latent(loss="cross_entropy", prediction="logits")
+    g = torch.Generator().manual_seed(13)
+    logits = torch.randn(5, 4, 3, generator=g) * 3
+    z_t, t = torch.randn(5, 4, 2, generator=g), torch.full((5,), 0.4, dtype=torch.float64)
+    p = logits.exp() / logits.exp().sum(-1, keepdim=True)
+    by_hand = sum(p[..., v, None] * TABLE[v] for v in range(3))
+    torch.testing.assert_close(latent.to_x0(logits, z_t, t), by_hand)
+    oracle = LatentOracle(CHAIN, latent)
+    x0 = CHAIN.sample(64, g)
+    t = torch.rand(64, generator=g, dtype=torch.float64) * 0.9 + 0.05
+    z_t = latent.forward(x0, latent.sample_noise(x0, g), t)
+    torch.testing.assert_close(latent.to_x0(_oracle_logits(oracle, z_t, t).float(), z_t, t), oracle(z_t, t))
+
+
+def test_the_cross_entropy_loss_is_the_mean_token_cross_entropy_plus_reconstruction_and_prior_per_position():
+    latent = _latent(schedule={"name": "vp", "beta_max": 4.0}, loss="cross_entropy", prediction="logits")
+    g = torch.Generator().manual_seed(14)
+    x0 = CHAIN.sample(8, g)
+    eps = latent.sample_noise(x0, g)
+    t = torch.rand(8, generator=g, dtype=torch.float64)
+    x_t = latent.forward(x0, eps, t)
+    logits = torch.randn(8, 4, 3, generator=g)
+    ce = torch.stack([sum(torch.logsumexp(logits[b, l], 0) - logits[b, l, x0[b, l]] for l in range(4)) / 4
+                      for b in range(8)])
+    z0 = latent.latent_of(x0)
+    prior = 0.5 * float(latent.inner.log_snr(latent.inner.marginal(1.0, z0)).exp()) * z0.pow(2).sum((1, 2))
+    assert float(prior.min()) > 0.1  # vp with beta_max 4: the prior term is part of what is checked
+    extra = (latent.reconstruction(x0, z0, eps) + prior) / 4
+    torch.testing.assert_close(latent.training_loss(logits, x0, eps, x_t, t), ce + extra, rtol=1e-5, atol=1e-6)
+
+
+def test_the_bound_with_the_logits_head_is_the_bound_of_its_x0_hat():
+    """loss: elbo with prediction: logits is the same bound, on x0_hat = the softmax-weighted embedding: with the
+    exact posteriors as logits its mean is the exact denoiser's bound (>= the entropy)."""
+    latent = _latent(prediction="logits")
+    oracle = LatentOracle(CHAIN, latent)
+    g = torch.Generator().manual_seed(15)
+    x0 = CHAIN.sample(3000, g)
+    t = udm.time.train_times(latent, udm.registry().create("time", "continuous"), len(x0), g)
+    eps = latent.sample_noise(x0, g)
+    x_t = latent.forward(x0, eps, t)
+    per = latent.training_loss(_oracle_logits(oracle, x_t, t).float(), x0, eps, x_t, t) * CHAIN.length
+    mean, se = float(per.mean()), float(per.std() / math.sqrt(len(per)))
+    ref = latent.nelbo(oracle, x0, torch.Generator().manual_seed(16), times=4).total
+    assert abs(mean - float(ref.mean())) < 4 * math.hypot(se, float(ref.std()) / math.sqrt(len(ref))), (mean, ref.mean())
+    assert mean >= _entropy(CHAIN) - 4 * se
+
+
+def test_a_transformer_with_a_logits_head_trains_the_latent_model_and_its_embeddings(reg):
+    latent = reg.create("corruption", "latent", encoder={"name": "embedding", "vocab_size": 3, "dim": 4},
+                        loss="cross_entropy", prediction="logits")
+    net = reg.create("model", "transformer", vocab_size=3, data_shape=latent.state_shape([4]), width=16, depth=1,
+                     heads=2, logits=True)
+    time = reg.create("time", "continuous", t_min=latent.recon_time)
+    before = latent.encoder.weight.detach().clone()
+    trainer = udm.Trainer(net, latent, time, lr=1e-2, ema=0)
+    out = trainer.fit(CHAIN.sample(256, torch.Generator().manual_seed(17)), steps=5, batch_size=32)
+    assert all(math.isfinite(v) for v in out.losses) and float((latent.encoder.weight.detach() - before).abs().max()) > 1e-4
+    x = udm.sample(net, latent, time, shape=(7, 4), sampler="ddim", steps=4, generator=torch.Generator().manual_seed(18))
+    assert x.dtype == torch.long and x.shape == (7, 4)
+
+
+def test_bad_logits_heads_are_clear_errors(reg):
+    enc = {"name": "embedding", "vocab_size": 3}
+    with pytest.raises(ConfigError, match=r"corruption latent: loss and prediction must be compatible; got "
+                                          r"loss='cross_entropy' with prediction='inner'. Set prediction: logits"):
+        reg.create("corruption", "latent", encoder=enc, loss="cross_entropy")
+    with pytest.raises(ConfigError, match=r"corruption latent: loss and prediction must be compatible; got "
+                                          r"loss='simple' with prediction='logits'. Set loss: cross_entropy or elbo"):
+        reg.create("corruption", "latent", encoder=enc, loss="simple", prediction="logits")
+    latent = reg.create("corruption", "latent", encoder=enc, loss="cross_entropy", prediction="logits")
+    z = torch.zeros(2, 4, 16)
+    with pytest.raises(ConfigError, match=r"encoder embedding: the network's logits must have vocab_size = 3 entries "
+                                          r"per position; got shape \(2, 4, 16\).*transformer: logits: true"):
+        latent.to_x0(z, z, torch.full((2,), 0.5))

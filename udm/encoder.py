@@ -16,6 +16,8 @@ member                 contract
 ``round(z)``           the data the latent z stands for (tokens: the nearest embedding); the last step
 ``latent_shape(shape)`` the latent's shape for a data batch of ``shape`` (batch first); a latent shape maps to
                        itself
+``expect(probs)``      optional: sum_v probs[..., v] E(v), the latent's mean under per-position token
+                       probabilities ``(batch, *data_shape, V)`` (needed by ``prediction: logits``)
 ``is_data(x)``         whether a batch is data (to be encoded) rather than a latent (default: integer
                        tensors are token data)
 =====================  ==========================================================================
@@ -28,6 +30,8 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
+
+from .errors import ConfigError
 
 __all__ = ["Encoder"]
 
@@ -54,6 +58,14 @@ class Encoder(nn.Module):
     @abstractmethod
     def latent_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         """The latent's shape for data of ``shape`` (batch first); a latent shape maps to itself."""
+
+    def expect(self, probs: torch.Tensor) -> torch.Tensor:
+        """sum_v probs[..., v] E(v): the latent's mean when each position holds token v with probability
+        ``probs`` ``(batch, *data_shape, V)`` (a latent corruption's ``prediction: logits``). Encoders of one
+        latent per token implement it; the others cannot take a logits head."""
+        raise ConfigError(f"encoder {self.name or type(self).__name__}: expect must be implemented for a latent "
+                          f"corruption with prediction: logits; got an encoder without it. Use prediction: inner, or "
+                          f"implement expect(probs).")
 
     def is_data(self, x: Any) -> bool:
         """Whether ``x`` is a data batch (to be encoded) rather than a latent: integer tensors are token data."""
