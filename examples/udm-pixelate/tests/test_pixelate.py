@@ -21,14 +21,22 @@ def fitted(levels=2):
 # posterior, and the marginal check for every sampler udm derives for Pixelate. With two levels the path
 # t -> F_t has a kink at t = 1/2, where ODE solvers are only first order, so they are checked on one level
 # (F_t linear in t: every solver is exact) and Euler through the kinks below.
-EXACT = ["cold", "ddim", "ddpm", "invert", "naive", "posterior", "refresh", "renoise", "residual"]
+# The multistep solvers extrapolate x0_hat in log-SNR per Haar coefficient: with the oracle's constant x0_hat every
+# step is exact, kinks or not. The reverse SDEs are weakly first order: 200 steps per chain on one level.
+EXACT = ["cold", "ddim", "ddpm", "invert", "naive", "posterior", "refresh", "renoise", "residual",
+         "deis", "dpm++2m", "dpm++2m_sde", "dpm++3m", "dpm++3m_sde", "multistep", "unipc"]
+ODE = ["euler", "heun", "rk4", "ode", "edm", "adaptive"]
+SDE = ["sde", "euler_maruyama", "reverse_diffusion"]
 test_conformance = conformance_tests(fitted, lambda: bars(n=1, seed=1), n=1500, samplers=EXACT)
 test_conformance_ode = conformance_tests(lambda: fitted(levels=1), lambda: bars(n=1, seed=1), n=1500,
-                                         samplers=["euler", "heun", "rk4", "ode"], fine_steps=10)
+                                         samplers=ODE, fine_steps=10,
+                                         sampler_options={"adaptive": {"rtol": 1e-5, "atol": 1e-5}})
+test_conformance_sde = conformance_tests(lambda: fitted(levels=1), lambda: bars(n=1, seed=1), n=1500,
+                                         samplers=SDE, fine_steps=200)
 
 
 def test_every_derived_sampler_is_checked(udm_registry):
-    assert sorted(EXACT + ["euler", "heun", "rk4", "ode"]) == udm.supported_samplers(fitted(), udm_registry)
+    assert sorted(EXACT + ODE + SDE) == udm.supported_samplers(fitted(), udm_registry)
 
 
 def test_euler_is_exact_through_the_kinks(udm_registry, oracle_denoiser):
