@@ -385,3 +385,13 @@ def test_yaml_checks_the_corrector_section(reg):
     with pytest.raises(udm.ConfigError, match=r"exp\.yaml: sample\.corrector: the value must be a registered "
                                               r"corrector name or a mapping"):
         check(3)
+
+
+def test_a_corrector_names_the_samples_file():
+    """Two evaluations that differ only in their corrector must not overwrite each other's samples."""
+    from udm._artifacts import samples_stem
+
+    base = {"sampler": "ddim", "sample_steps": 4, "seed": 0}
+    assert samples_stem(base) == "ddim-4steps-seed0"
+    assert samples_stem(base | {"corrector": {"name": "langevin", "snr": 0.1}}) == "ddim-4steps-seed0-langevin"
+    assert samples_stem(base | {"variance": "analytic", "corrector": "refresh"}) == "ddim-4steps-seed0-analytic-refresh"

@@ -295,6 +295,13 @@ def test_edm_churn_needs_one_noise_level_per_time(reg):
     with pytest.raises(udm.CapabilityError, match=r"sampler 'edm': churn > 0 needs one noise level sigma = s/a per "
                                                   r"time; got corruption 'blur'.*Use churn=0"):
         S.edm(lambda x_t, t, g=None: x_t, corr, grid, x, churn=5.0)
+    # the preset with churn is not offered for blur, and asking for it names the samplers that are
+    assert "edm_stochastic" not in udm.supported_samplers(corr, reg) and "edm" in udm.supported_samplers(corr, reg)
+    with pytest.raises(udm.CapabilityError, match=r"sampler 'edm_stochastic': corruption 'blur' must offer "
+                                                  r"linear_gaussian, schedule; it lacks schedule.*Samplers 'blur' "
+                                                  r"supports: .*\bedm\b"):
+        udm.sample(lambda x_t, t, g=None: x_t, corr, reg.create("time", "continuous"), shape=(2, 1, 8, 8),
+                   sampler="edm_stochastic", steps=3, registry=reg)
 
 
 @pytest.mark.parametrize("options, pattern", [

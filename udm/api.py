@@ -10,7 +10,7 @@ import torch
 from . import _validate
 from ._registry import Registry, registry as default_registry
 from .batch import is_parts
-from .corruption import describe_missing
+from .corruption import lacks
 from .denoiser import Denoiser
 from .errors import CapabilityError, ConfigError
 from .samplers import SamplerSpec, SamplerStep
@@ -42,8 +42,8 @@ def resolve_sampler(name: str | SamplerSpec, corruption: Any, registry: Registry
         cname = getattr(corruption, "name", type(corruption).__name__)
         ok = ", ".join(supported_samplers(corruption, reg)) if reg is not None else "(no registry given)"
         raise CapabilityError(
-            f"sampler {spec.name!r}: corruption {cname!r} must offer {', '.join(spec.required(options))}; it lacks "
-            f"{describe_missing(corruption, missing)}. Samplers {cname!r} supports: {ok}."
+            f"sampler {spec.name!r}: {lacks(corruption, spec.required(options), missing)}. Samplers {cname!r} "
+            f"supports: {ok}."
         )
     return spec
 

@@ -225,6 +225,12 @@ def capability_notes(corruption: Any) -> dict[str, str]:
     return {}
 
 
+def lacks(corruption: Any, needed: list[str] | tuple[str, ...], missing: list[str] | tuple[str, ...]) -> str:
+    """The middle of every capability error: ``"corruption 'x' must offer a, b; it lacks b (why)"``."""
+    name = getattr(corruption, "name", type(corruption).__name__)
+    return f"corruption {name!r} must offer {', '.join(needed)}; it lacks {describe_missing(corruption, missing)}"
+
+
 def describe_missing(corruption: Any, missing: list[str] | tuple[str, ...]) -> str:
     """``"a, b (why b is not offered)"``: the missing capabilities, each with the corruption's reason when it
     gives one (:func:`capability_notes`)."""

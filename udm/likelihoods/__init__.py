@@ -3,7 +3,7 @@
 :func:`likelihood` scores data under a model or a run directory with a registered estimator and returns a
 :class:`LikelihoodResult` (nats and bits per dimension, the standard error, the per-term breakdown, the
 settings). Estimators are plugins (:class:`EstimatorSpec`, the ``estimator`` kind); the linear-Gaussian ones
-live here and are registered by ``udm.plugins.likelihood``:
+live here and are registered by the built-in ``likelihood`` plugin module (an entry point like any other):
 
 * :func:`elbo_discrete`: the K-step ELBO with closed-form Gaussian KLs, for any q_theta variance;
 * :func:`elbo_continuous`: its continuous-time limit (VDM), weighted by -d SNR/dt;

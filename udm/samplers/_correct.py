@@ -126,11 +126,12 @@ def resolve_corrector(spec: Any, corruption: Any, registry: Any = None, *, where
                           f"<options>}} or a udm.Corrector; got {type(corrector).__name__}. E.g. corrector='refresh'.")
     missing = corrector.missing(corruption)
     if missing:
+        from ..corruption import lacks
+
         cname = getattr(corruption, "name", type(corruption).__name__)
         raise CapabilityError(
-            f"{where}: corrector {corrector.name!r}: corruption {cname!r} must offer {', '.join(missing)}; it lacks "
-            f"{', '.join(missing)}. Correctors corruption {cname!r} supports: "
-            f"{', '.join(supported_correctors(corruption, registry))}.")
+            f"{where}: corrector {corrector.name!r}: {lacks(corruption, missing, missing)}. Correctors corruption "
+            f"{cname!r} supports: {', '.join(supported_correctors(corruption, registry))}.")
     return corrector
 
 

@@ -79,15 +79,13 @@ class Point:
 
 def require(corruption: Any, rule: str, *caps: str) -> None:
     """Raise :class:`CapabilityError` when ``corruption`` lacks any of ``caps``."""
-    from ..corruption import capabilities, describe_missing
+    from ..corruption import capabilities, lacks
 
     have = capabilities(corruption)
     missing = [c for c in caps if c not in have]
     if missing:
-        name = getattr(corruption, "name", type(corruption).__name__)
         raise CapabilityError(
-            f"sampler rule {rule!r}: corruption {name!r} must offer {', '.join(caps)}; "
-            f"it lacks {describe_missing(corruption, missing)}. Choose a sampler the corruption supports "
+            f"sampler rule {rule!r}: {lacks(corruption, caps, missing)}. Choose a sampler the corruption supports "
             f"(`udm plugins` lists them per corruption) or implement the missing method."
         )
 
@@ -163,10 +161,10 @@ class Sampling:
     def _start_corrector(self) -> Any:
         missing = self.corrector.missing(self.corruption)
         if missing:
-            name = getattr(self.corruption, "name", type(self.corruption).__name__)
-            raise CapabilityError(f"corrector {self.corrector.name!r}: corruption {name!r} must offer "
-                                  f"{', '.join(missing)}; it lacks {', '.join(missing)}. Choose a corrector the "
-                                  f"corruption supports.")
+            from ..corruption import lacks
+
+            raise CapabilityError(f"corrector {self.corrector.name!r}: {lacks(self.corruption, missing, missing)}. "
+                                  f"Choose a corrector the corruption supports.")
         if not isinstance(self.like, torch.Tensor):
             raise CapabilityError(f"corrector {self.corrector.name!r}: the sampler's state must be a tensor (the "
                                   f"corrected state is written back into it); got {type(self.like).__name__}. Sample "

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import CapabilityError, ConfigError
+from ..errors import ConfigError
 
 __all__ = ["Requirements", "requires", "requirements_of", "calls_per_step", "calls_per_step_of", "chooses_own_steps"]
 
@@ -43,17 +43,10 @@ def requires(*always: str, **when: tuple[str, ...] | str) -> Callable[[Callable[
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
         def rule(denoiser, corruption, times, x_init, *, corrector=None, **options):
-            from ..corruption import capabilities, describe_missing
             from ._correct import resolve_corrector, sampling_context
+            from ._loop import require
 
-            needed = req.for_options(options)
-            missing = [c for c in needed if c not in capabilities(corruption)]
-            if missing:
-                name = getattr(corruption, "name", type(corruption).__name__)
-                raise CapabilityError(
-                    f"sampler rule {fn.__name__!r}: corruption {name!r} must offer {', '.join(needed)}; it lacks "
-                    f"{describe_missing(corruption, missing)}. Choose a sampler the corruption supports (`udm plugins` "
-                    f"lists them per corruption) or implement the missing method.")
+            require(corruption, fn.__name__, *req.for_options(options))
             fixer = resolve_corrector(corrector, corruption, where=f"sampler rule {fn.__name__!r}")
             with sampling_context(options.get("generator"), fixer):
                 return fn(denoiser, corruption, times, x_init, **options)

@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..corruption import capabilities, describe_missing
+from ..corruption import capabilities, lacks
 from ..errors import CapabilityError, ConfigError
 from ._requires import calls_per_step_of, chooses_own_steps, requirements_of
 
@@ -88,11 +88,7 @@ class SamplerSpec:
 
         missing = self.missing(corruption, options)
         if missing:
-            cname = getattr(corruption, "name", type(corruption).__name__)
-            raise CapabilityError(
-                f"sampler {self.name!r}: corruption {cname!r} must offer {', '.join(self.required(options))}; "
-                f"it lacks {describe_missing(corruption, missing)}."
-            )
+            raise CapabilityError(f"sampler {self.name!r}: {lacks(corruption, self.required(options), missing)}.")
         fixer = resolve_corrector(corrector, corruption, where=f"sampler {self.name!r}")
         with sampling_context(generator, fixer):
             return self.rule(denoiser, corruption, times, x_init, generator=generator, callback=callback,
