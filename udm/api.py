@@ -13,12 +13,13 @@ from .batch import is_parts
 from .corruption import lacks
 from .denoiser import Denoiser
 from .errors import CapabilityError, ConfigError
+from .time import check_grid
 from .samplers import SamplerSpec, SamplerStep
 from .samplers._correct import resolve_corrector
 from .samplers._noise import per_sample_draws
 
-__all__ = ["sample", "supported_samplers", "resolve_sampler", "resolve_steps", "sampling_grid", "sample_start",
-           "describe_start"]
+__all__ = ["sample", "supported_samplers", "resolve_sampler", "resolve_steps", "sampling_grid", "explicit_grid",
+           "sample_start", "describe_start"]
 
 
 def supported_samplers(corruption: Any, registry: Registry | None = None) -> list[str]:
@@ -81,6 +82,39 @@ def sampling_grid(spec: SamplerSpec, time_type: Any, steps: int, spacing: str, c
                           f"({exc})") from None
 
 
+def explicit_grid(times: Any, time_type: Any, *, steps: Any = None, nfe: Any = None, spacing: str = "uniform",
+                  where: str = "udm.sample") -> torch.Tensor:
+    """A grid given as ``times`` (a sequence, a tensor or a :class:`udm.TunedGrid`), checked: 1-D, strictly
+    decreasing, inside [0, 1], ending at 0, on the time type's lattice, and not given along with a grid request."""
+    if steps is not None or nfe is not None or spacing != "uniform":
+        raise ConfigError(f"{where}: times must come alone (it is the whole grid); got times with "
+                          f"{', '.join(k for k, v in (('steps', steps), ('nfe', nfe)) if v is not None) or ''}"
+                          f"{'' if spacing == 'uniform' else f' spacing={spacing!r}'}. Drop steps, nfe and spacing.")
+    grid = getattr(times, "times", times)
+    try:
+        grid = torch.as_tensor(grid, dtype=torch.float64).detach().cpu()
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ConfigError(f"{where}: times must be a sequence of numbers, a tensor or a udm.TunedGrid; got "
+                          f"{type(times).__name__} ({exc}).") from None
+    try:
+        grid = check_grid(grid)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {str(exc).removeprefix('sampler: ')} Give N + 1 decreasing times in [0, 1] "
+                          f"ending at 0.") from None
+    if float(grid[-1]) != 0.0:
+        raise ConfigError(f"{where}: times must end at 0 (where the last step returns x0_hat); got last time "
+                          f"{float(grid[-1]):.6g}. Append 0.")
+    to_index, to_time = getattr(time_type, "to_index", None), getattr(time_type, "to_time", None)
+    if callable(to_index) and callable(to_time):
+        off = (to_time(to_index(grid)) - grid).abs()
+        if float(off.max()) > 1e-9:
+            bad = float(grid[int(off.argmax())])
+            raise ConfigError(f"{where}: times must lie on the time type's lattice (what the network was trained "
+                              f"at); got t = {bad:.9g}, off it by {float(off.max()):.3g}. Snap the times with "
+                              f"time_type.to_time(time_type.to_index(times)).")
+    return grid
+
+
 def sample_start(corruption: Any, t0: float, shape: Any, generator: torch.Generator | None, *,
                  device: Any = None, dtype: torch.dtype | None = None) -> Any:
     """x at the grid's first time t0: the corruption's prior at t0 = 1, else its ``noise_prior(t0)`` (a
@@ -123,7 +157,7 @@ def sample(model: torch.nn.Module | Callable[..., Any], corruption: Any, time_ty
            callback: Callable[[SamplerStep], Any] | None = None, clamp: bool = False,
            family_options: dict[str, Any] | None = None, dtype: torch.dtype | None = None,
            device: torch.device | str | None = None, variance: Any = None, x_init: Any = None,
-           corrector: Any = None, **options: Any) -> Any:
+           corrector: Any = None, times: Any = None, **options: Any) -> Any:
     """Draw ``shape[0]`` samples: prior x_1, then ``steps`` reverse steps of ``sampler`` on the time grid.
 
     Args:
@@ -146,6 +180,9 @@ def sample(model: torch.nn.Module | Callable[..., Any], corruption: Any, time_ty
             passing that same draw changes nothing).
         corrector: a corrector run after every step but the last (a registered name such as ``refresh``,
             ``langevin``, ``ald``, ``remask``, a mapping ``{"name": ..., **options}`` or a :class:`udm.Corrector`).
+        times: an explicit grid instead of ``steps``/``nfe``/``spacing``: N + 1 decreasing times in [0, 1], the
+            last 0 (the N calls' times, then where x0_hat is returned), on the time type's lattice; or a
+            :class:`udm.TunedGrid` (:func:`udm.tune_grid`). The run starts at ``times[0]``.
         options: sampler options (``eta``, ``solver``, ...).
     Returns:
         x0 samples of ``shape``.
@@ -161,9 +198,12 @@ def sample(model: torch.nn.Module | Callable[..., Any], corruption: Any, time_ty
         model = Denoiser(model.eval(), corruption, time_type, variance=variance, **(family_options or {}))
     elif device is None:
         device = generator.device if generator is not None else torch.device("cpu")
-    steps = resolve_steps(spec, steps, nfe, options, corrector=corrector)
-    times = sampling_grid(spec, time_type, steps, spacing, corruption, nfe, options, variance=variance, shape=shape,
-                          corrector=corrector)
+    if times is not None:
+        times = explicit_grid(times, time_type, steps=steps, nfe=nfe, spacing=spacing)
+    else:
+        steps = resolve_steps(spec, steps, nfe, options, corrector=corrector)
+        times = sampling_grid(spec, time_type, steps, spacing, corruption, nfe, options, variance=variance,
+                              shape=shape, corrector=corrector)
     if x_init is None:
         x_init = sample_start(corruption, float(times[0]), shape if is_parts(shape) else tuple(shape), generator,
                               device=device, dtype=dtype)

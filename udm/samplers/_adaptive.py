@@ -62,8 +62,8 @@ def adaptive(denoiser, corruption, times, x_init, *, generator=None, callback=No
         rtol, atol: the tolerances of the error test (relative to |x|, and absolute).
         max_calls: stop with an error when the integration needs more model calls than this.
 
-    Only the grid's first time and its last time before 0 are used (``steps=2, spacing="logsnr"`` gives the
-    time type's smallest time); the callback receives every accepted step, with ``steps`` = the steps taken so far.
+    Only the grid's first time and its last time before 0 are used (to integrate down to the time type's
+    smallest time, give ``times=[1.0, t_min, 0.0]`` to ``udm.sample``); the callback receives every accepted step, with ``steps`` = the steps taken so far.
     """
     if method not in TABLEAUX:
         raise ConfigError(f"sampler 'adaptive': method must be one of {', '.join(TABLEAUX)}; got {method!r}."
@@ -79,7 +79,7 @@ def adaptive(denoiser, corruption, times, x_init, *, generator=None, callback=No
     t_end = run.values[-2] if ends_at_zero else run.values[-1]
     if ends_at_zero and run.steps < 2:
         raise ConfigError(f"sampler 'adaptive': the grid must have a time > 0 before t = 0 to integrate to; got "
-                          f"{run.values}. Use steps >= 2 (e.g. steps=2, spacing='logsnr').")
+                          f"{run.values}. Use steps >= 2, or times=[1.0, t_min, 0.0].")
     c, a, b, b_low, order_low = TABLEAUX[method]
     last: list[Any] = [None]
 
