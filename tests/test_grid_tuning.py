@@ -95,6 +95,16 @@ def test_discrete_time_tuned_grids_lie_on_the_lattice(reg):
     ({"sweeps": 0}, r"udm.tune_grid: sweeps must be an integer >= 1; got 0"),
     ({"objective": "max"}, r"udm.tune_grid: objective must be 'mean' or 'rms'; got 'max'"),
     ({"spacings": ("nope",)}, r"udm.tune_grid: spacings must offer at least one grid .* got \['nope'\]"),
+    ({"spacings": "uniform"}, r"udm.tune_grid: spacings must be a sequence of spacing names; got 'uniform'"),
+    ({"shape": 16}, r"udm.tune_grid: shape must be a tuple \(n, \*data_shape\) of integers >= 1; got 16"),
+    ({"shape": (0, 2)}, r"udm.tune_grid: shape must be a tuple .* got \(0, 2\)"),
+    ({"generator": 1}, r"udm.tune_grid: generator must be a torch.Generator or None; got int"),
+    ({"sampler": 3}, r"udm.tune_grid: sampler must be a registered sampler's name or a udm.SamplerSpec; got int"),
+    ({"sampler": "adaptive"}, r"udm.tune_grid: sampler must make one model call a step .* got 'adaptive'"),
+    ({"foo": 1}, r"udm.tune_grid: sampler 'dpm\+\+2m': option.foo: the key must be one of"),
+    ({"rtol": "x"}, r"udm.tune_grid: rtol must be a number > 0 .* got 'x'. E.g. rtol=1e-6"),
+    ({"max_calls": 1.5}, r"udm.tune_grid: max_calls must be an integer >= 1 .* got 1.5"),
+    ({"dtype": torch.int64}, r"udm.tune_grid: dtype must be a floating torch.dtype .* got torch.int64"),
 ])
 def test_tune_grid_bad_input(reg, kwargs, match):
     corr = reg.create("corruption", "gaussian", schedule="cosine")
@@ -102,6 +112,14 @@ def test_tune_grid_bad_input(reg, kwargs, match):
     args = {"steps": 3, "shape": (16, 2), "sampler": "dpm++2m", "registry": reg, **kwargs}
     with pytest.raises(udm.ConfigError, match=match):
         udm.tune_grid(MIX.denoiser(corr), corr, tt, **args)
+
+
+def test_tune_grid_checks_its_plugins_and_model(reg):
+    corr = reg.create("corruption", "gaussian", schedule="cosine")
+    with pytest.raises(udm.ConfigError, match=r"udm.tune_grid: time_type must be a udm time .* got str"):
+        udm.tune_grid(MIX.denoiser(corr), corr, "continuous", steps=3, shape=(4, 2), registry=reg)
+    with pytest.raises(udm.ConfigError, match=r"udm.tune_grid: model must be a torch.nn.Module or a denoiser"):
+        udm.tune_grid(None, corr, reg.create("time", "continuous"), steps=3, shape=(4, 2), registry=reg)
 
 
 def test_tune_grid_needs_the_linear_gaussian_layer(reg):

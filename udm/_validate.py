@@ -224,7 +224,7 @@ def check_sample_args(model: Any, corruption: Any, time_type: Any, *, shape: Any
         raise ConfigError(f"{where}: generator must have one stream per sample (shape[0] = {shape[0]}); got a "
                           f"udm.PerSampleGenerator for {len(streams)} samples. Build it with "
                           f"udm.PerSampleGenerator(seed, indices) for the {shape[0]} samples of this batch.")
-    spec = _spec_of(sampler, registry)
+    spec = _spec_of(sampler, registry, where)
     rule = schema_of(spec.rule, skip=KINDS["sampler"].supplied)
     check_keys(f"{where}: sampler {spec.name!r}: option", dict(options), rule, python=True)
     _check_family_options(where, corruption, family_options)
@@ -257,14 +257,14 @@ def _check_plugins(where: str, corruption: Any, time_type: Any) -> None:
                               f"registry.create({kind!r}, name, ...).")
 
 
-def _spec_of(sampler: Any, registry: Any) -> Any:
+def _spec_of(sampler: Any, registry: Any, where: str) -> Any:
     from ._registry import registry as default_registry
     from .samplers import SamplerSpec
 
     if isinstance(sampler, SamplerSpec):
         return sampler
     if not isinstance(sampler, str):
-        raise ConfigError(f"udm.sample: sampler must be a registered sampler's name or a udm.SamplerSpec; got "
+        raise ConfigError(f"{where}: sampler must be a registered sampler's name or a udm.SamplerSpec; got "
                           f"{type(sampler).__name__}. E.g. sampler='ddim'.")
     return (registry or default_registry()).get("sampler", sampler)
 

@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 import torch
 
+from . import _validate
 from ._registry import Registry, registry as default_registry
 from .api import resolve_sampler, sample_start
 from .denoiser import Denoiser
@@ -122,11 +123,31 @@ def tune_grid(model: Any, corruption: Any, time_type: Any, *, steps: int, shape:
     for name, v in (("sweeps", sweeps), ("points", points)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ConfigError(f"{where}: {name} must be an integer >= 1; got {v!r}.")
+    _validate.check_sample_args(model, corruption, time_type, shape=shape, sampler=sampler, steps=steps,
+                                spacing="uniform", generator=generator, family_options=None, options=options,
+                                registry=reg, where=where)
+    if isinstance(spacings, str) or not isinstance(spacings, Sequence) or not all(isinstance(n, str) for n in spacings):
+        raise ConfigError(f"{where}: spacings must be a sequence of spacing names; got {spacings!r}. E.g. "
+                          f"spacings=('uniform', 'karras').")
+    for name, v in (("rtol", rtol), ("atol", atol)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
+            raise ConfigError(f"{where}: {name} must be a number > 0 (the reference solve's tolerance); got {v!r}. E.g. {name}=1e-6 (the "
+                              f"default).")
+    if isinstance(max_calls, bool) or not isinstance(max_calls, int) or max_calls < 1:
+        raise ConfigError(f"{where}: max_calls must be an integer >= 1 (the reference solve's call limit); got "
+                          f"{max_calls!r}. E.g. max_calls=20000 (the default).")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ConfigError(f"{where}: dtype must be a floating torch.dtype (the pilot's); got {dtype!r}. Use "
+                          f"torch.float64 (or the network's dtype).")
     spec = resolve_sampler(sampler, corruption, reg, options)
-    per, last = spec.per_step(options)
+    try:
+        per, last = spec.per_step(options)
+    except ConfigError:  # a sampler that chooses its own steps has no grid to tune
+        per, last = 0, 0
     if (per, last) != (1, 1):
         raise ConfigError(f"{where}: sampler must make one model call a step (a fixed grid of N calls); got "
-                          f"{spec.name!r} with {per} a step. Use ddim, dpm++2m, dpm++3m, unipc or deis.")
+                          f"{spec.name!r} with {per or 'its own number of calls'} a step. Use ddim, dpm++2m, "
+                          f"dpm++3m, unipc or deis.")
     adaptive = resolve_sampler("adaptive", corruption, reg)
     if isinstance(model, torch.nn.Module):
         model = Denoiser(model.eval(), corruption, time_type)
