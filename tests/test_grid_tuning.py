@@ -150,3 +150,19 @@ def test_explicit_times_must_lie_on_a_discrete_lattice(reg):
     with pytest.raises(udm.ConfigError, match=r"udm.sample: times must lie on the time type's lattice .* got "
                                               r"t = 0.5005, off it by 0.0005"):
         udm.sample(MIX.denoiser(corr), corr, tt, shape=(4, 2), sampler="ddim", times=[1.0, 0.5005, 0.0])
+
+
+def test_a_float32_network_is_tuned_in_its_own_dtype(reg):
+    """A network gets a pilot of its parameter dtype (on its device), as udm.sample gives it; float64 is refused."""
+    corr = reg.create("corruption", "gaussian", schedule="cosine")
+    tt = reg.create("time", "continuous")
+    torch.manual_seed(0)
+    net = reg.create("model", "mlp", data_shape=(2,), width=8)
+    seen: list[torch.dtype] = []
+    net.register_forward_pre_hook(lambda m, args: seen.append(args[0].dtype))
+    tuned = udm.tune_grid(net, corr, tt, steps=2, shape=(8, 2), sweeps=1, points=1, rtol=1e-4, atol=1e-4,
+                          registry=reg)
+    assert set(seen) == {torch.float32} and tuned.error <= tuned.start_error
+    with pytest.raises(udm.ConfigError, match=r"udm.tune_grid: dtype must be the network's parameter dtype, "
+                                              r"torch.float32 .* got torch.float64. Leave dtype unset"):
+        udm.tune_grid(net, corr, tt, steps=2, shape=(8, 2), dtype=F64, registry=reg)
