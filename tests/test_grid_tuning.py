@@ -78,6 +78,20 @@ def test_sample_runs_an_explicit_grid_as_given(setup):
     assert torch.equal(listed, out)
 
 
+def test_a_tuned_grid_runs_only_with_the_sampler_it_was_tuned_for(setup):
+    """udm.sample's default sampler is 'invert', tune_grid's 'dpm++2m': the grid names its sampler and is refused
+    by any other (its plain times still run anywhere)."""
+    corr, tt, den, tuned = setup
+    with pytest.raises(udm.ConfigError, match=r"udm.sample: sampler must be the one times was tuned for, 'dpm\+\+2m' "
+                                              r"with options \{\}.* got 'invert' with options \{\}. Pass "
+                                              r"sampler=tuned.sampler"):
+        udm.sample(den, corr, tt, shape=(4, 2), times=tuned)
+    with pytest.raises(udm.ConfigError, match=r"got 'dpm\+\+2m' with options \{'lower_order_final': False\}"):
+        udm.sample(den, corr, tt, shape=(4, 2), sampler="dpm++2m", lower_order_final=False, times=tuned)
+    out = udm.sample(den, corr, tt, shape=(4, 2), times=tuned.times, dtype=F64)
+    assert out.shape == (4, 2) and bool(torch.isfinite(out).all())
+
+
 def test_discrete_time_tuned_grids_lie_on_the_lattice(reg):
     corr = reg.create("corruption", "gaussian", schedule="linear")
     tt = reg.create("time", "discrete", steps=1000)

@@ -83,13 +83,21 @@ def sampling_grid(spec: SamplerSpec, time_type: Any, steps: int, spacing: str, c
 
 
 def explicit_grid(times: Any, time_type: Any, *, steps: Any = None, nfe: Any = None, spacing: str = "uniform",
+                  sampler: str | None = None, options: dict[str, Any] | None = None,
                   where: str = "udm.sample") -> torch.Tensor:
     """A grid given as ``times`` (a sequence, a tensor or a :class:`udm.TunedGrid`), checked: 1-D, strictly
-    decreasing, inside [0, 1], ending at 0, on the time type's lattice, and not given along with a grid request."""
+    decreasing, inside [0, 1], ending at 0, on the time type's lattice, and not given along with a grid request;
+    a TunedGrid must run with the ``sampler`` and ``options`` it was tuned for."""
     if steps is not None or nfe is not None or spacing != "uniform":
         raise ConfigError(f"{where}: times must come alone (it is the whole grid); got times with "
                           f"{', '.join(k for k, v in (('steps', steps), ('nfe', nfe)) if v is not None) or ''}"
                           f"{'' if spacing == 'uniform' else f' spacing={spacing!r}'}. Drop steps, nfe and spacing.")
+    tuned = getattr(times, "sampler", None), getattr(times, "options", None)
+    if sampler is not None and tuned[0] is not None and tuned != (sampler, dict(options or {})):
+        raise ConfigError(f"{where}: sampler must be the one times was tuned for, {tuned[0]!r} with options "
+                          f"{tuned[1]!r} (a grid tuned for one solver's errors is no better for another's); got "
+                          f"{sampler!r} with options {dict(options or {})!r}. Pass sampler=tuned.sampler, "
+                          f"**tuned.options, or times=tuned.times to run its times with another sampler.")
     grid = getattr(times, "times", times)
     try:
         grid = torch.as_tensor(grid, dtype=torch.float64).detach().cpu()
@@ -182,7 +190,8 @@ def sample(model: torch.nn.Module | Callable[..., Any], corruption: Any, time_ty
             ``langevin``, ``ald``, ``remask``, a mapping ``{"name": ..., **options}`` or a :class:`udm.Corrector`).
         times: an explicit grid instead of ``steps``/``nfe``/``spacing``: N + 1 decreasing times in [0, 1], the
             last 0 (the N calls' times, then where x0_hat is returned), on the time type's lattice; or a
-            :class:`udm.TunedGrid` (:func:`udm.tune_grid`). The run starts at ``times[0]``.
+            :class:`udm.TunedGrid` (:func:`udm.tune_grid`; run it with the sampler and options it was tuned for,
+            ``sampler=tuned.sampler, **tuned.options``). The run starts at ``times[0]``.
         options: sampler options (``eta``, ``solver``, ...).
     Returns:
         x0 samples of ``shape``.
@@ -199,7 +208,8 @@ def sample(model: torch.nn.Module | Callable[..., Any], corruption: Any, time_ty
     elif device is None:
         device = generator.device if generator is not None else torch.device("cpu")
     if times is not None:
-        times = explicit_grid(times, time_type, steps=steps, nfe=nfe, spacing=spacing)
+        times = explicit_grid(times, time_type, steps=steps, nfe=nfe, spacing=spacing, sampler=spec.name,
+                              options=options)
     else:
         steps = resolve_steps(spec, steps, nfe, options, corrector=corrector)
         times = sampling_grid(spec, time_type, steps, spacing, corruption, nfe, options, variance=variance,
