@@ -143,6 +143,33 @@ def test_tune_grid_needs_the_linear_gaussian_layer(reg):
         udm.tune_grid(lambda x, t, g=None: x, corr, tt, steps=3, shape=(4, 3), registry=reg)
 
 
+def test_a_model_that_returns_nan_is_named_not_tuned(reg):
+    """NaN everywhere stops the reference solve at once (not after max_calls of shrinking steps); NaN only at the
+    start grid's times (the reference never lands there) leaves no finite error to tune from."""
+    corr = reg.create("corruption", "gaussian", schedule="cosine")
+    tt = reg.create("time", "continuous")
+    den = MIX.denoiser(corr)
+    calls = [0]
+
+    def nan(x, t, g=None):
+        calls[0] += 1
+        return torch.full_like(x, float("nan"))
+
+    with pytest.raises(udm.UdmError, match=r"sampler 'adaptive': the model's predictions must be finite; got NaN/inf "
+                                           r"at t = 0.988249 from a finite x_t"):  # logsnr's t_0, solved first
+        udm.tune_grid(nan, corr, tt, steps=2, shape=(4, 2), registry=reg)
+    assert calls[0] <= 7  # one Dormand-Prince step
+    mid = float(tt.grid(2, spacing="uniform")[1])
+
+    def nan_at_mid(x, t, g=None):
+        out = den(x, t, g)
+        return torch.full_like(out, float("nan")) if float(t.flatten()[0]) == mid else out
+
+    with pytest.raises(udm.UdmError, match=r"udm.tune_grid: the sampler's output must be finite on at least one "
+                                           r"start spacing; got NaN/inf on every one \(uniform\)"):
+        udm.tune_grid(nan_at_mid, corr, tt, steps=2, shape=(4, 2), spacings=("uniform",), registry=reg)
+
+
 @pytest.mark.parametrize("times, extra, match", [
     ([1.0, 0.5, 0.7, 0.0], {}, r"udm.sample: times must be strictly decreasing"),
     ([1.0, 0.5, 0.1], {}, r"udm.sample: times must end at 0 .* got last time 0.1. Append 0."),

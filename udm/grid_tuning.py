@@ -37,7 +37,7 @@ from . import _validate
 from ._registry import Registry, registry as default_registry
 from .api import model_device_dtype, resolve_sampler, sample_start
 from .denoiser import Denoiser
-from .errors import CapabilityError, ConfigError
+from .errors import CapabilityError, ConfigError, UdmError
 from .samplers import SamplerSpec
 
 __all__ = ["TunedGrid", "tune_grid", "START_SPACINGS"]
@@ -203,6 +203,10 @@ def tune_grid(model: Any, corruption: Any, time_type: Any, *, steps: int, shape:
     errors = {name: error(g) for name, g in grids.items()}
     start = min(errors, key=lambda k: errors[k])
     times, best = grids[start].clone(), errors[start]
+    if not math.isfinite(best):
+        raise UdmError(f"{where}: the sampler's output must be finite on at least one start spacing; got NaN/inf on "
+                       f"every one ({', '.join(errors)}). Check the model's output at those grids' times, or give "
+                       f"other spacings.")
     if not math.isclose(error(times, seed=1), best, rel_tol=1e-5):  # the tolerance: float32 / GPU reductions
         raise ConfigError(f"{where}: sampler must be deterministic (the reference is the probability-flow ODE, and a "
                           f"coupling error means nothing for a stochastic sampler); got {spec.name!r}, whose output "

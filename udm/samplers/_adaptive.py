@@ -114,6 +114,8 @@ def adaptive(denoiser, corruption, times, x_init, *, generator=None, callback=No
         x_low = _combine(x, h, b_low, ks)
         scale = atol + rtol * torch.maximum(x.abs(), x_new.abs())
         err = float(((x_new - x_low) / scale).pow(2).mean().sqrt())
+        if not math.isfinite(err):  # a smaller step cannot cure a model that returns NaN/inf at a finite input
+            _check_finite_stages(ks, x, [u_next if c[j] == 1 else u + c[j] * h for j in range(len(c))], time)
         if err <= 1.0:
             t, u, x, k1 = time(u), u_next, x_new, ks[-1]
             if run.callback is not None:
@@ -127,3 +129,15 @@ def adaptive(denoiser, corruption, times, x_init, *, generator=None, callback=No
     if run.callback is not None:
         run.callback(SamplerStep(taken, taken + 1, t_end, 0.0, x, pred.x0_hat, run.nfe))
     return x
+
+
+def _check_finite_stages(ks: list[Any], x: torch.Tensor, nodes: list[float], time: Any) -> None:
+    """The first stage whose velocity is non-finite although x and every earlier stage are finite (so its input
+    was finite) is the model's fault: raise instead of shrinking the step until max_calls."""
+    if not bool(torch.isfinite(x).all()):
+        return
+    for j, k in enumerate(ks):
+        if not bool(torch.isfinite(k).all()):
+            raise UdmError(f"sampler 'adaptive': the model's predictions must be finite; got NaN/inf at t = "
+                           f"{time(nodes[j]):.6g} from a finite x_t. Check the model (its weights, its output at "
+                           f"this time) and the corruption's schedule there.")
