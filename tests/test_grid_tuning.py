@@ -102,6 +102,28 @@ def test_discrete_time_tuned_grids_lie_on_the_lattice(reg):
     assert tuned.error <= tuned.start_error
 
 
+@pytest.mark.parametrize("t_min", [3e-3, 1e-5])  # exp(log(t_min)) < t_min in floating point
+def test_the_last_time_before_zero_stays_at_or_above_the_smallest_time(t_min):
+    """An error that falls with t_{N-1} drives it to its lower bound, the smallest time, and not an ulp below."""
+    times = torch.tensor([1.0, 0.5, 0.1, 0.0], dtype=F64)
+    out, best = udm.grid_tuning._move(times, 2, 1.0, lambda g: float(g[-2]), float, t_min, 3)
+    assert float(out[-2]) == t_min == best
+
+
+def test_a_lattice_candidate_is_evaluated_once():
+    """On a coarse lattice several log-spaced candidates snap to the same time; each grid runs once."""
+    tt = udm.registry().create("time", "discrete", steps=20)
+    grids: list[tuple[float, ...]] = []
+
+    def error(g):
+        grids.append(tuple(g.tolist()))
+        return abs(float(g[1]) - 0.35)
+
+    times = torch.tensor([1.0, 0.5, 0.25, 0.0], dtype=F64)
+    out, best = udm.grid_tuning._move(times, 1, error(times), error, udm.grid_tuning._snap(tt), 0.05, 6)
+    assert len(grids) == len(set(grids)) and float(out[1]) == 0.35 and best == pytest.approx(0.0, abs=1e-12)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"sampler": "ddpm"}, r"udm.tune_grid: sampler must be deterministic .* got 'ddpm', whose output changes"),
     ({"sampler": "heun"}, r"udm.tune_grid: sampler must make one model call a step .* got 'heun' with 2 a step"),

@@ -230,16 +230,18 @@ def _move(times: torch.Tensor, i: int, best: float, error: Any, snap: Any, t_end
     hi = float(times[i - 1])
     lo = float(times[i + 1]) if float(times[i + 1]) > 0 else t_end
     a, b = math.log(lo), math.log(hi)
+    seen = {float(times[i])}  # snapping to a lattice, and the second round, repeat candidates: each runs once
     for _ in range(2):
         cands = [a + (b - a) * (k + 1) / (points + 1) for k in range(points)]
         if float(times[i + 1]) == 0:  # the last time before 0 may sit at the smallest time itself
             cands = [a, *cands]
         tried: list[tuple[float, float]] = []
         for u in cands:
-            t = snap(math.exp(u))
+            t = snap(max(math.exp(u), lo))  # exp(log(lo)) may fall an ulp below lo, the smallest time
             nxt = float(times[i + 1])
-            if not (nxt < t < hi) or t == float(times[i]):
+            if not (nxt < t < hi) or t in seen:
                 continue
+            seen.add(t)
             trial = times.clone()
             trial[i] = t
             e = error(trial)
