@@ -199,6 +199,8 @@ def test_a_model_that_returns_nan_is_named_not_tuned(reg):
     ([1.0, 0.5, 0.0], {"spacing": "karras"}, r"udm.sample: times must come alone .* spacing='karras'"),
     ([1.5, 0.5, 0.0], {}, r"udm.sample: times must lie in \[0, 1\]"),
     ("soon", {}, r"udm.sample: times must be a sequence of numbers, a tensor or a udm.TunedGrid; got str"),
+    ([1.0, float("nan"), 0.0], {}, r"udm.sample: times must be finite numbers; got \[1.0, nan, 0.0\]"),
+    ([1.0, 1e-6, 0.0], {}, r"udm.sample: times before the last must be >= the time type's t_min = 0.001 .* got 1e-06"),
 ])
 def test_explicit_times_bad_input(reg, times, extra, match):
     corr = reg.create("corruption", "gaussian", schedule="cosine")

@@ -104,6 +104,9 @@ def explicit_grid(times: Any, time_type: Any, *, steps: Any = None, nfe: Any = N
     except (TypeError, ValueError, RuntimeError) as exc:
         raise ConfigError(f"{where}: times must be a sequence of numbers, a tensor or a udm.TunedGrid; got "
                           f"{type(times).__name__} ({exc}).") from None
+    if grid.numel() and not bool(torch.isfinite(grid).all()):
+        raise ConfigError(f"{where}: times must be finite numbers; got {grid.tolist()[:8]}. Give N + 1 decreasing "
+                          f"times in [0, 1] ending at 0.")
     try:
         grid = check_grid(grid)
     except ConfigError as exc:
@@ -112,6 +115,11 @@ def explicit_grid(times: Any, time_type: Any, *, steps: Any = None, nfe: Any = N
     if float(grid[-1]) != 0.0:
         raise ConfigError(f"{where}: times must end at 0 (where the last step returns x0_hat); got last time "
                           f"{float(grid[-1]):.6g}. Append 0.")
+    t_min = getattr(time_type, "t_min", None)
+    if isinstance(t_min, (int, float)) and t_min > 0 and len(grid) > 1 and float(grid[-2]) < t_min:
+        raise ConfigError(f"{where}: times before the last must be >= the time type's t_min = {t_min:.6g} (the "
+                          f"smallest time the network was trained at); got {float(grid[-2]):.6g}. Raise it to "
+                          f"t_min or above.")
     to_index, to_time = getattr(time_type, "to_index", None), getattr(time_type, "to_time", None)
     if callable(to_index) and callable(to_time):
         off = (to_time(to_index(grid)) - grid).abs()
