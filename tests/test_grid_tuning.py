@@ -231,3 +231,23 @@ def test_a_float32_network_is_tuned_in_its_own_dtype(reg):
     with pytest.raises(udm.ConfigError, match=r"udm.tune_grid: dtype must be the network's parameter dtype, "
                                               r"torch.float32 .* got torch.float64. Leave dtype unset"):
         udm.tune_grid(net, corr, tt, steps=2, shape=(8, 2), dtype=F64, registry=reg)
+
+
+def test_explicit_grid_starting_far_below_one_needs_its_start(reg):
+    """From noise alone, a start at t_0 = 0.5 drops a(0.5) x_0 and gives the wrong spread: refused, unless x_init is
+    given; the noise-level spacings' own first times (log-SNR -8, snapped to a discrete lattice) pass."""
+    corr = reg.create("corruption", "gaussian", schedule="linear")
+    cont, disc = reg.create("time", "continuous"), reg.create("time", "discrete", steps=1000)
+    den = MIX.denoiser(corr)
+    with pytest.raises(udm.ConfigError, match=r"udm.sample: times\[0\] must be 1 or a time whose log-SNR is at most "
+                                              r"about -8 .* got t_0 = 0.5 with log-SNR .* Start the grid at 1.0, or "
+                                              r"pass x_init"):
+        udm.sample(den, corr, cont, shape=(4, 2), sampler="ddim", times=[0.5, 0.2, 0.0])
+    x = torch.randn(4, 2, generator=torch.Generator().manual_seed(1))  # the caller's own x at t_0
+    out = udm.sample(den, corr, cont, shape=(4, 2), sampler="ddim", times=[0.5, 0.2, 0.0], x_init=x)
+    assert out.shape == (4, 2)
+    for tt in (cont, disc):
+        for spacing in ("logsnr", "karras"):
+            grid = tt.grid(6, spacing=spacing, corruption=corr)
+            assert float(grid[0]) < 1.0
+            udm.sample(den, corr, tt, shape=(4, 2), sampler="ddim", times=grid)  # no error

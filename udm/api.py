@@ -13,6 +13,7 @@ from .batch import is_parts
 from .corruption import lacks
 from .denoiser import Denoiser
 from .errors import CapabilityError, ConfigError
+from .grids import LOG_SNR_MIN
 from .time import check_grid
 from .samplers import SamplerSpec, SamplerStep
 from .samplers._correct import resolve_corrector
@@ -131,6 +132,21 @@ def explicit_grid(times: Any, time_type: Any, *, steps: Any = None, nfe: Any = N
     return grid
 
 
+def _check_explicit_start(corruption: Any, t0: float, where: str = "udm.sample") -> None:
+    """An explicit grid starting below t = 1 starts from ``noise_prior(t0)``, which neglects a(t0) x_0: refuse a
+    t0 where that is not negligible (log-SNR above :data:`udm.grids.LOG_SNR_MIN`, as the noise-level spacings
+    never start)."""
+    schedule = getattr(corruption, "noise_schedule", None)
+    if t0 == 1.0 or schedule is None or not callable(getattr(schedule, "log_snr", None)):
+        return  # t0 = 1: the exact prior; no noise schedule: sample_start refuses t0 < 1 itself
+    lam = float(schedule.log_snr(torch.tensor([t0], dtype=torch.float64))[0])
+    if lam > LOG_SNR_MIN + 0.1:  # slack: a discrete lattice moves the noise-level grids' first time by 1/T
+        raise ConfigError(f"{where}: times[0] must be 1 or a time whose log-SNR is at most about {LOG_SNR_MIN:g} (where "
+                          f"the prior N(0, s^2) drops under 2% of x_0); got t_0 = {t0:.6g} with log-SNR {lam:.3g}, "
+                          f"where starting from noise alone gives samples of the wrong spread. Start the grid at "
+                          f"1.0, or pass x_init (x at t_0).")
+
+
 def sample_start(corruption: Any, t0: float, shape: Any, generator: torch.Generator | None, *,
                  device: Any = None, dtype: torch.dtype | None = None) -> Any:
     """x at the grid's first time t0: the corruption's prior at t0 = 1, else its ``noise_prior(t0)`` (a
@@ -218,6 +234,8 @@ def sample(model: torch.nn.Module | Callable[..., Any], corruption: Any, time_ty
     if times is not None:
         times = explicit_grid(times, time_type, steps=steps, nfe=nfe, spacing=spacing, sampler=spec.name,
                               options=options)
+        if x_init is None:
+            _check_explicit_start(corruption, float(times[0]))
     else:
         steps = resolve_steps(spec, steps, nfe, options, corrector=corrector)
         times = sampling_grid(spec, time_type, steps, spacing, corruption, nfe, options, variance=variance,
