@@ -17,7 +17,16 @@ Contenders (every run makes at most the budget's model calls; Heun makes 2N - 1 
   exact optimal variance of q_theta (x0_hat drawn from N(mean, Sigma_t), Sigma_t = E_x_t Var[x_0 | x_t] averaged
   over dimensions, a ``udm.VarianceTable``; ``+var``): ddpm+var is Analytic-DPM, ddim+var Analytic-DDIM; and with
   each sample's own exact Var[x_0 | x_t] (``+pvar``, a variance source ``(t, x_t) -> Sigma``: what a perfect
-  variance head, NPR/SN-DPM's, could give). Variance runs use continuous time.
+  variance head, NPR/SN-DPM's, could give). Variance runs use continuous time. And the deterministic solvers on
+  a grid tuned to the model (``udm.tune_grid``, a pilot of 512 prior draws that the benchmark's noise is not;
+  ``tuned``): its tuning calls are spent once per model and budget, not at sampling time.
+
+Two stages: every configuration is screened at ``--n`` samples; then every diffusers run, udm's Pareto runs
+(no other udm run lower on both sw and |std - 1|; the ``--confirm-k`` lowest in sw) and every tuned run run again on fresh noise and a
+fresh reference at ``--confirm-n`` samples, and the verdict is taken there: is there a udm run with a lower sw
+than every diffusers run *and* a std closer to 1 than every diffusers run? The confirmation also scores six fresh
+mixture draws (the noise floor: what a perfect sampler scores, mean +- sd) and the ODE solved to 1e-6 (what a
+deterministic sampler converges to), so that differences below the sampling noise are read as ties.
 
 Metrics (samples vs fresh mixture draws; every sample is assigned to its most likely component):
 
@@ -30,7 +39,7 @@ Metrics (samples vs fresh mixture draws; every sample is assigned to its most li
 Run::
 
     python benchmarks/bench_solvers.py                          # both mixtures and schedules, 5/10/20 calls
-    python benchmarks/bench_solvers.py --n 2000 --budgets 10 --mixtures 2d --schedules linear
+    python benchmarks/bench_solvers.py --n 2000 --budgets 10 --mixtures 2d --schedules linear --confirm-n 20000 0
 
 Results: benchmarks/results_solvers.md (``--out``).
 """
@@ -57,9 +66,11 @@ T = 1000
 def mixtures() -> dict[str, GaussianMixture]:
     g = torch.Generator().manual_seed(12)
     k = 10
+    with torch.random.fork_rng():  # Dirichlet draws from the global generator, whose seed differs per process
+        torch.manual_seed(12)
+        weights = torch.distributions.Dirichlet(torch.full((k,), 2.0, dtype=F64)).sample()
     wide = GaussianMixture(2.0 * torch.randn(k, 64, generator=g, dtype=F64),
-                           0.1 + 0.4 * torch.rand(k, 64, generator=g, dtype=F64),
-                           torch.distributions.Dirichlet(torch.full((k,), 2.0, dtype=F64)).sample())
+                           0.1 + 0.4 * torch.rand(k, 64, generator=g, dtype=F64), weights)
     return {"2d": GaussianMixture.ring(k=8, radius=2.0, std=0.2), "64d": wide}
 
 
@@ -164,12 +175,27 @@ class OracleNet(torch.nn.Module):
 
 
 UDM_SAMPLERS = ("ddim", "dpm++2m", "dpm++3m", "unipc", "deis", "dpm++2m_sde", "ddpm")
+TUNED = ("ddim", "dpm++2m", "dpm++3m", "unipc", "deis")  # deterministic: udm.tune_grid on a pilot batch
 WITH_VARIANCE = ("ddim", "dpm++2m_sde", "ddpm")  # each with +var (Analytic-DPM's averaged Sigma_t) and +pvar
 SPACINGS = ("uniform", "quadratic", "logsnr", "karras")
 
 
+def tuned_grid(reg, mix, corr, time_type, sampler, budget, cache):
+    """udm.tune_grid's grid for ``sampler`` at ``budget`` calls, on a pilot batch of 512 prior draws that are not the
+    benchmark's (seed 7); cached."""
+    key = (sampler, budget)
+    if key not in cache:
+        cache[key] = udm.tune_grid(mix.denoiser(corr), corr, time_type, steps=budget, sampler=sampler,
+                                   shape=(512, mix.means.shape[1]), generator=torch.Generator().manual_seed(7),
+                                   registry=reg)
+    return cache[key]
+
+
 def run_udm(reg, mix, corr, time_type, sampler, spacing, budget, z, seed, variance_cache):
-    grid = time_type.grid(budget, spacing=spacing, corruption=corr)
+    if spacing == "tuned":
+        grid = tuned_grid(reg, mix, corr, time_type, sampler, budget, variance_cache.setdefault("tuned", {})).times
+    else:
+        grid = time_type.grid(budget, spacing=spacing, corruption=corr)
     t0 = float(grid[0])
     x_init = z * float(corr.noise_schedule.amplitudes(torch.tensor([t0], dtype=F64))[1][0])
     name, _, var = sampler.partition(" + ")
@@ -204,9 +230,43 @@ def average_posterior_variance(mix, corr, t: float, alpha: float, sigma: float, 
 
 
 # ------------------------------------------------------------------------------------------------ main
+def udm_contenders():
+    """(sampler, time type, spacing) of every udm run."""
+    for sampler in (*UDM_SAMPLERS, *(s + v for s in WITH_VARIANCE for v in (" + var", " + pvar"))):
+        for tname in (("cont", "disc") if " + " not in sampler else ("cont",)):
+            for sp in SPACINGS:
+                yield sampler, tname, sp
+    for sampler in TUNED:
+        yield sampler, "cont", "tuned"
+
+
+def pareto(rows: dict[str, Score], k: int) -> list[str]:
+    """The configurations no other beats on both sw and |std - 1|, the ``k`` lowest in sw."""
+    front = [a for a, sa in rows.items()
+             if not any(sb.sw <= sa.sw and abs(sb.std - 1) <= abs(sa.std - 1) and (sb.sw, sb.std) != (sa.sw, sa.std)
+                        for b, sb in rows.items() if b != a)]
+    return sorted(front, key=lambda a: rows[a].sw)[:k]
+
+
+def verdict(udm_rows: dict[str, Score], diff_rows: dict[str, Score]) -> tuple[str, str]:
+    """(the udm run that beats every diffusers run on both metrics, or the closest; 'yes'/'no' with the margins)."""
+    d_sw = min(diff_rows, key=lambda a: diff_rows[a].sw)
+    d_std = min(diff_rows, key=lambda a: abs(diff_rows[a].std - 1))
+    sw_cap, std_cap = diff_rows[d_sw].sw, abs(diff_rows[d_std].std - 1)
+    both = [a for a, s in udm_rows.items() if s.sw < sw_cap and abs(s.std - 1) < std_cap]
+    pick = min(both or udm_rows, key=lambda a: (udm_rows[a].sw if both else
+                                                max(udm_rows[a].sw / sw_cap, abs(udm_rows[a].std - 1) / std_cap)))
+    u = udm_rows[pick]
+    return pick, (f"{'yes' if both else 'no'} (sw {u.sw:.4f} vs {sw_cap:.4f}; |std-1| {abs(u.std - 1):.4f} vs "
+                  f"{std_cap:.4f})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--n", type=int, default=4000, help="samples per run")
+    ap.add_argument("--n", type=int, default=4000, help="samples per screening run")
+    ap.add_argument("--confirm-n", type=int, nargs=2, default=[100_000, 20_000], metavar=("N_2D", "N_64D"),
+                    help="samples per confirmation run (2-D, 64-D mixture); 0 skips the confirmation")
+    ap.add_argument("--confirm-k", type=int, default=8, help="udm's Pareto configurations re-run per budget")
     ap.add_argument("--budgets", type=int, nargs="+", default=[5, 10, 20])
     ap.add_argument("--mixtures", nargs="+", default=["2d", "64d"])
     ap.add_argument("--schedules", nargs="+", default=["linear", "squaredcos_cap_v2"])
@@ -217,64 +277,109 @@ def main() -> None:
     reg = udm.registry()
     mixes = mixtures()
     lines = ["# Sample quality per model call (exact denoiser)", "",
-             f"`python benchmarks/bench_solvers.py --n {args.n}` ({time.strftime('%Y-%m-%d')}); sw: sliced W2 after "
-             "re-weighting modes (lower is better), std: within-mode std ratio (1 is right), tv: mode-weight TV, "
-             "nfe: model calls made.", ""]
-    summary = ["## Best of each library per budget (by sw)", "",
-               "| mixture | schedule | calls | udm best (config: sw / std / tv) | diffusers best (config: sw / std / tv) "
-               "| udm std closer to 1 than every diffusers config? |", "|---|---|---|---|---|---|"]
+             f"`python benchmarks/bench_solvers.py --n {args.n} --confirm-n {args.confirm_n[0]} {args.confirm_n[1]}` "
+             f"({time.strftime('%Y-%m-%d')}); sw: sliced W2 after re-weighting modes (lower is better), std: "
+             "within-mode std ratio (1 is right), tv: mode-weight TV, nfe: model calls made. Screening at n = "
+             f"{args.n}; then every diffusers run and udm's Pareto runs (sw, |std - 1|) again on fresh noise at the "
+             "confirmation size, where the verdict is taken.", ""]
+    summary = ["## Verdict per budget (confirmation runs)", "",
+               "| mixture | schedule | calls | noise floor sw / std | udm (config: sw / std) | diffusers lowest sw | "
+               "diffusers std closest to 1 | udm lower sw and std closer to 1? |", "|---|---|---|---|---|---|---|---|"]
     start = time.perf_counter()
     failures: list[str] = []
     for mname in args.mixtures:
         mix = mixes[mname]
-        ref = mix.sample(args.n, torch.Generator().manual_seed(1), dtype=F64)
-        z = torch.randn(args.n, mix.means.shape[1], generator=torch.Generator().manual_seed(2), dtype=F64)
-        for sched_name in args.schedules:  # noqa: PLR1702
+        dim = mix.means.shape[1]
+        confirm_n = args.confirm_n[0 if mname == "2d" else 1]
+        for sched_name in args.schedules:
             corr = reg.create("corruption", "gaussian", prediction="x0",
                               schedule={"name": "table", "beta_schedule": sched_name})
             times = {"cont": reg.create("time", "continuous"), "disc": reg.create("time", "discrete", steps=T)}
-            variance_cache: dict = {}
-            lines += [f"## {mname} mixture, {sched_name}", "",
+            cache: dict = {}
+            diff = {label: (cls, kw, heun) for label, cls, kw, heun in diffusers_contenders()}
+
+            def run(lib, label, b, z, ref):
+                if lib == "diffusers":
+                    x, nfe = run_diffusers(*diff[label], b, sched_name, mix, z, 3)
+                else:
+                    sampler, tname, sp = label.rsplit(" ", 2)
+                    x, nfe = run_udm(reg, mix, corr, times[tname], sampler, sp, b, z, 3, cache)
+                return score(mix, x, ref), nfe
+
+            ref = mix.sample(args.n, torch.Generator().manual_seed(1), dtype=F64)
+            z = torch.randn(args.n, dim, generator=torch.Generator().manual_seed(2), dtype=F64)
+            floor = score(mix, mix.sample(args.n, torch.Generator().manual_seed(4), dtype=F64), ref)
+            lines += [f"## {mname} mixture, {sched_name}: screening (n = {args.n})", "",
+                      f"Noise floor (fresh mixture draws scored alike): sw {floor.sw:.3f}, std {floor.std:.3f}, tv "
+                      f"{floor.tv:.3f}.", "",
                       "| library | config | " + " | ".join(f"{b} calls: sw / std / tv (nfe)" for b in args.budgets) + " |",
                       "|---|---|" + "---|" * len(args.budgets)]
             rows: dict[tuple[str, str], dict[int, tuple[Score, int]]] = {}
-            truth = score(mix, mix.sample(args.n, torch.Generator().manual_seed(4), dtype=F64), ref)
-            lines.insert(len(lines) - 2, f"Noise floor (fresh mixture draws scored alike): sw {truth.sw:.3f}, std "
-                                         f"{truth.std:.3f}, tv {truth.tv:.3f}.\n")
-            for label, cls, kw, heun in diffusers_contenders():
-                for b in args.budgets:
-                    try:
-                        x, nfe = run_diffusers(cls, kw, heun, b, sched_name, mix, z, 3)
-                    except Exception as exc:  # a scheduler that fails on this table: reported, not scored
-                        failures.append(f"- diffusers {label}, {mname}, {sched_name}, {b} calls: "
-                                        f"{type(exc).__name__}: {exc}")
-                        continue
-                    rows.setdefault(("diffusers", label), {})[b] = (score(mix, x, ref), nfe)
-            for sampler in (*UDM_SAMPLERS, *(s + v for s in WITH_VARIANCE for v in (" + var", " + pvar"))):
-                for tname, tt in (times.items() if " + " not in sampler else [("cont", times["cont"])]):
-                    for sp in SPACINGS:
-                        for b in args.budgets:
-                            x, nfe = run_udm(reg, mix, corr, tt, sampler, sp, b, z, 3, variance_cache)
-                            rows.setdefault(("udm", f"{sampler} {tname} {sp}"), {})[b] = (score(mix, x, ref), nfe)
+            for lib, labels in (("diffusers", list(diff)), ("udm", [" ".join(c) for c in udm_contenders()])):
+                for label in labels:
+                    for b in args.budgets:
+                        try:
+                            rows.setdefault((lib, label), {})[b] = run(lib, label, b, z, ref)
+                        except Exception as exc:  # a scheduler that fails on this table: reported, not scored
+                            if lib == "udm":
+                                raise
+                            failures.append(f"- diffusers {label}, {mname}, {sched_name}, {b} calls: "
+                                            f"{type(exc).__name__}: {exc}")
             for (lib, label), res in rows.items():
                 cells = [f"{res[b][0].sw:.3f} / {res[b][0].std:.2f} / {res[b][0].tv:.3f} ({res[b][1]})" if b in res
                          else "failed" for b in args.budgets]
                 lines.append(f"| {lib} | {label} | " + " | ".join(cells) + " |")
+            tuned = cache.get("tuned", {})
+            if tuned:
+                lines += ["", "Tuned grids (`udm.tune_grid`, pilot of 512 prior draws, seed 7; e: mean distance to the "
+                          "reference ODE solution on the pilot):", "",
+                          "| sampler | calls | start spacing | e of the fixed spacings | e tuned | tuning calls | times |",
+                          "|---|---|---|---|---|---|---|"]
+                for (sampler, b), tg in sorted(tuned.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+                    fixed = ", ".join(f"{k} {v:.4f}" for k, v in tg.errors.items())
+                    lines.append(f"| {sampler} | {b} | {tg.start} | {fixed} | {tg.error:.4f} | {tg.calls} | "
+                                 f"{', '.join(f'{float(t):.4g}' for t in tg.times[:-1])} |")
             lines.append("")
-            for b in args.budgets:
-                best = {}
-                for lib in ("udm", "diffusers"):
-                    cands = [(res[b][0].sw, label, res[b][0]) for (lb, label), res in rows.items()
-                             if lb == lib and b in res]
-                    best[lib] = min(cands, key=lambda c: c[0])
-                dstd = [abs(res[b][0].std - 1) for (lb, _), res in rows.items() if lb == "diffusers" and b in res]
-                u, d = best["udm"], best["diffusers"]
-                summary.append(f"| {mname} | {sched_name} | {b} | {u[1]}: {u[2].sw:.3f} / {u[2].std:.2f} / "
-                               f"{u[2].tv:.3f} | {d[1]}: {d[2].sw:.3f} / {d[2].std:.2f} / {d[2].tv:.3f} | "
-                               f"{'yes' if abs(u[2].std - 1) < min(dstd) else 'no'} (|std-1|: udm "
-                               f"{abs(u[2].std - 1):.3f}, best diffusers {min(dstd):.3f}) |")
+            if confirm_n:
+                ref_c = mix.sample(confirm_n, torch.Generator().manual_seed(6), dtype=F64)
+                z_c = torch.randn(confirm_n, dim, generator=torch.Generator().manual_seed(5), dtype=F64)
+                floors = [score(mix, mix.sample(confirm_n, torch.Generator().manual_seed(s), dtype=F64), ref_c)
+                          for s in range(8, 14)]  # six fresh mixture draws: what a perfect sampler scores
+                floor_c = Score(*(float(torch.tensor([getattr(f, k) for f in floors]).mean()) for k in ("sw", "std", "tv")))
+                spread = {k: float(torch.tensor([getattr(f, k) for f in floors]).std()) for k in ("sw", "std")}
+                lines += [f"### confirmation (n = {confirm_n}, fresh noise and reference)", "",
+                          f"Noise floor (six fresh mixture draws): sw {floor_c.sw:.4f} +- {spread['sw']:.4f}, std "
+                          f"{floor_c.std:.4f} +- {spread['std']:.4f} (mean +- sd).", "",
+                          "| calls | library | config | sw | std | tv |", "|---|---|---|---|---|---|"]
+                nfe: list[int] = []  # the ODE solved to 1e-6: what a deterministic sampler converges to
+                exact = score(mix, udm.samplers.adaptive(
+                    mix.denoiser(corr), corr, torch.tensor([1.0, times["cont"].t_min, 0.0], dtype=F64), z_c,
+                    method="dopri5", rtol=1e-6, atol=1e-6, callback=lambda s: nfe.append(s.nfe)), ref_c)
+                lines.append(f"| {nfe[-1]} | udm | adaptive dopri5 1e-6 (reference, not a contender) | {exact.sw:.4f} | "
+                             f"{exact.std:.4f} | {exact.tv:.4f} |")
+                for b in args.budgets:
+                    conf: dict[str, dict[str, Score]] = {"udm": {}, "diffusers": {}}
+                    screened = {lab: res[b][0] for (lib, lab), res in rows.items() if lib == "udm" and b in res}
+                    for lib, labels in (("diffusers", [lab for (lb, lab), res in rows.items()
+                                                       if lb == "diffusers" and b in res]),
+                                        ("udm", list(dict.fromkeys([*pareto(screened, args.confirm_k),
+                                                                    *(f"{t} cont tuned" for t in TUNED)])))):
+                        for label in labels:
+                            sc, _ = run(lib, label, b, z_c, ref_c)
+                            conf[lib][label] = sc
+                            lines.append(f"| {b} | {lib} | {label} | {sc.sw:.4f} | {sc.std:.4f} | {sc.tv:.4f} |")
+                    pick, text = verdict(conf["udm"], conf["diffusers"])
+                    d = conf["diffusers"]
+                    d_sw = min(d, key=lambda a: d[a].sw)
+                    d_std = min(d, key=lambda a: abs(d[a].std - 1))
+                    u = conf["udm"][pick]
+                    summary.append(f"| {mname} | {sched_name} | {b} | {floor_c.sw:.4f} +- {spread['sw']:.4f} / "
+                                   f"{floor_c.std:.4f} +- {spread['std']:.4f} | "
+                                   f"{pick}: {u.sw:.4f} / {u.std:.4f} | {d_sw}: {d[d_sw].sw:.4f} / "
+                                   f"{d[d_sw].std:.4f} | {d_std}: {d[d_std].sw:.4f} / {d[d_std].std:.4f} | {text} |")
+                lines.append("")
             print(f"{mname} {sched_name} done ({time.perf_counter() - start:.0f} s)", flush=True)
-            print("\n".join(summary[-len(args.budgets):]), flush=True)
+            print("\n".join(summary[4:]), flush=True)
             _write(args.out, lines, summary, failures)  # after every cell: a long run that is stopped keeps its results
     print(f"wrote {args.out}")
 
