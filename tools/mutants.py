@@ -434,7 +434,7 @@ MUTANTS: list[Mutant] = [
       'method="dopri5", rtol=rtol, atol=atol', 'method="dopri5", rtol=0.3, atol=0.3',
       "tests/test_grid_tuning.py", "-k", "fresh"),
     M("tune-off-the-lattice", "udm/grid_tuning.py",
-      "snap, t_end = _snap(time_type), _smallest_time(time_type)", "snap, t_end = float, _smallest_time(time_type)",
+      "snap, t_end = _snap(time_type), smallest_time(time_type)", "snap, t_end = float, smallest_time(time_type)",
       "tests/test_grid_tuning.py", "-k", "lattice"),
     M("tune-stochastic-accepted", "udm/grid_tuning.py",
       "if not math.isclose(error(times, seed=1), best, rel_tol=1e-5):", "if False:",

@@ -14,7 +14,7 @@ from .corruption import lacks
 from .denoiser import Denoiser
 from .errors import CapabilityError, ConfigError
 from .grids import LOG_SNR_MIN
-from .time import check_grid
+from .time import check_grid, lattice
 from .samplers import SamplerSpec, SamplerStep
 from .samplers._correct import resolve_corrector
 from .samplers._noise import per_sample_draws
@@ -121,9 +121,9 @@ def explicit_grid(times: Any, time_type: Any, *, steps: Any = None, nfe: Any = N
         raise ConfigError(f"{where}: times before the last must be >= the time type's t_min = {t_min:.6g} (the "
                           f"smallest time the network was trained at); got {float(grid[-2]):.6g}. Raise it to "
                           f"t_min or above.")
-    to_index, to_time = getattr(time_type, "to_index", None), getattr(time_type, "to_time", None)
-    if callable(to_index) and callable(to_time):
-        off = (to_time(to_index(grid)) - grid).abs()
+    snap = lattice(time_type)
+    if snap is not None:
+        off = (snap(grid) - grid).abs()
         if float(off.max()) > 1e-9:
             bad = float(grid[int(off.argmax())])
             raise ConfigError(f"{where}: times must lie on the time type's lattice (what the network was trained "

@@ -38,7 +38,9 @@ from ._registry import Registry, registry as default_registry
 from .api import model_device_dtype, resolve_sampler, sample_start
 from .denoiser import Denoiser
 from .errors import CapabilityError, ConfigError, UdmError
+from .likelihoods._elbo_continuous import smallest_time
 from .samplers import SamplerSpec
+from .time import lattice
 
 __all__ = ["TunedGrid", "tune_grid", "START_SPACINGS"]
 
@@ -78,17 +80,10 @@ class TunedGrid:
         return len(self.times) - 1
 
 
-def _smallest_time(time_type: Any) -> float:
-    from .likelihoods._elbo_continuous import smallest_time
-    return smallest_time(time_type)
-
-
 def _snap(time_type: Any) -> Any:
     """Times -> the time type's lattice (``discrete``: n / T), or unchanged."""
-    to_index, to_time = getattr(time_type, "to_index", None), getattr(time_type, "to_time", None)
-    if callable(to_index) and callable(to_time):
-        return lambda t: float(to_time(to_index(torch.tensor(t, dtype=torch.float64))))
-    return float
+    snap = lattice(time_type)
+    return float if snap is None else (lambda t: float(snap(t)))
 
 
 def tune_grid(model: Any, corruption: Any, time_type: Any, *, steps: int, shape: Sequence[int],
@@ -162,7 +157,7 @@ def tune_grid(model: Any, corruption: Any, time_type: Any, *, steps: int, shape:
     dtype = dtype or torch.float64
     generator = generator if generator is not None else torch.Generator(device=device).manual_seed(0)
     state = generator.get_state()
-    snap, t_end = _snap(time_type), _smallest_time(time_type)
+    snap, t_end = _snap(time_type), smallest_time(time_type)
     if steps > 1 and snap(t_end) <= 0:
         t_end = snap(2 * t_end)
 

@@ -81,6 +81,15 @@ def check_grid(times: torch.Tensor) -> torch.Tensor:
     return times
 
 
+def lattice(time_type: Any) -> Any:
+    """``times -> the time type's lattice`` (``discrete``: round(t T) / T, float64 tensor in and out), or ``None`` for a
+    time type without one (``to_index``/``to_time``)."""
+    to_index, to_time = getattr(time_type, "to_index", None), getattr(time_type, "to_time", None)
+    if callable(to_index) and callable(to_time):
+        return lambda t: to_time(to_index(torch.as_tensor(t, dtype=torch.float64)))
+    return None
+
+
 def train_times(corruption: Any, time_type: TimeType, batch: int, generator: torch.Generator | None,
                 device: torch.device | str | None = None) -> Any:
     """Training times for a batch: ``time_type.sample_train`` ``(batch,)``, unless the corruption draws its own
