@@ -36,10 +36,11 @@ class FixedDenoiser:
 @dataclass
 class MixturePosterior:
     """q(x_0 | x_t) of a :class:`GaussianMixture` summarised: ``mean`` ``(batch, *shape)`` in data space and
-    ``variance`` ``(batch, *shape)``, the diagonal of Cov[x_0 | x_t] in the corruption's basis (float64)."""
+    ``variance`` ``(batch, *shape)``, the diagonal of Cov[x_0 | x_t] in the corruption's basis (float64; ``None``
+    when the caller asked for the mean only)."""
 
     mean: torch.Tensor
-    variance: torch.Tensor
+    variance: torch.Tensor | None
 
 
 @dataclass
@@ -124,40 +125,48 @@ class GaussianMixture:
         """E[x_0 | x_t] for x_t = alpha x_0 + sigma eps with per-sample amplitudes ``alpha, sigma`` ``(batch,)``."""
         a = alpha.to(torch.float64).reshape(-1, *([1] * len(self.shape)))
         s = sigma.to(torch.float64).reshape(-1, *([1] * len(self.shape)))
-        return self._posterior(x_t.to(torch.float64), a, s, None).mean.to(x_t.dtype)
+        return self._posterior(x_t.to(torch.float64), a, s, None, variance=False).mean.to(x_t.dtype)
 
     def posterior(self, x_t: torch.Tensor, corruption: Any, t: torch.Tensor | None = None, *,
-                  marginal: Any = None) -> MixturePosterior:
+                  marginal: Any = None, variance: bool = True) -> MixturePosterior:
         """The exact E[x_0 | x_t] and diag Cov[x_0 | x_t] (in the basis) under a linear-Gaussian ``corruption``
-        at times ``t`` ``(batch,)`` (or its coefficients ``marginal``)."""
+        at times ``t`` ``(batch,)`` (or its coefficients ``marginal``); ``variance=False`` skips the covariance
+        (``variance`` is then ``None``)."""
         m = marginal if marginal is not None else corruption.marginal(t, x_t, derivatives=False)
         identity = getattr(getattr(corruption, "basis", None), "identity", True)
         if not (self.isotropic or identity):
             raise ValueError("GaussianMixture.posterior: components must be isotropic (stds of shape (K,)) for a "
                              f"corruption with a non-identity basis; got stds of shape {tuple(self.stds.shape)}.")
-        out = self._posterior(x_t.to(torch.float64), m.a64.to(x_t.device), m.s64.to(x_t.device), corruption)
+        out = self._posterior(x_t.to(torch.float64), m.a64.to(x_t.device), m.s64.to(x_t.device), corruption,
+                              variance)
         return MixturePosterior(out.mean.to(x_t.dtype), out.variance)
 
-    def _posterior(self, x_t: torch.Tensor, a: torch.Tensor, s: torch.Tensor, corruption: Any) -> MixturePosterior:
+    def _posterior(self, x_t: torch.Tensor, a: torch.Tensor, s: torch.Tensor, corruption: Any,
+                   variance: bool = True) -> MixturePosterior:
         basis = (lambda v: v) if corruption is None else corruption.to_basis  # noqa: E731
-        c = basis(x_t).flatten(1)[:, None, :]  # (B, 1, D) coefficients of x_t
+        c = basis(x_t).flatten(1)  # (B, D) coefficients of x_t
         means = basis(self.means.to(x_t.device)).flatten(1)[None]  # (1, K, D)
-        n = x_t.shape[0]
-        a = a.expand(a.shape[0], *self.shape).reshape(a.shape[0], 1, -1)
-        s2 = (s * s).expand(s.shape[0], *self.shape).reshape(s.shape[0], 1, -1)
         v = (self.stds.to(x_t.device) ** 2).flatten(1)[None]  # (1, K, D)
-        var = a * a * v + s2
-        resid = c - a * means
-        logp = torch.log(self.weights.to(x_t.device))[None] - 0.5 * (var.log() + resid ** 2 / var).sum(-1)
-        w = logp.softmax(dim=1)[..., None]  # (B, K, 1)
-        cond_mean = means + a * v / var * resid
-        cond_var = v * s2 / var
-        mean = (w * cond_mean).sum(1)
-        second = (w * (cond_var + cond_mean ** 2)).sum(1)
-        variance = (second - mean ** 2).clamp_min(0).reshape(n, *self.shape)
+        logw = torch.log(self.weights.to(x_t.device))[None]
+        n, k, d = c.shape[0], means.shape[1], means.shape[2]
+        a = a.expand(a.shape[0], *self.shape).reshape(a.shape[0], 1, -1).expand(n, 1, d)
+        s2 = (s * s).expand(s.shape[0], *self.shape).reshape(s.shape[0], 1, -1).expand(n, 1, d)
+        mean, second = torch.empty_like(c), (torch.empty_like(c) if variance else None)
+        rows = max(1, (1 << 21) // (k * d))  # chunks of ~2M (B, K, D) entries: the temporaries stay in cache
+        for lo in range(0, n, rows):
+            hi = min(n, lo + rows)
+            ac, s2c = a[lo:hi], s2[lo:hi]
+            var = ac * ac * v + s2c
+            resid = c[lo:hi, None] - ac * means
+            w = (logw - 0.5 * (var.log() + resid ** 2 / var).sum(-1)).softmax(dim=1)[..., None]  # (b, K, 1)
+            cond_mean = means + ac * v / var * resid
+            mean[lo:hi] = (w * cond_mean).sum(1)
+            if second is not None:
+                second[lo:hi] = (w * (v * s2c / var + cond_mean ** 2)).sum(1)
+        var_out = (second - mean ** 2).clamp_min(0).reshape(n, *self.shape) if second is not None else None
         mean = mean.reshape(n, *self.shape)
         back = mean if corruption is None else corruption.from_basis(mean)
-        return MixturePosterior(back, variance)
+        return MixturePosterior(back, var_out)
 
     def posterior_sample(self, x_t: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor,
                          generator: torch.Generator | None = None) -> torch.Tensor:
@@ -187,7 +196,7 @@ class GaussianMixture:
         any corruption with an affine ``schedule(t)``)."""
         if callable(getattr(corruption, "marginal", None)) and callable(getattr(corruption, "to_basis", None)):
             def denoise(x_t: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-                return self.posterior(x_t, corruption, t).mean
+                return self.posterior(x_t, corruption, t, variance=False).mean
             return denoise
 
         def denoise_affine(x_t: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None):
@@ -215,7 +224,8 @@ class MixtureDenoiser:
 
     def predict(self, x_t: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None, *,
                 marginal: Any = None) -> Prediction:
-        post = self.mixture.posterior(x_t, self.corruption, t, marginal=marginal)
+        post = self.mixture.posterior(x_t, self.corruption, t, marginal=marginal,
+                                      variance=isinstance(self.variance, str) and self.variance == "posterior")
         if self.variance is None:
             return Prediction(post.mean, post.mean, post.mean)
         var = post.variance.to(x_t.dtype) if self.variance == "posterior" else self.variance(t, x_t)
