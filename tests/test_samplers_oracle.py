@@ -79,6 +79,28 @@ def test_mixture_denoiser_is_the_posterior_mean(setup, reg):
         assert bool((prod.mean(0).abs() < 5 * prod.std(0) / math.sqrt(n)).all())
 
 
+
+def test_mixture_posterior_in_chunks_equals_row_by_row(reg):
+    """The posterior is computed in chunks of rows (~2M (B, K, D) entries each); with K = 64 and D = 4096 a chunk
+    is 8 rows, so 19 rows with their own amplitudes span three chunks: every row must equal its own 1-row call,
+    the mean alone (``variance=False``) the mean of the full call."""
+    g = gen(3)
+    mix = GaussianMixture(torch.randn(64, 4096, generator=g, dtype=torch.float64),
+                          0.1 + torch.rand(64, generator=g, dtype=torch.float64), torch.full((64,), 1 / 64))
+    corr = reg.create("corruption", "gaussian", schedule="cosine")
+    x = torch.randn(19, 4096, generator=g, dtype=torch.float64)
+    t = torch.linspace(0.05, 0.95, 19, dtype=torch.float64)
+    whole = mix.posterior(x, corr, t)
+    rows = [mix.posterior(x[i:i + 1], corr, t[i:i + 1]) for i in range(19)]
+    assert torch.allclose(whole.mean, torch.cat([r.mean for r in rows]), rtol=0, atol=1e-12)
+    assert torch.allclose(whole.variance, torch.cat([r.variance for r in rows]), rtol=0, atol=1e-12)
+    mean_only = mix.posterior(x, corr, t, variance=False)
+    assert mean_only.variance is None and torch.equal(mean_only.mean, whole.mean)
+    a, s = torch.linspace(0.2, 0.9, 19, dtype=torch.float64), torch.linspace(0.9, 0.3, 19, dtype=torch.float64)
+    direct = mix.posterior_mean(x, a, s)
+    assert torch.allclose(direct, torch.cat([mix.posterior_mean(x[i:i + 1], a[i:i + 1], s[i:i + 1])
+                                             for i in range(19)]), rtol=0, atol=1e-12)
+
 # ------------------------------------------------------------------- DDIM
 def ddim_loop(x: torch.Tensor, grid: torch.Tensor) -> list[torch.Tensor]:
     """DDIM eq. 12 with eta = 0: eps = (x_t - sqrt(abar_t) x0)/sqrt(1 - abar_t),

@@ -213,7 +213,7 @@ MUTANTS: list[Mutant] = [
       "one = (bound if raw < 0 else raw) if scalar_amplitudes else float(per.mean())",
       "tests/test_variance_fit.py", "-k", "clip_and_flag"),
     M("oracle-posterior-variance-unscaled", "udm/testing/_oracle.py",
-      "cond_var = v * s2 / var", "cond_var = v * s2",
+      "(w * (v * s2c / var + cond_mean ** 2))", "(w * (v * s2c + cond_mean ** 2))",
       "tests/test_variance_fit.py", "-k", "quadrature or integration"),
     M("nelbo-model-variance-drops-sigma", "udm/variance_nelbo.py",
       "term = gaussian_kl(torch.zeros_like(c0), vq, k0 * (c0 - cmu), vq + k0 * k0 * var).flatten(1).sum(1)",
@@ -466,6 +466,12 @@ MUTANTS: list[Mutant] = [
     M("explicit-times-off-lattice-accepted", "udm/api.py",
       "        if float(off.max()) > 1e-9:", "        if False:",
       "tests/test_grid_tuning.py", "-k", "discrete_lattice"),
+    M("oracle-chunks-reuse-the-first-rows-amplitudes", "udm/testing/_oracle.py",
+      "ac, s2c = a[lo:hi], s2[lo:hi]", "ac, s2c = a[:hi - lo], s2[:hi - lo]",
+      "tests/test_samplers_oracle.py", "-k", "chunks"),
+    M("oracle-mean-only-skips-the-last-chunk", "udm/testing/_oracle.py",
+      "for lo in range(0, n, rows):", "for lo in range(0, max(n - rows, 1), rows):",
+      "tests/test_samplers_oracle.py", "-k", "chunks"),
 ]
 
 
