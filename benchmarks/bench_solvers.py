@@ -28,6 +28,12 @@ than every diffusers run *and* a std closer to 1 than every diffusers run? The c
 mixture draws (the noise floor: what a perfect sampler scores, mean +- sd) and the ODE solved to 1e-6 (what a
 deterministic sampler converges to), so that differences below the sampling noise are read as ties.
 
+A third stage decides the budgets whose verdict the confirmation's noise leaves open: where some udm run is within
+3 sqrt(2) floor sd of both of diffusers' bests (the noise of a difference of two runs) and none is that far ahead
+of both. Those udm runs and every diffusers run within that margin of diffusers' best sw or best std run again at
+``--decide-n`` samples (fresh noise, reference and floor: seeds 15, 16, 17-22), and the verdict is taken there.
+A budget decided either way by more than the margin is not re-run.
+
 Metrics (samples vs fresh mixture draws; every sample is assigned to its most likely component):
 
 * ``sw``: sliced W2 (256 directions) after re-weighting modes: each sample carries weight w_k / (its mode's
@@ -257,8 +263,28 @@ def verdict(udm_rows: dict[str, Score], diff_rows: dict[str, Score]) -> tuple[st
     pick = min(both or udm_rows, key=lambda a: (udm_rows[a].sw if both else
                                                 max(udm_rows[a].sw / sw_cap, abs(udm_rows[a].std - 1) / std_cap)))
     u = udm_rows[pick]
-    return pick, (f"{'yes' if both else 'no'} (sw {u.sw:.4f} vs {sw_cap:.4f}; |std-1| {abs(u.std - 1):.4f} vs "
+    return pick, (f"{'yes' if both else 'no'} (sw {u.sw:.5f} vs {sw_cap:.5f}; |std-1| {abs(u.std - 1):.4f} vs "
                   f"{std_cap:.4f})")
+
+
+def contested(udm_rows: dict[str, Score], diff_rows: dict[str, Score], sd_sw: float, sd_std: float,
+              margin: float = 3 * math.sqrt(2)) -> tuple[list[str], list[str]] | None:
+    """The runs a larger sample must decide, or None where the verdict is clear: (udm runs within ``margin`` floor
+    sd of both of diffusers' bests, diffusers runs within it of diffusers' best sw or best |std - 1|)."""
+    d_sw = min(s.sw for s in diff_rows.values())
+    d_dev = min(abs(s.std - 1) for s in diff_rows.values())
+    tol_sw, tol_std = margin * sd_sw, margin * sd_std
+    near = [a for a, s in udm_rows.items() if s.sw < d_sw + tol_sw and abs(s.std - 1) < d_dev + tol_std]
+    if not near or any(udm_rows[a].sw < d_sw - tol_sw and abs(udm_rows[a].std - 1) < d_dev - tol_std for a in near):
+        return None
+    return near, [a for a, s in diff_rows.items() if s.sw < d_sw + tol_sw or abs(s.std - 1) < d_dev + tol_std]
+
+
+def floor_scores(mix: GaussianMixture, ref: torch.Tensor, n: int, seeds: range) -> tuple[Score, dict[str, float]]:
+    """What a perfect sampler scores: fresh mixture draws (one per seed) against ``ref``; (mean, sd of sw and std)."""
+    floors = [score(mix, mix.sample(n, torch.Generator().manual_seed(s), dtype=F64), ref) for s in seeds]
+    mean = Score(*(float(torch.tensor([getattr(f, k) for f in floors]).mean()) for k in ("sw", "std", "tv")))
+    return mean, {k: float(torch.tensor([getattr(f, k) for f in floors]).std()) for k in ("sw", "std")}
 
 
 def main() -> None:
@@ -266,6 +292,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=4000, help="samples per screening run")
     ap.add_argument("--confirm-n", type=int, nargs=2, default=[100_000, 20_000], metavar=("N_2D", "N_64D"),
                     help="samples per confirmation run (2-D, 64-D mixture); 0 skips the confirmation")
+    ap.add_argument("--decide-n", type=int, nargs=2, default=[1_000_000, 200_000], metavar=("N_2D", "N_64D"),
+                    help="samples per decision run, for the budgets the confirmation leaves open; 0 skips it")
     ap.add_argument("--confirm-k", type=int, default=8, help="udm's Pareto configurations re-run per budget")
     ap.add_argument("--budgets", type=int, nargs="+", default=[5, 10, 20])
     ap.add_argument("--mixtures", nargs="+", default=["2d", "64d"])
@@ -283,8 +311,9 @@ def main() -> None:
              f"{args.n}; then every diffusers run and udm's Pareto runs (sw, |std - 1|) again on fresh noise at the "
              "confirmation size, where the verdict is taken.", ""]
     summary = ["## Verdict per budget (confirmation runs)", "",
-               "| mixture | schedule | calls | noise floor sw / std | udm (config: sw / std) | diffusers lowest sw | "
-               "diffusers std closest to 1 | udm lower sw and std closer to 1? |", "|---|---|---|---|---|---|---|---|"]
+               "| mixture | schedule | calls | verdict taken at | noise floor sw / std | udm (config: sw / std) | "
+               "diffusers lowest sw | diffusers std closest to 1 | udm lower sw and std closer to 1? |",
+               "|---|---|---|---|---|---|---|---|---|"]
     start = time.perf_counter()
     failures: list[str] = []
     for mname in args.mixtures:
@@ -343,10 +372,7 @@ def main() -> None:
             if confirm_n:
                 ref_c = mix.sample(confirm_n, torch.Generator().manual_seed(6), dtype=F64)
                 z_c = torch.randn(confirm_n, dim, generator=torch.Generator().manual_seed(5), dtype=F64)
-                floors = [score(mix, mix.sample(confirm_n, torch.Generator().manual_seed(s), dtype=F64), ref_c)
-                          for s in range(8, 14)]  # six fresh mixture draws: what a perfect sampler scores
-                floor_c = Score(*(float(torch.tensor([getattr(f, k) for f in floors]).mean()) for k in ("sw", "std", "tv")))
-                spread = {k: float(torch.tensor([getattr(f, k) for f in floors]).std()) for k in ("sw", "std")}
+                floor_c, spread = floor_scores(mix, ref_c, confirm_n, range(8, 14))  # six fresh mixture draws
                 lines += [f"### confirmation (n = {confirm_n}, fresh noise and reference)", "",
                           f"Noise floor (six fresh mixture draws): sw {floor_c.sw:.4f} +- {spread['sw']:.4f}, std "
                           f"{floor_c.std:.4f} +- {spread['std']:.4f} (mean +- sd).", "",
@@ -357,6 +383,7 @@ def main() -> None:
                     method="dopri5", rtol=1e-6, atol=1e-6, callback=lambda s: nfe.append(s.nfe)), ref_c)
                 lines.append(f"| {nfe[-1]} | udm | adaptive dopri5 1e-6 (reference, not a contender) | {exact.sw:.4f} | "
                              f"{exact.std:.4f} | {exact.tv:.4f} |")
+                decisions: list[str] = []
                 for b in args.budgets:
                     conf: dict[str, dict[str, Score]] = {"udm": {}, "diffusers": {}}
                     screened = {lab: res[b][0] for (lib, lab), res in rows.items() if lib == "udm" and b in res}
@@ -368,16 +395,36 @@ def main() -> None:
                             sc, _ = run(lib, label, b, z_c, ref_c)
                             conf[lib][label] = sc
                             lines.append(f"| {b} | {lib} | {label} | {sc.sw:.4f} | {sc.std:.4f} | {sc.tv:.4f} |")
+                    stage, floor_v, spread_v = f"n = {confirm_n}", floor_c, spread
+                    open_runs = contested(conf["udm"], conf["diffusers"], spread["sw"], spread["std"])
+                    decide_n = args.decide_n[0 if mname == "2d" else 1]
+                    if open_runs and decide_n:
+                        ref_d = mix.sample(decide_n, torch.Generator().manual_seed(16), dtype=F64)
+                        z_d = torch.randn(decide_n, dim, generator=torch.Generator().manual_seed(15), dtype=F64)
+                        floor_v, spread_v = floor_scores(mix, ref_d, decide_n, range(17, 23))
+                        stage = f"decided at n = {decide_n}"
+                        decisions += [f"#### decision, {b} calls (n = {decide_n}, fresh noise and reference; the runs "
+                                  "the confirmation leaves open)", "",
+                                  f"Noise floor (six fresh mixture draws): sw {floor_v.sw:.5f} +- {spread_v['sw']:.5f}, "
+                                  f"std {floor_v.std:.4f} +- {spread_v['std']:.4f} (mean +- sd).", "",
+                                  "| calls | library | config | sw | std | tv |", "|---|---|---|---|---|---|"]
+                        conf = {"udm": {}, "diffusers": {}}
+                        for lib, labels in (("diffusers", open_runs[1]), ("udm", open_runs[0])):
+                            for label in labels:
+                                sc, _ = run(lib, label, b, z_d, ref_d)
+                                conf[lib][label] = sc
+                                decisions.append(f"| {b} | {lib} | {label} | {sc.sw:.5f} | {sc.std:.4f} | {sc.tv:.4f} |")
+                        decisions.append("")
                     pick, text = verdict(conf["udm"], conf["diffusers"])
                     d = conf["diffusers"]
                     d_sw = min(d, key=lambda a: d[a].sw)
                     d_std = min(d, key=lambda a: abs(d[a].std - 1))
                     u = conf["udm"][pick]
-                    summary.append(f"| {mname} | {sched_name} | {b} | {floor_c.sw:.4f} +- {spread['sw']:.4f} / "
-                                   f"{floor_c.std:.4f} +- {spread['std']:.4f} | "
-                                   f"{pick}: {u.sw:.4f} / {u.std:.4f} | {d_sw}: {d[d_sw].sw:.4f} / "
-                                   f"{d[d_sw].std:.4f} | {d_std}: {d[d_std].sw:.4f} / {d[d_std].std:.4f} | {text} |")
-                lines.append("")
+                    summary.append(f"| {mname} | {sched_name} | {b} | {stage} | {floor_v.sw:.4f} +- {spread_v['sw']:.4f} / "
+                                   f"{floor_v.std:.4f} +- {spread_v['std']:.4f} | "
+                                   f"{pick}: {u.sw:.5f} / {u.std:.4f} | {d_sw}: {d[d_sw].sw:.5f} / "
+                                   f"{d[d_sw].std:.4f} | {d_std}: {d[d_std].sw:.5f} / {d[d_std].std:.4f} | {text} |")
+                lines += ["", *decisions]
             print(f"{mname} {sched_name} done ({time.perf_counter() - start:.0f} s)", flush=True)
             print("\n".join(summary[4:]), flush=True)
             _write(args.out, lines, summary, failures)  # after every cell: a long run that is stopped keeps its results
