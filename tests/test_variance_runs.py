@@ -42,6 +42,10 @@ def test_fit_variance_then_sample_with_it(tmp_path, monkeypatch, capsys):
                                                             "seed": 0, "eval": {}, "variance": "large",
                                                             "grid": {"spacing": "uniform", "first_time": 1.0, "prior":
                                                                      "the corruption's prior at t = 1 (sample_prior)"}}
+    # draws: last (the mean on every step, a draw on the last) is recorded and names its own samples file
+    assert udm("sample", "r", "--variance", "large", "--steps", "7", "--set", "sample.draws=last") == 0
+    assert _records(tmp_path / "r")[-1]["draws"] == "last"
+    assert (tmp_path / "r" / "samples" / "ddim-7steps-seed0-large-draws-last.safetensors").is_file()
 
 
 def test_udm_run_fits_a_missing_table_and_spacing_optimal_uses_a_dense_one(tmp_path, monkeypatch):

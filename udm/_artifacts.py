@@ -23,12 +23,13 @@ __all__ = ["read_data_file", "MetricsLog", "write_samples", "write_loss_plot", "
 
 def samples_stem(record: dict[str, Any]) -> str:
     """The file stem of one evaluation's samples (``samples/<stem>.png``) from its ``eval.jsonl`` record:
-    ``<sampler>-<steps>steps-seed<seed>``, then ``-<variance>`` when q_theta had one and ``-<corrector>`` when a
-    corrector ran."""
+    ``<sampler>-<steps>steps-seed<seed>``, then ``-<variance>`` when q_theta had one, ``-draws-<draws>`` when
+    its draws were not the default ``steps``, and ``-<corrector>`` when a corrector ran."""
     stem = f"{record.get('sampler')}-{record.get('sample_steps')}steps-seed{record.get('seed')}"
     corrector = record.get("corrector")
     corrector = corrector.get("name") if isinstance(corrector, dict) else corrector
-    return stem + (f"-{record['variance']}" if record.get("variance") else "") + (f"-{corrector}" if corrector else "")
+    return stem + (f"-{record['variance']}" if record.get("variance") else "") + \
+        (f"-draws-{record['draws']}" if record.get("draws") else "") + (f"-{corrector}" if corrector else "")
 
 
 def read_data_file(path: str, where: str = "data.file") -> torch.Tensor:

@@ -73,7 +73,9 @@ class SampleOptions:
     q_theta's variance source (``analytic``/``residual``: a table ``udm fit-variance`` fitted into the run;
     ``small``/``large``: closed forms; ``sn``/``npr``: a ``variance_head`` run's head); ``corrector`` names a
     registered corrector run after every step (``{name: refresh, steps: 1, amount: 0.3}``); ``noise:
-    per_sample`` gives every sample its own random stream (the same samples whatever ``n``).
+    per_sample`` gives every sample its own random stream (the same samples whatever ``n``); ``draws`` says where
+    q_theta's ``variance`` is drawn from: ``steps`` (every step but the last, which returns the mean), ``last``
+    (the mean on every step, a draw on the last) or ``all``.
     """
 
     sampler: str = "invert"
@@ -89,6 +91,7 @@ class SampleOptions:
     variance: VarianceName | None = None  # q_theta's variance (None: the mean); udm fit-variance fits the tables
     corrector: PluginSpec["corrector"] | None = None  # a corrector after every predictor step (udm.Corrector)
     noise: Literal["shared", "per_sample"] = "shared"  # per_sample: one stream per sample (udm.PerSampleGenerator)
+    draws: Literal["steps", "last", "all"] = "steps"  # where q_theta's variance is drawn (udm.samplers.DRAWS)
 
 
 @dataclass(frozen=True)

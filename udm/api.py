@@ -16,7 +16,7 @@ from .errors import CapabilityError, ConfigError
 from .grids import LOG_SNR_MIN
 from .time import check_grid, lattice
 from .samplers import SamplerSpec, SamplerStep
-from .samplers._correct import resolve_corrector
+from .samplers._correct import check_draws, resolve_corrector
 from .samplers._noise import per_sample_draws
 
 __all__ = ["sample", "supported_samplers", "resolve_sampler", "resolve_steps", "sampling_grid", "explicit_grid",
@@ -189,7 +189,7 @@ def sample(model: torch.nn.Module | Callable[..., Any], corruption: Any, time_ty
            callback: Callable[[SamplerStep], Any] | None = None, clamp: bool = False,
            family_options: dict[str, Any] | None = None, dtype: torch.dtype | None = None,
            device: torch.device | str | None = None, variance: Any = None, x_init: Any = None,
-           corrector: Any = None, times: Any = None, **options: Any) -> Any:
+           corrector: Any = None, times: Any = None, draws: str | None = None, **options: Any) -> Any:
     """Draw ``shape[0]`` samples: prior x_1, then ``steps`` reverse steps of ``sampler`` on the time grid.
 
     Args:
@@ -216,6 +216,10 @@ def sample(model: torch.nn.Module | Callable[..., Any], corruption: Any, time_ty
             last 0 (the N calls' times, then where x0_hat is returned), on the time type's lattice; or a
             :class:`udm.TunedGrid` (:func:`udm.tune_grid`; run it with the sampler and options it was tuned for,
             ``sampler=tuned.sampler, **tuned.options``). The run starts at ``times[0]``.
+        draws: where a q_theta with a ``variance`` is drawn from (docs/math.md, "The last step"): ``steps`` (the
+            default: every step but the last, which returns the mean), ``last`` (the mean on every step and a draw
+            on the last: a deterministic solver that ends with a sample, not a mean, keeping the spread the mean
+            removes at a wide last step) or ``all``.
         options: sampler options (``eta``, ``solver``, ...).
     Returns:
         x0 samples of ``shape``.
@@ -224,6 +228,7 @@ def sample(model: torch.nn.Module | Callable[..., Any], corruption: Any, time_ty
                                 generator=generator, family_options=family_options, options=options, registry=registry)
     spec = resolve_sampler(sampler, corruption, registry, options)
     corrector = resolve_corrector(corrector, corruption, registry, where="udm.sample")
+    check_draws(draws, "udm.sample")
     if isinstance(model, torch.nn.Module):
         model_device, model_dtype = model_device_dtype(model)
         device = device if device is not None else model_device
@@ -244,4 +249,4 @@ def sample(model: torch.nn.Module | Callable[..., Any], corruption: Any, time_ty
         x_init = sample_start(corruption, float(times[0]), shape if is_parts(shape) else tuple(shape), generator,
                               device=device, dtype=dtype)
     return spec(model, corruption, times, x_init, generator=generator, callback=callback, clamp=clamp,
-                corrector=corrector, **options)
+                corrector=corrector, draws=draws, **options)

@@ -40,6 +40,8 @@ class Prediction:
         eps_hat: the noise posterior at (x_t, x0_hat) where the corruption is linear-Gaussian and it was
             asked for (``Denoiser(extras=True)``), else ``None``.
         score: the score (a x0_hat - x_t)/s^2 in the same cases, else ``None``.
+        draw: q_theta's draw, kept aside while the rules step with the mean (the sampler option
+            ``draws="last"``: the last step returns it); else ``None``.
     """
 
     x0_hat: Any
@@ -48,6 +50,7 @@ class Prediction:
     variance: Any = None
     eps_hat: Any = None
     score: Any = None
+    draw: Any = None
 
 
 class Denoiser:

@@ -116,7 +116,7 @@ def sample_and_evaluate(exp: Any, network: torch.nn.Module, corruption: Any, tim
         x = sample(net, corruption, time_type, shape=shape, sampler=spec, steps=steps,
                    spacing=cfg["spacing"], generator=generator, registry=exp.registry, clamp=cfg["clamp"],
                    family_options=cfg.get("family_options"), callback=recorder if strips else callback,
-                   x_init=x_init, variance=variance, corrector=corrector, **options)
+                   x_init=x_init, variance=variance, corrector=corrector, draws=cfg.get("draws", "steps"), **options)
     reference = None
     wanted = {k: v for k, v in exp.config["eval"].items() if k != "nll"}  # eval.nll: udm.likelihoods.evaluate_nll
     if wanted or two_d:
@@ -129,6 +129,8 @@ def sample_and_evaluate(exp: Any, network: torch.nn.Module, corruption: Any, tim
               "eval": metrics} | ({"variance": cfg["variance"]} if cfg.get("variance") else {})
     if corrector is not None:
         record["corrector"] = cfg["corrector"] if isinstance(cfg["corrector"], (str, dict)) else corrector.name
+    if cfg.get("draws", "steps") != "steps":
+        record["draws"] = cfg["draws"]
     stem = _artifacts.samples_stem(record)
     record["grid"] = {"spacing": cfg["spacing"], **describe_start(corruption, grid, shape)}
     with_variance = f" + variance {cfg['variance']}" if cfg.get("variance") else ""

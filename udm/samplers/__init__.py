@@ -1,6 +1,7 @@
 """Samplers: plain functions sharing one signature, written on :class:`Sampling` (see :mod:`udm.samplers._rules`)."""
 
-from ._correct import Corrector, current_corrector, resolve_corrector, sampling_context, supported_correctors
+from ._correct import (DRAWS, Corrector, check_draws, current_corrector, current_draws, resolve_corrector,
+                       sampling_context, supported_correctors)
 from ._loop import Point, SamplerStep, Sampling, StepContext, require, sample_loop
 from ._noise import PerSampleGenerator, per_sample_draws, sample_seed
 from ._requires import Requirements, calls_per_step, calls_per_step_of, chooses_own_steps, requirements_of, requires
@@ -47,6 +48,9 @@ __all__ = [
     "supported_correctors",
     "current_corrector",
     "sampling_context",
+    "DRAWS",
+    "check_draws",
+    "current_draws",
     "PerSampleGenerator",
     "per_sample_draws",
     "sample_seed",

@@ -34,7 +34,8 @@ from .._schema import Interval
 from ..errors import CapabilityError, ConfigError
 from ._noise import per_sample_draws
 
-__all__ = ["Corrector", "resolve_corrector", "sampling_context", "current_corrector"]
+__all__ = ["Corrector", "resolve_corrector", "sampling_context", "current_corrector", "DRAWS", "check_draws",
+           "current_draws"]
 
 
 class Corrector:
@@ -160,15 +161,47 @@ def current_corrector() -> Corrector | None:
     return _CORRECTOR.get()
 
 
+_DRAWS: contextvars.ContextVar[str] = contextvars.ContextVar("udm_draws", default="steps")
+
+
+def current_draws() -> str:
+    """Where the sampler call in progress uses q_theta's draws (``steps``, ``last`` or ``all``; see
+    :data:`DRAWS`)."""
+    return _DRAWS.get()
+
+
+#: the sampler option ``draws``: where a q_theta with a variance is drawn from (docs/math.md, "The last step")
+DRAWS = {
+    "steps": "a draw on every step but the last, which returns the mean (DDPM, Analytic-DPM; the default)",
+    "last": "the mean on every step, a draw on the last (a deterministic solver whose last step samples)",
+    "all": "a draw on every step, the last included (ancestral sampling to the end)",
+}
+
+
+def check_draws(draws: Any, where: str) -> str | None:
+    """``draws`` if it is ``None`` (the enclosing call's, ``steps`` at the top) or one of :data:`DRAWS`, else a
+    ConfigError naming ``where``."""
+    if draws is not None and (not isinstance(draws, str) or draws not in DRAWS):
+        raise ConfigError(f"{where}: draws must be one of {', '.join(repr(k) for k in DRAWS)} (where q_theta's "
+                          f"variance is drawn from); got {draws!r}. Use draws='last' for a deterministic solver whose "
+                          f"last step samples.")
+    return draws
+
+
 @contextmanager
-def sampling_context(generator: Any = None, corrector: Corrector | None = None) -> Iterator[None]:
-    """Within the block, a new :class:`~udm.samplers.Sampling` run applies ``corrector`` (when given), and draws
-    with a :class:`~udm.samplers.PerSampleGenerator` are split per sample. Entered by every sampler call."""
+def sampling_context(generator: Any = None, corrector: Corrector | None = None,
+                     draws: str | None = None) -> Iterator[None]:
+    """Within the block, a new :class:`~udm.samplers.Sampling` run applies ``corrector`` and uses q_theta's draws
+    where ``draws`` says (each when given; else the enclosing call's), and draws with a
+    :class:`~udm.samplers.PerSampleGenerator` are split per sample. Entered by every sampler call."""
     token = _CORRECTOR.set(corrector) if corrector is not None else None
+    token_draws = _DRAWS.set(draws) if draws is not None else None
     try:
         with per_sample_draws(generator):
             yield
     finally:
+        if token_draws is not None:
+            _DRAWS.reset(token_draws)
         if token is not None:
             _CORRECTOR.reset(token)
 

@@ -37,7 +37,7 @@ served without one.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -47,7 +47,7 @@ from ..denoiser import Prediction
 from ..errors import CapabilityError
 from ..time import check_grid
 from ._conditioning import warn_if_ill_conditioned
-from ._correct import current_corrector
+from ._correct import current_corrector, current_draws
 from ._noise import PerSampleGenerator, active as per_sample_active
 
 __all__ = ["SamplerStep", "Sampling", "Point", "sample_loop", "require", "StepContext"]
@@ -155,6 +155,7 @@ class Sampling:
         self._shared: tuple[Any, int, Prediction] | None = None  # a prediction handed on by :meth:`share`
         warn_if_ill_conditioned(denoiser, corruption, self.table, self.values[0], self._range is not None)
         self.corrector = corrector if corrector is not None else current_corrector()
+        self.draws = current_draws()  #: where q_theta's draws are used (the sampler call's ``draws``)
         self._reported = -1  # the last step reported (a corrector needs every step reported)
         self._corrector_state = self._start_corrector() if self.corrector is not None else None
 
@@ -261,13 +262,27 @@ class Sampling:
                 pred.x0_hat = pred.x0_hat.clamp(*self._range)
                 if pred.mean is not None:
                     pred.mean = pred.mean.clamp(*self._range)
+        if self.draws != "steps":
+            if pred.mean is None or pred.variance is None:
+                raise CapabilityError(
+                    f"sampler option draws={self.draws!r}: the last step draws from q_theta, so the denoiser must "
+                    f"give q_theta a variance; got a prediction without one (mean "
+                    f"{'given' if pred.mean is not None else 'missing'}, variance missing). Use "
+                    f"udm.Denoiser(net, corruption, time_type, variance=...) (e.g. a fitted udm.VarianceTable), "
+                    f"sample.variance in a run, or draws='steps'.")
+            if self.draws == "last":  # the rules step with the mean; the draw waits for the last step
+                pred = replace(pred, x0_hat=pred.mean, draw=pred.x0_hat, eps_hat=None, score=None)
         return pred
 
     def final(self, pred: Prediction) -> Any:
-        """What the last step returns: q_theta's mean where it has one (no draw), else x0_hat; mapped to the data
+        """What the last step returns: q_theta's mean where it has one (no draw), else x0_hat (with ``draws`` =
+        ``last`` or ``all``: q_theta's draw, docs/math.md "The last step"); mapped to the data
         by the corruption's ``to_data`` when its states are not data (a latent corruption rounds its latent
         x0_hat to tokens here, and only here)."""
-        x0 = pred.mean if pred.mean is not None else pred.x0_hat
+        if self.draws == "steps":
+            x0 = pred.mean if pred.mean is not None else pred.x0_hat
+        else:  # draws="last"/"all": q_theta's draw (a prediction served again keeps the one it was made with)
+            x0 = pred.draw if pred.draw is not None else pred.x0_hat
         return self._to_data(x0) if self._to_data is not None else x0
 
     def report(self, i: int, x: Any, pred: Prediction | Any) -> None:

@@ -33,7 +33,7 @@ def requires(*always: str, **when: tuple[str, ...] | str) -> Callable[[Callable[
     The decorated rule checks them on every call (a clear :class:`~udm.CapabilityError` naming what the
     corruption lacks) and carries them as ``rule.requirements`` for :class:`~udm.SamplerSpec` and
     ``udm plugins``. It also takes ``corrector=`` (a :class:`~udm.samplers.Corrector`, or a registered name or
-    mapping) and runs the rule inside :func:`~udm.samplers.sampling_context`: the rule's
+    mapping) and ``draws=`` (where q_theta's draws are used, :data:`udm.samplers.DRAWS`) and runs the rule inside :func:`~udm.samplers.sampling_context`: the rule's
     :class:`~udm.samplers.Sampling` applies the corrector, and a :class:`~udm.samplers.PerSampleGenerator` draws
     per sample.
     """
@@ -42,13 +42,14 @@ def requires(*always: str, **when: tuple[str, ...] | str) -> Callable[[Callable[
 
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
-        def rule(denoiser, corruption, times, x_init, *, corrector=None, **options):
-            from ._correct import resolve_corrector, sampling_context
+        def rule(denoiser, corruption, times, x_init, *, corrector=None, draws=None, **options):
+            from ._correct import check_draws, resolve_corrector, sampling_context
             from ._loop import require
 
             require(corruption, fn.__name__, *req.for_options(options))
             fixer = resolve_corrector(corrector, corruption, where=f"sampler rule {fn.__name__!r}")
-            with sampling_context(options.get("generator"), fixer):
+            check_draws(draws, f"sampler rule {fn.__name__!r}")
+            with sampling_context(options.get("generator"), fixer, draws):
                 return fn(denoiser, corruption, times, x_init, **options)
 
         rule.requirements = req  # type: ignore[attr-defined]

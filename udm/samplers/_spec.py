@@ -81,15 +81,19 @@ class SamplerSpec:
         return not self.missing(corruption, options)
 
     def __call__(self, denoiser, corruption, times, x_init, *, generator=None, callback=None, corrector=None,
-                 **options):
+                 draws=None, **options):
         """Run the rule with the preset's options under ``options``; ``corrector`` (a :class:`~udm.samplers.Corrector`,
-        a registered name or ``{name: ..., **options}``) runs after every step but the last."""
-        from ._correct import resolve_corrector, sampling_context
+        a registered name or ``{name: ..., **options}``) runs after every step but the last; ``draws`` says where a
+        q_theta with a variance is drawn from (``steps``: every step but the last, the default; ``last``: only the
+        last step, the others step with its mean; ``all``: every step; docs/math.md, "The last step"; ``None``:
+        the enclosing call's)."""
+        from ._correct import check_draws, resolve_corrector, sampling_context
 
         missing = self.missing(corruption, options)
         if missing:
             raise CapabilityError(f"sampler {self.name!r}: {lacks(corruption, self.required(options), missing)}.")
         fixer = resolve_corrector(corrector, corruption, where=f"sampler {self.name!r}")
-        with sampling_context(generator, fixer):
+        check_draws(draws, f"sampler {self.name!r}")
+        with sampling_context(generator, fixer, draws):
             return self.rule(denoiser, corruption, times, x_init, generator=generator, callback=callback,
                              **{**self.options, **options})

@@ -1,0 +1,83 @@
+"""The sampler option ``draws``: where a q_theta with a variance is drawn from (docs/math.md, "The last step").
+
+On a Gaussian data law N(0, v I) the exact posterior is Gaussian, so with the exact q_theta
+(``GaussianMixture.q_theta(corruption, "posterior")``) closed forms say what every mode gives:
+
+* ``all`` on DDPM's steps is exact ancestral sampling: the samples are N(0, v I) whatever the grid;
+* ``steps`` (the default) ends with the posterior mean at t_{N-1}: per coordinate its variance is
+  v a^2 v / (a^2 v + s^2), the spread the last step's mean removes;
+* ``last`` steps with the mean (the states are the plain mean run's, bit for bit) and draws once at the end.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import udm
+from udm.errors import CapabilityError, ConfigError
+from udm.testing import GaussianMixture
+
+V = 0.49  # the data law's variance per coordinate
+N, D = 20_000, 4
+
+
+@pytest.fixture(scope="module")
+def setup(reg):
+    law = GaussianMixture(torch.zeros(1, D, dtype=torch.float64), torch.tensor([math.sqrt(V)]), torch.ones(1))
+    corr = reg.create("corruption", "gaussian", schedule="cosine")
+    return law, corr, reg.create("time", "continuous")
+
+
+def _run(reg, law, corr, tt, sampler, draws, callback=None, variance="posterior"):
+    return udm.sample(law.q_theta(corr, variance) if variance else law.denoiser(corr), corr, tt, shape=(N, D),
+                      sampler=sampler, steps=3, generator=torch.Generator().manual_seed(1), dtype=torch.float64,
+                      registry=reg, draws=draws, callback=callback)
+
+
+def _var_bounds(var: float) -> tuple[float, float]:
+    """Five standard errors of a sample variance of N * D normal values around ``var``."""
+    se = var * math.sqrt(2 / (N * D))
+    return var - 5 * se, var + 5 * se
+
+
+def test_all_is_exact_ancestral_sampling_and_steps_ends_with_the_mean(setup, reg):
+    law, corr, tt = setup
+    lo, hi = _var_bounds(V)
+    exact = _run(reg, law, corr, tt, "ddpm", "all")
+    assert lo < float(exact.var()) < hi and abs(float(exact.mean())) < 5 * math.sqrt(V / (N * D))
+    # the default ends with E[x_0 | x_{t_{N-1}}]: its variance is v a^2 v / (a^2 v + s^2) (x_{t_{N-1}} exact)
+    t_last = float(tt.grid(3, spacing="uniform", corruption=corr)[-2])
+    a, s = (float(c) for c in corr.noise_schedule.amplitudes(torch.tensor([t_last], dtype=torch.float64)))
+    shrunk = V * a * a * V / (a * a * V + s * s)
+    lo, hi = _var_bounds(shrunk)
+    assert lo < float(_run(reg, law, corr, tt, "ddpm", "steps").var()) < hi < V
+
+
+def test_last_steps_with_the_mean_and_draws_once_at_the_end(setup, reg):
+    law, corr, tt = setup
+    seen: dict[str, list[torch.Tensor]] = {"mean": [], "last": []}
+    plain = _run(reg, law, corr, tt, "dpm++2m", "steps", lambda st: seen["mean"].append(st.x.clone()), variance=None)
+    drawn = _run(reg, law, corr, tt, "dpm++2m", "last", lambda st: seen["last"].append(st.x.clone()))
+    for a, b in zip(seen["mean"][:-1], seen["last"][:-1]):  # every state before the last step: the mean run's
+        assert torch.equal(a, b)
+    # the last step adds a draw of N(0, Var[x_0 | x_{t_{N-1}}]) to the mean the plain run returns
+    t_last = float(tt.grid(3, spacing="uniform", corruption=corr)[-2])
+    a, s = (float(c) for c in corr.noise_schedule.amplitudes(torch.tensor([t_last], dtype=torch.float64)))
+    lo, hi = _var_bounds(V * s * s / (a * a * V + s * s))
+    assert lo < float((drawn - plain).var()) < hi
+
+
+def test_draws_need_a_variance_and_a_known_mode(setup, reg):
+    law, corr, tt = setup
+    with pytest.raises(CapabilityError, match=r"sampler option draws='last': the last step draws from q_theta, so the "
+                                              r"denoiser must give q_theta a variance; got a prediction without one"):
+        _run(reg, law, corr, tt, "dpm++2m", "last", variance=None)
+    with pytest.raises(ConfigError, match=r"udm\.sample: draws must be one of 'steps', 'last', 'all' \(where "
+                                          r"q_theta's variance is drawn from\); got 'end'"):
+        _run(reg, law, corr, tt, "dpm++2m", "end")
+    spec = reg.get("sampler", "ddim")
+    with pytest.raises(ConfigError, match=r"sampler 'ddim': draws must be one of"):
+        spec(law.denoiser(corr), corr, tt.grid(3), torch.zeros(2, D, dtype=torch.float64), draws=1)
