@@ -17,7 +17,9 @@ Contenders (every run makes at most the budget's model calls; Heun makes 2N - 1 
   exact optimal variance of q_theta (x0_hat drawn from N(mean, Sigma_t), Sigma_t = E_x_t Var[x_0 | x_t] averaged
   over dimensions, a ``udm.VarianceTable``; ``+var``): ddpm+var is Analytic-DPM, ddim+var Analytic-DDIM; and with
   each sample's own exact Var[x_0 | x_t] (``+pvar``, a variance source ``(t, x_t) -> Sigma``: what a perfect
-  variance head, NPR/SN-DPM's, could give). Variance runs use continuous time. And the deterministic solvers on
+  variance head, NPR/SN-DPM's, could give); ``+var last`` / ``+pvar last``: the deterministic solvers and the SDE
+  solver with the sampler option ``draws="last"`` (the mean on every step, a draw of q_theta on the last, which
+  puts back the spread the last step's mean removes). Variance runs use continuous time. And the deterministic solvers on
   a grid tuned to the model (``udm.tune_grid``, a pilot of 512 prior draws that the benchmark's noise is not;
   ``tuned``): its tuning calls are spent once per model and budget, not at sampling time.
 
@@ -183,6 +185,7 @@ class OracleNet(torch.nn.Module):
 UDM_SAMPLERS = ("ddim", "dpm++2m", "dpm++3m", "unipc", "deis", "dpm++2m_sde", "ddpm")
 TUNED = ("ddim", "dpm++2m", "dpm++3m", "unipc", "deis")  # deterministic: udm.tune_grid on a pilot batch
 WITH_VARIANCE = ("ddim", "dpm++2m_sde", "ddpm")  # each with +var (Analytic-DPM's averaged Sigma_t) and +pvar
+LAST_DRAW = (*TUNED, "dpm++2m_sde")  # each with +var last / +pvar last: the mean on every step, a draw on the last
 SPACINGS = ("uniform", "quadratic", "logsnr", "karras")
 
 
@@ -198,13 +201,14 @@ def tuned_grid(reg, mix, corr, time_type, sampler, budget, cache):
 
 
 def run_udm(reg, mix, corr, time_type, sampler, spacing, budget, z, seed, variance_cache):
+    name, _, var = sampler.partition(" + ")
+    var, _, last = var.partition(" ")  # "pvar last": the sampler option draws="last"
     if spacing == "tuned":
-        grid = tuned_grid(reg, mix, corr, time_type, sampler, budget, variance_cache.setdefault("tuned", {})).times
+        grid = tuned_grid(reg, mix, corr, time_type, name, budget, variance_cache.setdefault("tuned", {})).times
     else:
         grid = time_type.grid(budget, spacing=spacing, corruption=corr)
     t0 = float(grid[0])
     x_init = z * float(corr.noise_schedule.amplitudes(torch.tensor([t0], dtype=F64))[1][0])
-    name, _, var = sampler.partition(" + ")
     den = mix.denoiser(corr)
     if var == "pvar":  # the exact Var[x_0 | x_t] of each sample (what a perfect variance head would give)
         def source(t, x):
@@ -223,7 +227,7 @@ def run_udm(reg, mix, corr, time_type, sampler, spacing, budget, z, seed, varian
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the order warm-up note at small budgets
         x = reg.get("sampler", name)(den, corr, grid, x_init, generator=torch.Generator().manual_seed(seed),
-                                     callback=lambda s: calls.append(s.nfe))
+                                     callback=lambda s: calls.append(s.nfe), draws=last or None)
     return x, calls[-1]
 
 
@@ -238,11 +242,12 @@ def average_posterior_variance(mix, corr, t: float, alpha: float, sigma: float, 
 # ------------------------------------------------------------------------------------------------ main
 def udm_contenders():
     """(sampler, time type, spacing) of every udm run."""
-    for sampler in (*UDM_SAMPLERS, *(s + v for s in WITH_VARIANCE for v in (" + var", " + pvar"))):
+    lasts = tuple(s + v for s in LAST_DRAW for v in (" + var last", " + pvar last"))
+    for sampler in (*UDM_SAMPLERS, *(s + v for s in WITH_VARIANCE for v in (" + var", " + pvar")), *lasts):
         for tname in (("cont", "disc") if " + " not in sampler else ("cont",)):
             for sp in SPACINGS:
                 yield sampler, tname, sp
-    for sampler in TUNED:
+    for sampler in (*TUNED, *(s for s in lasts if s.partition(" + ")[0] in TUNED)):
         yield sampler, "cont", "tuned"
 
 
