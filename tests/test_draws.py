@@ -75,9 +75,27 @@ def test_draws_need_a_variance_and_a_known_mode(setup, reg):
     with pytest.raises(CapabilityError, match=r"sampler option draws='last': the last step draws from q_theta, so the "
                                               r"denoiser must give q_theta a variance; got a prediction without one"):
         _run(reg, law, corr, tt, "dpm++2m", "last", variance=None)
+    with pytest.raises(CapabilityError, match=r"sampler option draws='all': the last step draws from q_theta"):
+        _run(reg, law, corr, tt, "ddim", "all", variance=None)
     with pytest.raises(ConfigError, match=r"udm\.sample: draws must be one of 'steps', 'last', 'all' \(where "
                                           r"q_theta's variance is drawn from\); got 'end'"):
         _run(reg, law, corr, tt, "dpm++2m", "end")
     spec = reg.get("sampler", "ddim")
     with pytest.raises(ConfigError, match=r"sampler 'ddim': draws must be one of"):
         spec(law.denoiser(corr), corr, tt.grid(3), torch.zeros(2, D, dtype=torch.float64), draws=1)
+
+
+def test_draws_end_with_the_call(setup, reg):
+    """A call's draws do not outlive it: the next call without draws= steps with q_theta's draws again."""
+    law, corr, tt = setup
+    g = torch.Generator().manual_seed(3)
+    x_init = torch.randn(8, D, generator=g, dtype=torch.float64)
+    spec, grid = reg.get("sampler", "ddim"), tt.grid(3)
+
+    def call(**kw):
+        return spec(law.q_theta(corr, "posterior"), corr, grid, x_init, generator=torch.Generator().manual_seed(4), **kw)
+
+    default = call()
+    call(draws="last")
+    assert torch.equal(call(), default)
+    assert not torch.equal(call(draws="last"), default)
