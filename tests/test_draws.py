@@ -83,6 +83,23 @@ def test_draws_need_a_variance_and_a_known_mode(setup, reg):
     spec = reg.get("sampler", "ddim")
     with pytest.raises(ConfigError, match=r"sampler 'ddim': draws must be one of"):
         spec(law.denoiser(corr), corr, tt.grid(3), torch.zeros(2, D, dtype=torch.float64), draws=1)
+    # a grid that never reaches t = 0 has no last step to draw on: refused, not silently the mean run
+    with pytest.raises(ConfigError, match=r"sampler option draws='last': the grid must end at t = 0 \(the last step, "
+                                          r"which draws\); got a grid ending at t = 0\.1\. Append 0 to times"):
+        spec(law.q_theta(corr, "posterior"), corr, torch.tensor([1.0, 0.5, 0.1], dtype=torch.float64),
+             torch.zeros(2, D, dtype=torch.float64), draws="last")
+
+
+def test_draws_refused_for_a_q_theta_without_a_mean(reg):
+    """Categorical q_theta (masking): x0_hat is already a draw; draws='last' is refused with the fix that works."""
+    torch.manual_seed(0)
+    corr = reg.create("corruption", "mask", vocab_size=5)
+    net = reg.create("model", "transformer", vocab_size=6, max_length=8, width=16, depth=1, heads=2)
+    tt = reg.create("time", "discrete", steps=20)
+    with pytest.raises(CapabilityError, match=r"sampler option draws='last': draws other than 'steps' apply to a "
+                                              r"q_theta with a mean and a variance .*has no mean .*Use draws='steps'"):
+        udm.sample(net, corr, tt, shape=(2, 8), sampler="invert", steps=3, generator=torch.Generator().manual_seed(0),
+                   registry=reg, draws="last")
 
 
 def test_draws_end_with_the_call(setup, reg):

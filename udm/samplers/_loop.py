@@ -44,7 +44,7 @@ import torch
 
 from ..batch import batch_device, batch_size
 from ..denoiser import Prediction
-from ..errors import CapabilityError
+from ..errors import CapabilityError, ConfigError
 from ..time import check_grid
 from ._conditioning import warn_if_ill_conditioned
 from ._correct import current_corrector, current_draws
@@ -156,6 +156,10 @@ class Sampling:
         warn_if_ill_conditioned(denoiser, corruption, self.table, self.values[0], self._range is not None)
         self.corrector = corrector if corrector is not None else current_corrector()
         self.draws = current_draws()  #: where q_theta's draws are used (the sampler call's ``draws``)
+        if self.draws != "steps" and self.values[-1] != 0.0:
+            raise ConfigError(f"sampler option draws={self.draws!r}: the grid must end at t = 0 (the last step, which "
+                              f"draws); got a grid ending at t = {self.values[-1]:g}. Append 0 to times, or use "
+                              f"draws='steps'.")
         self._reported = -1  # the last step reported (a corrector needs every step reported)
         self._corrector_state = self._start_corrector() if self.corrector is not None else None
 
@@ -263,6 +267,11 @@ class Sampling:
                 if pred.mean is not None:
                     pred.mean = pred.mean.clamp(*self._range)
         if self.draws != "steps":
+            if pred.mean is None and pred.params is not None:  # a family without a mean (categorical: a draw)
+                raise CapabilityError(
+                    f"sampler option draws={self.draws!r}: draws other than 'steps' apply to a q_theta with a mean and "
+                    f"a variance (a Gaussian family); got {type(self.corruption).__name__}, whose q_theta has no mean "
+                    f"(its x0_hat is already a draw, e.g. categorical). Use draws='steps'.")
             if pred.mean is None or pred.variance is None:
                 raise CapabilityError(
                     f"sampler option draws={self.draws!r}: the last step draws from q_theta, so the denoiser must "
