@@ -116,3 +116,10 @@ def test_draws_end_with_the_call(setup, reg):
     call(draws="last")
     assert torch.equal(call(), default)
     assert not torch.equal(call(draws="last"), default)
+
+
+def test_a_decorated_rule_called_directly_checks_draws(setup):
+    """A rule called without its SamplerSpec (udm.samplers.invert) checks draws= itself."""
+    law, corr, tt = setup
+    with pytest.raises(ConfigError, match=r"sampler rule 'invert': draws must be one of 'steps', 'last', 'all'"):
+        udm.samplers.invert(law.denoiser(corr), corr, tt.grid(3), torch.zeros(2, D, dtype=torch.float64), draws="x")
