@@ -123,3 +123,94 @@ def test_a_decorated_rule_called_directly_checks_draws(setup):
     law, corr, tt = setup
     with pytest.raises(ConfigError, match=r"sampler rule 'invert': draws must be one of 'steps', 'last', 'all'"):
         udm.samplers.invert(law.denoiser(corr), corr, tt.grid(3), torch.zeros(2, D, dtype=torch.float64), draws="x")
+
+
+def test_a_network_without_a_variance_is_refused_before_any_call(setup, reg):
+    """udm.sample(network, draws='last') without variance= names the argument before the network runs."""
+    _, corr, tt = setup
+    calls = []
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x, t):
+            calls.append(1)
+            return x * self.w
+
+    for draws in ("last", "all"):
+        with pytest.raises(ConfigError, match=rf"udm\.sample: draws='{draws}' draws x_0 from q_theta, so variance must "
+                                              r"be given .*got variance=None\. Pass variance=\.\.\. .*or draws='steps'"):
+            udm.sample(Net(), corr, tt, shape=(3, D), sampler="dpm++2m", steps=3, registry=reg, draws=draws)
+    assert calls == []
+    table = udm.VarianceTable(torch.tensor([0.0, 1.0], dtype=torch.float64), torch.tensor([0.1, 0.1],
+                                                                                            dtype=torch.float64),
+                              interpolate=True)
+    out = udm.sample(Net(), corr, tt, shape=(3, D), sampler="dpm++2m", steps=3, registry=reg, draws="last",
+                     variance=table, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (3, D) and len(calls) == 3
+
+
+class _Net(torch.nn.Module):
+    """x0 prediction 1.5 + tanh(x), in (0.5, 2.5): bends, and mostly leaves [-1, 1] (clamp=True changes it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor(1.0, dtype=torch.float64))
+
+    def forward(self, x, t):
+        return 1.5 + self.w * torch.tanh(x)
+
+
+def _net_run(reg, corr, tt, draws, variance, callback=None, extras=False, clamp=False, sampler="ddim"):
+    den = udm.Denoiser(_Net(), corr, tt, variance=variance, extras=extras)
+    return udm.sample(den, corr, tt, shape=(N, D), sampler=sampler, steps=4, generator=torch.Generator().manual_seed(2),
+                      dtype=torch.float64, registry=reg, draws=draws, callback=callback, clamp=clamp)
+
+
+def _table(value: float) -> udm.VarianceTable:
+    return udm.VarianceTable(torch.tensor([0.0, 1.0], dtype=torch.float64),
+                             torch.tensor([value, value], dtype=torch.float64), interpolate=True)
+
+
+def test_last_steps_with_the_mean_whatever_the_prediction_carries(setup, reg):
+    """With extras=True a prediction carries eps_hat and the score of its draw; under draws='last' a rule (here a
+    user's, reading them) never sees the draw's: they are None, and x0_hat is the mean."""
+    from udm.samplers import Sampling, requires
+
+    _, corr, tt = setup
+    seen = []
+
+    @requires("noise_posterior")
+    def peek(denoiser, corruption, times, x_init, *, generator=None, callback=None, clamp=False):
+        run = Sampling(denoiser, corruption, times, x_init, generator=generator, callback=callback, clamp=clamp)
+        x = x_init
+        for i in run:
+            pred = run.predict(x, i)
+            seen.append(pred)
+            x = run.final(pred) if run.last(i) else run.forward(pred.x0_hat, run.noise(x, pred.x0_hat, i), i + 1)
+            run.report(i, x, pred)
+        return x
+
+    den = udm.Denoiser(_Net(), corr, tt, variance=_table(0.2), extras=True)
+    x = torch.randn(64, D, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    peek(den, corr, tt.grid(3), x, generator=torch.Generator().manual_seed(1))
+    assert all(p.eps_hat is not None and p.score is not None for p in seen)  # extras on: filled for the draw
+    seen.clear()
+    peek(den, corr, tt.grid(3), x, generator=torch.Generator().manual_seed(1), draws="last")
+    assert len(seen) == 3 and all(p.eps_hat is None and p.score is None and torch.equal(p.x0_hat, p.mean)
+                                  and p.draw is not None for p in seen)
+
+
+def test_a_clamped_last_draw_is_the_clamped_mean_plus_the_noise(setup, reg):
+    """clamp=True clamps q_theta's mean and keeps the draw's noise (Analytic-DPM): the last draw minus the clamped
+    mean run's output is N(0, Sigma) noise, with Sigma the table's value."""
+    _, _, tt = setup
+    corr = reg.create("corruption", "gaussian", schedule="cosine", prediction="x0", data_range=[-1.0, 1.0])
+    plain = _net_run(reg, corr, tt, None, None, clamp=True)
+    drawn = _net_run(reg, corr, tt, "last", _table(0.2), clamp=True)
+    assert float(plain.abs().max()) <= 1.0 and float((plain > 0.999).double().mean()) > 0.5  # the clamp bites
+    noise = drawn - plain
+    lo, hi = _var_bounds(0.2)
+    assert lo < float(noise.var()) < hi and abs(float(noise.mean())) < 5 * math.sqrt(0.2 / (N * D))

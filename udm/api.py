@@ -183,6 +183,17 @@ def model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtyp
     return torch.device("cpu"), None
 
 
+def _check_draws_variance(model: Denoiser, draws: str | None, variance: Any) -> None:
+    """draws='last'/'all' draw from q_theta: refuse a network without a variance before the first model call (a
+    Gaussian family; a categorical q_theta is refused by the sampling loop with its own fix)."""
+    gaussian = model.family is not None and model.family.name != "categorical" \
+        and not callable(getattr(model.corruption, "sample_x0", None))
+    if draws in ("last", "all") and variance is None and gaussian:
+        raise ConfigError(f"udm.sample: draws={draws!r} draws x_0 from q_theta, so variance must be given (q_theta's "
+                          f"variance source); got variance=None. Pass variance=... (e.g. a fitted "
+                          f"udm.VarianceTable, or 'head' for a network with a variance head), or draws='steps'.")
+
+
 def sample(model: torch.nn.Module | Callable[..., Any], corruption: Any, time_type: Any, *, shape: tuple[int, ...],
            sampler: str | SamplerSpec = "invert", steps: int | None = None, nfe: int | None = None,
            spacing: str = "uniform", generator: torch.Generator | None = None, registry: Registry | None = None,
@@ -234,6 +245,7 @@ def sample(model: torch.nn.Module | Callable[..., Any], corruption: Any, time_ty
         device = device if device is not None else model_device
         dtype = dtype or model_dtype
         model = Denoiser(model.eval(), corruption, time_type, variance=variance, **(family_options or {}))
+        _check_draws_variance(model, draws, variance)
     elif device is None:
         device = generator.device if generator is not None else torch.device("cpu")
     if times is not None:
