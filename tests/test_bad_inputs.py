@@ -442,7 +442,8 @@ sets("yaml-optimal-without-variance", ["sample.spacing=optimal"], 2,
      r"variance None")
 sets("yaml-draws-without-variance", ["sample.draws=last"], 2,
      r"sample\.draws: 'last' draws x_0 from q_theta, so it must come with a variance \(sample\.variance: analytic, "
-     r"residual, small, large, sn or npr\); got variance None\. Set sample\.variance, or sample\.draws: steps\.")
+     r"residual, small, large, sn or npr\); got variance None\. Set sample\.variance \(udm sample RUN --variance "
+     r"NAME\), or sample\.draws: steps\.")
 sets("yaml-draws-unknown", ["sample.draws=end"], 2, r"sample\.draws: the value must be one of .*'last'.*; got 'end'")
 sets("yaml-sn-variance-without-head", ["sample.variance=sn"], 2,
      r"sample\.variance: variance 'sn' needs train\.stage: variance_head with train\.head: sn; got stage 'mean'")

@@ -21,7 +21,7 @@ from .accelerators import Precision
 from .plugin_spec import PluginSpec
 
 __all__ = ["TrainOptions", "SampleOptions", "RunOptions", "SEED_MAX", "STAGE_KEYS", "VarianceName", "fixed_on_resume",
-           "sampler_own_keys"]
+           "sampler_own_keys", "check_draws_variance"]
 
 #: the largest seed (numpy's seeds are 32-bit; the runner derives seed + 1 and seed + 1000 * rank)
 SEED_MAX = 2**32 - 1
@@ -122,3 +122,14 @@ def sampler_own_keys() -> tuple[str, ...]:
 def fixed_on_resume(options: type) -> tuple[str, ...]:
     """The fields of an options dataclass that may not change on resume."""
     return tuple(f.name for f in dataclasses.fields(options) if f.metadata.get("fixed_on_resume"))
+
+
+def check_draws_variance(cfg: dict[str, Any], src: str) -> None:
+    """A ``sample`` section whose ``draws`` is not ``steps`` draws x_0 from q_theta: it needs ``variance``."""
+    if cfg.get("draws", "steps") != "steps" and not cfg.get("variance"):
+        from .errors import ConfigError
+
+        raise ConfigError(f"{src}: sample.draws: {cfg['draws']!r} draws x_0 from q_theta, so it must come with a "
+                          f"variance (sample.variance: analytic, residual, small, large, sn or npr); got variance "
+                          f"{cfg.get('variance')!r}. Set sample.variance (udm sample RUN --variance NAME), or "
+                          f"sample.draws: steps.")

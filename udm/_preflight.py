@@ -18,7 +18,7 @@ import torch
 
 from . import _validate
 from .batch import batch_size, example_shape, is_parts, map_parts, rows, shape_for, to_device
-from ._options import sampler_own_keys
+from ._options import check_draws_variance, sampler_own_keys
 from .errors import ConfigError, UdmError
 
 __all__ = ["Built", "build", "fit", "sanity_check", "SANITY_BATCH", "SANITY_STEPS"]
@@ -97,10 +97,7 @@ def sanity_check(exp: Any, b: Built, device: torch.device) -> None:
             raise ConfigError(f"{src}: sample.spacing: 'optimal' must come with a fitted variance (sample.variance: "
                               f"analytic or residual); got variance {cfg.get('variance')!r}. Set sample.variance.")
         cfg = {**cfg, "spacing": "uniform"}
-    if cfg.get("draws", "steps") != "steps" and not cfg.get("variance"):
-        raise ConfigError(f"{src}: sample.draws: {cfg['draws']!r} draws x_0 from q_theta, so it must come with a "
-                          f"variance (sample.variance: analytic, residual, small, large, sn or npr); got variance "
-                          f"{cfg.get('variance')!r}. Set sample.variance, or sample.draws: steps.")
+    check_draws_variance(cfg, src)
     steps = cfg.get("steps")
     corrector = resolve_corrector(cfg.get("corrector"), b.corruption, exp.registry, where=f"{src}: sample")
     if cfg.get("nfe") is not None:  # a budget of model calls sets the steps

@@ -12,7 +12,7 @@ import torch
 
 from . import _artifacts, _plots, _rundir, checkpoint
 from ._progress import progress_bar
-from ._options import sampler_own_keys
+from ._options import check_draws_variance, sampler_own_keys
 from ._schema import schema_of
 from .accelerators import accelerate
 from .api import (describe_start, model_device_dtype, resolve_sampler, resolve_steps, sample, sample_start,
@@ -82,6 +82,7 @@ def sample_and_evaluate(exp: Any, network: torch.nn.Module, corruption: Any, tim
     the record in ``eval.jsonl`` has the steps run and the model calls made (``nfe``). ``fit_missing``: fit a
     variance table the run lacks on ``data`` (right after training) instead of refusing."""
     cfg, run = exp.config["sample"], exp.config["run"]
+    check_draws_variance(cfg, exp.source)  # udm sample may override the run's variance or draws
     seed = cfg["seed"] if cfg.get("seed") is not None else run["seed"]
     shape = shape_for(cfg["n"], data_shape if data_shape is not None else example_shape(data))
     options = {k: v for k, v in cfg.items() if k not in _OWN}
