@@ -38,7 +38,8 @@ class Prediction:
         variance: q_theta's variance in the corruption's basis (a float, ``(batch,)``-broadcastable, per
             coefficient or per element), or ``None`` for a point estimate.
         eps_hat: the noise posterior at (x_t, x0_hat) where the corruption is linear-Gaussian and it was
-            asked for (``Denoiser(extras=True)``), else ``None``.
+            asked for (``Denoiser(extras=True)``), else ``None`` (also under ``draws="last"``, where they were the
+            draw's and the rules step with the mean).
         score: the score (a x0_hat - x_t)/s^2 in the same cases, else ``None``.
         draw: q_theta's draw, kept aside while the rules step with the mean (the sampler option
             ``draws="last"``: the last step returns it); else ``None``.
