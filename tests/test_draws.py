@@ -174,31 +174,21 @@ def _table(value: float) -> udm.VarianceTable:
                              torch.tensor([value, value], dtype=torch.float64), interpolate=True)
 
 
-def test_last_steps_with_the_mean_whatever_the_prediction_carries(setup, reg):
-    """With extras=True a prediction carries eps_hat and the score of its draw; under draws='last' a rule (here a
-    user's, reading them) never sees the draw's: they are None, and x0_hat is the mean."""
-    from udm.samplers import Sampling, requires
+def test_last_steps_with_the_mean_whatever_the_prediction_carries(setup, reg, monkeypatch):
+    """With extras=True a prediction carries eps_hat and the score of its draw; under draws='last' a rule (one that
+    reads them, as a user's may) never sees the draw's: they are None, and x0_hat is the mean."""
+    from udm.samplers import Sampling
 
     _, corr, tt = setup
     seen = []
-
-    @requires("noise_posterior")
-    def peek(denoiser, corruption, times, x_init, *, generator=None, callback=None, clamp=False):
-        run = Sampling(denoiser, corruption, times, x_init, generator=generator, callback=callback, clamp=clamp)
-        x = x_init
-        for i in run:
-            pred = run.predict(x, i)
-            seen.append(pred)
-            x = run.final(pred) if run.last(i) else run.forward(pred.x0_hat, run.noise(x, pred.x0_hat, i), i + 1)
-            run.report(i, x, pred)
-        return x
-
+    predict = Sampling.predict
+    monkeypatch.setattr(Sampling, "predict", lambda run, x, where: seen.append(predict(run, x, where)) or seen[-1])
     den = udm.Denoiser(_Net(), corr, tt, variance=_table(0.2), extras=True)
     x = torch.randn(64, D, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    peek(den, corr, tt.grid(3), x, generator=torch.Generator().manual_seed(1))
-    assert all(p.eps_hat is not None and p.score is not None for p in seen)  # extras on: filled for the draw
+    udm.samplers.invert(den, corr, tt.grid(3), x, generator=torch.Generator().manual_seed(1))
+    assert len(seen) == 3 and all(p.eps_hat is not None and p.score is not None for p in seen)  # filled for the draw
     seen.clear()
-    peek(den, corr, tt.grid(3), x, generator=torch.Generator().manual_seed(1), draws="last")
+    udm.samplers.invert(den, corr, tt.grid(3), x, generator=torch.Generator().manual_seed(1), draws="last")
     assert len(seen) == 3 and all(p.eps_hat is None and p.score is None and torch.equal(p.x0_hat, p.mean)
                                   and p.draw is not None for p in seen)
 

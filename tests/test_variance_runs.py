@@ -47,7 +47,7 @@ def test_fit_variance_then_sample_with_it(tmp_path, monkeypatch, capsys):
     assert udm("sample", "r", "--variance", "large", "--steps", "7", "--set", "sample.draws=last") == 0
     assert _records(tmp_path / "r")[-1]["draws"] == "last"
     assert (tmp_path / "r" / "samples" / "ddim-7steps-seed0-large-draws-last.safetensors").is_file()
-    # udm sample overriding the variance away keeps the run's words (not the Python API's), before any model call
+    # udm sample overriding the variance away gets the run's words (sample.draws, --variance), not the Python API's
     assert udm("sample", "r", "--steps", "7", "--set", "sample.draws=last", "--set", "sample.variance=null") == 2
     assert re.search(r"sample\.draws: 'last' draws x_0 from q_theta, so it must come with a variance .*got variance "
                      r"None\. Set sample\.variance \(udm sample RUN --variance NAME\)", capsys.readouterr().err)

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 from ._runlog import LogName
 from ._schema import Interval
 from .accelerators import Precision
+from .errors import ConfigError
 from .plugin_spec import PluginSpec
 
 __all__ = ["TrainOptions", "SampleOptions", "RunOptions", "SEED_MAX", "STAGE_KEYS", "VarianceName", "fixed_on_resume",
@@ -127,8 +128,6 @@ def fixed_on_resume(options: type) -> tuple[str, ...]:
 def check_draws_variance(cfg: dict[str, Any], src: str) -> None:
     """A ``sample`` section whose ``draws`` is not ``steps`` draws x_0 from q_theta: it needs ``variance``."""
     if cfg.get("draws", "steps") != "steps" and not cfg.get("variance"):
-        from .errors import ConfigError
-
         raise ConfigError(f"{src}: sample.draws: {cfg['draws']!r} draws x_0 from q_theta, so it must come with a "
                           f"variance (sample.variance: analytic, residual, small, large, sn or npr); got variance "
                           f"{cfg.get('variance')!r}. Set sample.variance (udm sample RUN --variance NAME), or "
